@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine: `make tune EXP=master_v464` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+EXP    ?= master_v464
+STAMP  := $(VENV)/.installed
+
+.PHONY: tune test lint venv bench-overhead clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+tune: $(STAMP)
+	$(PY) -m trainers.tune $(EXP) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
+
+test: $(STAMP)
+	$(PY) -m ruff check monitor trainers heuristics tests
+	$(PY) -m pytest -q -x --durations=15
+
+bench-overhead: $(STAMP)
+	$(PY) -m monitor.bench.overhead
+
+clean:
+	rm -rf $(VENV) runs

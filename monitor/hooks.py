@@ -1,0 +1,194 @@
+"""Forward hooks that measure the health of ReLU-family layers cheaply.
+
+``attach(model)`` (or ``HealthMonitor(model)``) registers a forward hook on every activation
+module (``nn.ReLU``, ``LeakyReLU``, ``ReLU6``, ``PReLU``, ``RReLU``, ``ELU``, ``CELU``, ``SELU``,
+``GELU``, ``SiLU``, ``Hardswish``, ``Mish`` by default) and keeps every handle; ``close()`` removes
+them all.  Functional calls (``torch.relu(x)``, ``F.relu``, ``x.clamp(min=0)``) and in-place
+ops on tensors run outside a module are *not* seen: use module activations, or name a module
+as a tap.
+
+Hot path: a hook detaches the output at once and only launches device ops that accumulate into
+per-unit tensors; nothing is copied to the host until ``collect()``, which reads every
+statistic of the window with a single transfer.  Sampling follows a schedule: ``step()`` is
+called once per training step and only every ``every``-th step is measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from monitor.signals.nonfinite import NonFinite
+from monitor.signals.power import OutputPower, power_spectrum
+from monitor.signals.spread import ActivationMoments
+from monitor.signals.units import UnitClasses
+
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
+    nn.SiLU, nn.Hardswish, nn.Mish,
+)
+LAYER_SIGNALS = ("dead_ratio", "evergreen_ratio", "healthy_ratio", "activation_std",
+                 "activation_mean", "nonfinite_count")
+MODEL_SIGNALS = ("output_power_db", "target_power_db", "power_loss", "power_ratio_db")
+
+
+class LayerProbe:
+    """Statistics of one hooked module over the current window."""
+
+    def __init__(self, name: str, unit_dim: int) -> None:
+        self.name = name
+        self.unit_dim = unit_dim
+        self.quantities = (UnitClasses(), ActivationMoments(), NonFinite())
+        self.samples = 0
+
+    def update(self, output: torch.Tensor) -> None:
+        x = output.detach()
+        unit_dim = self.unit_dim % x.dim() if x.dim() > 1 else 0
+        dims = tuple(d for d in range(x.dim()) if d != unit_dim)
+        for q in self.quantities:
+            q.update(x, dims)
+        self.samples += 1
+
+    def values(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for q in self.quantities:
+            out.update(q.values())
+        return out
+
+    def reset(self) -> None:
+        for q in self.quantities:
+            q.reset()
+        self.samples = 0
+
+
+class HealthMonitor:
+    """Hooks on a model's activation layers, sampled every ``every`` steps.
+
+    Args:
+        model: the network to watch.
+        every: measure one step in ``every`` (the first step of each period).
+        include: glob patterns of module names to watch (default: every activation module).
+        taps: extra module names to watch whatever their type (named output taps).
+        unit_dims: glob pattern -> dimension holding the units (default 1: channels of conv
+            activations; use -1 for linear layers on [batch, time, features]).
+    """
+
+    def __init__(self, model: nn.Module, every: int = 1, include: tuple[str, ...] = ("*",),
+                 taps: tuple[str, ...] = (), unit_dims: dict[str, int] | None = None,
+                 activation_types: tuple[type[nn.Module], ...] = ACTIVATION_TYPES) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        self.every = every
+        self.probes: dict[str, LayerProbe] = {}
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.power = OutputPower()
+        self._step = 0
+        self._active = False
+        self._paused = False
+        self.sampled_steps = 0
+        unit_dims = unit_dims or {}
+        modules = dict(model.named_modules())
+        missing = [t for t in taps if t not in modules]
+        if missing:
+            raise ValueError(f"taps not found in the model: {missing}")
+        for name, module in modules.items():
+            wanted = (isinstance(module, activation_types)
+                      and any(fnmatch.fnmatchcase(name, p) for p in include)) or name in taps
+            if not wanted or not name:
+                continue
+            unit_dim = next((d for p, d in unit_dims.items() if fnmatch.fnmatchcase(name, p)), 1)
+            probe = LayerProbe(name, unit_dim)
+            self.probes[name] = probe
+            self.handles.append(module.register_forward_hook(self._hook(probe)))
+
+    def _hook(self, probe: LayerProbe):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if self._active and not self._paused and isinstance(output, torch.Tensor):
+                probe.update(output)
+        return hook
+
+    # -- schedule ---------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Advance to the next training step; return whether it is sampled."""
+        self._active = self._step % self.every == 0
+        self._step += 1
+        if self._active:
+            self.sampled_steps += 1
+        return self._active
+
+    @property
+    def sampling(self) -> bool:
+        return self._active and not self._paused
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Measure nothing inside (validation passes, inference)."""
+        previous, self._paused = self._paused, True
+        try:
+            yield
+        finally:
+            self._paused = previous
+
+    # -- model-level signals ----------------------------------------------------------------
+    def observe_power(self, phi_out: torch.Tensor, phi_target: torch.Tensor) -> None:
+        """Record time-averaged power spectra of output and target (sampled steps only)."""
+        if self.sampling:
+            self.power.update(phi_out, phi_target)
+
+    def observe_output(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        """Record output and target audio; computes their power spectra on sampled steps."""
+        if self.sampling:
+            with torch.no_grad():
+                self.power.update(power_spectrum(output.detach()), power_spectrum(target))
+
+    # -- reporting --------------------------------------------------------------------------
+    def collect(self) -> dict[str, Any]:
+        """Read the window's statistics (one host transfer) and start a new window.
+
+        Returns ``{"layers": {layer: {signal: value}}, "model": {signal: value},
+        "sampled_steps": n}``; layers not run in the window are left out.
+        """
+        keys: list[tuple[str | None, str]] = []
+        tensors: list[torch.Tensor] = []
+        for name, probe in self.probes.items():
+            if probe.samples:
+                for signal, t in probe.values().items():
+                    keys.append((name, signal))
+                    tensors.append(t.reshape(()).float())
+        if self.power.count:
+            for signal, t in self.power.values().items():
+                keys.append((None, signal))
+                tensors.append(t.reshape(()).float())
+        values = torch.stack(tensors).cpu().tolist() if tensors else []
+        layers: dict[str, dict[str, float]] = {}
+        model: dict[str, float] = {}
+        for (layer, signal), v in zip(keys, values):
+            (model if layer is None else layers.setdefault(layer, {}))[signal] = v
+        report = {"layers": layers, "model": model, "sampled_steps": self.sampled_steps}
+        for probe in self.probes.values():
+            probe.reset()
+        self.power.reset()
+        self.sampled_steps = 0
+        return report
+
+    def close(self) -> None:
+        """Remove every hook this monitor registered."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def __enter__(self) -> HealthMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def attach(model: nn.Module, **kwargs: Any) -> HealthMonitor:
+    """Attach a ``HealthMonitor`` to ``model``; see ``HealthMonitor`` for the arguments."""
+    return HealthMonitor(model, **kwargs)

@@ -1,0 +1,143 @@
+"""Experiment files: ``trainers/experiments/<EXP>.yaml`` describes one Ray Tune experiment.
+
+Everything is validated before Ray starts; errors name the file, the line and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monitor.yamlfile import ConfigError, line_of, load_yaml
+from trainers.config import merge_config
+from trainers.master import MASTER_DEFAULTS
+from trainers.student import STUDENT_DEFAULTS
+
+EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
+DEFAULTS = {"master": MASTER_DEFAULTS, "student": STUDENT_DEFAULTS}
+TOP_KEYS = {"description", "trainer", "metric", "mode", "samples", "max_iterations",
+            "resources", "max_concurrent", "heuristics", "config", "variants", "search_space",
+            "healthy_threshold"}
+DISTRIBUTIONS = {"choice", "grid", "uniform", "loguniform", "randint"}
+
+
+@dataclass
+class Experiment:
+    name: str
+    path: Path
+    trainer: str
+    metric: str
+    mode: str
+    samples: int
+    max_iterations: int
+    resources: dict[str, float]
+    max_concurrent: int | None
+    heuristics: list[str]
+    config: dict[str, Any]
+    variants: list[dict[str, Any]]
+    search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+    healthy_threshold: float | None = None  # final metric that counts as a healthy outcome
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+def find(name_or_path: str) -> Path:
+    """Resolve an experiment name (or a path to a YAML file)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    raise ConfigError(candidate, None,
+                      f"unknown experiment {name_or_path!r}; available: {', '.join(available())}")
+
+
+def load(name_or_path: str) -> Experiment:
+    path = find(name_or_path)
+    data, lines = load_yaml(path)
+
+    def fail(key_path: tuple, message: str) -> ConfigError:
+        return ConfigError(path, line_of(lines, key_path), message)
+
+    if not isinstance(data, dict):
+        raise fail((), "expected a mapping of experiment settings at the top level")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise fail((key,), f"unknown key {key!r}; expected one of {sorted(TOP_KEYS)}")
+    trainer = data.get("trainer")
+    if trainer not in DEFAULTS:
+        raise fail(("trainer",), f"trainer: expected one of {sorted(DEFAULTS)}, got {trainer!r}")
+    defaults = DEFAULTS[trainer]
+
+    def check_config(overrides: Any, key_path: tuple, what: str) -> dict[str, Any]:
+        if not isinstance(overrides, dict):
+            raise fail(key_path, f"{what}: expected a mapping, got {overrides!r}")
+        try:
+            merge_config(defaults, overrides, what)
+        except ValueError as exc:
+            bad = str(exc).split(":")[0].split(".")[-1]
+            raise fail((*key_path, bad), str(exc)) from None
+        return overrides
+
+    def positive_int(key: str, default: int) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise fail((key,), f"{key}: expected a positive integer, got {value!r}")
+        return value
+
+    config = check_config(data.get("config", {}), ("config",), "config")
+    variants_raw = data.get("variants", [{"name": "default"}])
+    if not isinstance(variants_raw, list) or not variants_raw:
+        raise fail(("variants",), "variants: expected a non-empty list of named configurations")
+    variants, names = [], set()
+    for i, v in enumerate(variants_raw):
+        if not isinstance(v, dict) or not isinstance(v.get("name"), str):
+            raise fail(("variants", i), f"variants[{i}]: expected a mapping with a 'name'")
+        if v["name"] in names:
+            raise fail(("variants", i, "name"), f"duplicate variant name {v['name']!r}")
+        names.add(v["name"])
+        body = {k: val for k, val in v.items() if k != "name"}
+        check_config(body, ("variants", i), f"variants[{i}] ({v['name']})")
+        variants.append(v)
+    space = data.get("search_space", {}) or {}
+    if not isinstance(space, dict):
+        raise fail(("search_space",), "search_space: expected a mapping of key: {distribution}")
+    for key, dist in space.items():
+        if key not in defaults:
+            raise fail(("search_space", key),
+                       f"search_space: unknown key {key!r}; expected one of {sorted(defaults)}")
+        if not (isinstance(dist, dict) and len(dist) == 1 and next(iter(dist)) in DISTRIBUTIONS):
+            raise fail(("search_space", key),
+                       f"search_space.{key}: expected one of {sorted(DISTRIBUTIONS)} "
+                       f"with its arguments, got {dist!r}")
+    resources = data.get("resources", {"cpu": 1})
+    if (not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"}
+            or not all(isinstance(x, (int, float)) and x >= 0 for x in resources.values())):
+        raise fail(("resources",), f"resources: expected {{cpu: N, gpu: N}}, got {resources!r}")
+    mode = data.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise fail(("mode",), f"mode: expected 'min' or 'max', got {mode!r}")
+    heuristics = data.get("heuristics", ["builtin"])
+    if not isinstance(heuristics, list) or not all(isinstance(h, str) for h in heuristics):
+        raise fail(("heuristics",), "heuristics: expected a list of rule sources "
+                   "('builtin', files or directories)")
+    max_concurrent = data.get("max_concurrent")
+    if max_concurrent is not None:
+        max_concurrent = positive_int("max_concurrent", 1)
+    threshold = data.get("healthy_threshold")
+    if threshold is not None and not isinstance(threshold, (int, float)):
+        raise fail(("healthy_threshold",), f"healthy_threshold: expected a number, got "
+                   f"{threshold!r}")
+    return Experiment(
+        name=path.stem, path=path, trainer=trainer, metric=str(data.get("metric", "val_logmel")),
+        mode=mode, samples=positive_int("samples", 1),
+        max_iterations=positive_int("max_iterations", defaults["max_iterations"]),
+        resources={"cpu": 1, **resources}, max_concurrent=max_concurrent, heuristics=heuristics,
+        config=config, variants=variants, search_space=space,
+        description=str(data.get("description", "")), healthy_threshold=threshold,
+    )
