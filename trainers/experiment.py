@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.yamlfile import ConfigError, line_of, load_yaml
-from trainers.config import merge_config
+from trainers.config import ConfigKeyError, merge_config
 from trainers.master import MASTER_DEFAULTS
 from trainers.student import STUDENT_DEFAULTS
 
@@ -79,9 +79,8 @@ def load(name_or_path: str) -> Experiment:
             raise fail(key_path, f"{what}: expected a mapping, got {overrides!r}")
         try:
             merge_config(defaults, overrides, what)
-        except ValueError as exc:
-            bad = str(exc).split(":")[0].split(".")[-1]
-            raise fail((*key_path, bad), str(exc)) from None
+        except ConfigKeyError as exc:
+            raise fail((*key_path, *exc.keys), str(exc)) from None
         return overrides
 
     def positive_int(key: str, default: int) -> int:

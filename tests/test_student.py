@@ -1,0 +1,48 @@
+"""A student distils one voice from a real master checkpoint, and is smaller and faster."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainers.master import MasterTraining
+from trainers.student import StudentTraining
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def master_checkpoint(tmp_path_factory):
+    training = MasterTraining({"steps_per_iteration": 10})
+    for _ in range(2):
+        training.train_iteration()
+    path = tmp_path_factory.mktemp("master") / "model.pt"
+    torch.save(training.state_dict(), path)
+    training.close()
+    return path
+
+
+def test_student_learns_from_master_and_is_smaller_and_faster(master_checkpoint):
+    student = StudentTraining({"master_checkpoint": str(master_checkpoint), "preset": "low",
+                               "target_speaker": 3})
+    reports = [student.train_iteration() for _ in range(4)]
+    assert reports[-1]["val_teacher_logmel"] < reports[0]["val_teacher_logmel"]
+    assert reports[-1]["n_parameters"] * 5 < reports[-1]["master_parameters"]
+    speed = student.speed()
+    assert speed["rtf"] < speed["master_rtf"]
+    assert reports[-1]["health"]["layers"]  # the student is monitored too
+    student.close()
+
+
+def test_presets_order_capacity(master_checkpoint):
+    sizes = []
+    for preset in ("low", "medium", "high"):
+        s = StudentTraining({"master_checkpoint": str(master_checkpoint), "preset": preset})
+        sizes.append(s.evaluate()["n_parameters"])
+        s.close()
+    assert sizes == sorted(sizes) and len(set(sizes)) == 3
+
+
+def test_missing_master_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="master checkpoint not found"):
+        StudentTraining({"master_checkpoint": str(tmp_path / "nope.pt")})
