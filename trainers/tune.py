@@ -18,6 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from monitor.callback import HealthExporterCallback
+from monitor.exporter import ExporterError
 from monitor.yamlfile import ConfigError
 from trainers import experiment as experiments
 
@@ -96,6 +98,13 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
             ray.init(address=address, include_dashboard=False)
         else:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    exporter = HealthExporterCallback(exp.name, name, sd_dir=storage / "file_sd")
+    try:
+        exporter.start()
+    except ExporterError as exc:
+        raise ConfigError("exporter", None, str(exc)) from None
+    console.print(f"Health metrics of {name}: {exporter.exporter.url} "
+                  f"(file_sd: {exporter.exporter.sd_file})")
     trainable = tune.with_resources(TRAINABLES[exp.trainer], dict(exp.resources))
     tuner = tune.Tuner(
         trainable,
@@ -104,11 +113,14 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
                                     scheduler=scheduler,
                                     max_concurrent_trials=exp.max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=str(storage),
-                                  callbacks=callbacks or [], verbose=1,
+                                  callbacks=[exporter, *(callbacks or [])], verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     started = time.time()
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        exporter.close()
     summary = summarise(exp, name, storage, results, started)
     (storage / name / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,0 +1,72 @@
+"""The driver-side Tune callback that feeds every trial's results to the Prometheus exporter.
+
+Trials send their signals inside their Tune results (``tune.report``), so trials on any node
+reach this one exporter: one scrape target per experiment, however many trials run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from monitor.exporter import Exporter
+
+log = logging.getLogger(__name__)
+
+
+class HealthExporterCallback(tune.Callback):
+    """Starts the exporter when the experiment starts, updates it on every result.
+
+    Host and port default to ``MONITOR_EXPORTER_HOST`` (127.0.0.1) and
+    ``MONITOR_EXPORTER_PORT`` (0: a free port; the file_sd file says which).
+    """
+
+    def __init__(self, experiment: str, run: str, sd_dir: str | Path | None = None,
+                 host: str | None = None, port: int | None = None,
+                 retain_s: float = 30.0) -> None:
+        self.experiment, self.run = experiment, run
+        self.host = host or os.environ.get("MONITOR_EXPORTER_HOST", "127.0.0.1")
+        self.port = port if port is not None else int(os.environ.get("MONITOR_EXPORTER_PORT", 0))
+        self.sd_dir = sd_dir
+        self.retain_s = retain_s
+        self.exporter: Exporter | None = None
+
+    def start(self) -> Exporter:
+        """Start serving now (before Tune starts, so that a taken port fails early)."""
+        if self.exporter is None:
+            self.exporter = Exporter(self.experiment, self.run, self.host, self.port,
+                                     self.sd_dir, self.retain_s)
+            self.exporter.start()
+            log.info("health metrics at %s", self.exporter.url)
+        return self.exporter
+
+    def setup(self, **info: Any) -> None:
+        self.start()
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        self.start().snapshot.update(self.experiment, trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        if self.exporter:
+            self.exporter.snapshot.end(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        if self.exporter:
+            self.exporter.snapshot.end(trial.trial_id)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.exporter:
+            self.exporter.stop()
+            self.exporter = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["exporter"] = None  # a live server is not part of the saved experiment state
+        return state

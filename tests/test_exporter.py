@@ -1,0 +1,98 @@
+"""The Prometheus exporter: collector over a snapshot, promtool-clean, series lifecycle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from monitor.exporter import Exporter, ExporterError, HealthCollector, SignalSnapshot
+
+RESULT = {
+    "role": "master", "training_iteration": 3, "loss_g": 2.5, "loss_d": 0.2, "grad_norm": 4.0,
+    "val_logmel": 3.1, "step_time_s": 0.07, "variant": {"name": "x"},
+    "health": {"layers": {"blocks.0.act": {"dead_ratio": 0.25, "evergreen_ratio": 0.0,
+                                           "healthy_ratio": 0.75, "activation_std": 0.3,
+                                           "activation_mean": 0.1, "nonfinite_count": 0.0}},
+               "model": {"output_power_db": -3.0, "target_power_db": 0.0, "power_loss": 12.0,
+                         "power_ratio_db": -3.0}, "sampled_steps": 20},
+}
+
+
+def scrape(snapshot: SignalSnapshot) -> str:
+    registry = CollectorRegistry()  # a fresh registry in every test
+    registry.register(HealthCollector(snapshot))
+    return generate_latest(registry).decode()
+
+
+def test_collector_exposes_signals_with_labels():
+    snap = SignalSnapshot()
+    snap.update("master_v464", "t1", RESULT)
+    text = scrape(snap)
+    labels = 'experiment="master_v464",layer="blocks.0.act",role="master",trial="t1"'
+    assert f"tune_health_dead_ratio{{{labels}}} 0.25" in text
+    assert 'tune_health_power_ratio_db{experiment="master_v464",role="master",trial="t1"} -3.0' \
+        in text
+    assert 'tune_health_loss{experiment="master_v464",loss="g",role="master",trial="t1"} 2.5' \
+        in text
+    assert 'metric="val_logmel"' in text
+    assert 'tune_health_reports_total{experiment="master_v464",role="master",trial="t1"} 1.0' \
+        in text
+
+
+def test_nan_values_are_exported_as_nan():
+    snap = SignalSnapshot()
+    snap.update("e", "t1", {**RESULT, "loss_g": float("nan")})
+    assert 'loss="g",role="master",trial="t1"} NaN' in scrape(snap)
+
+
+def test_series_of_ended_trial_are_removed_after_retention():
+    snap = SignalSnapshot(retain_s=0.2)
+    snap.update("e", "t1", RESULT)
+    snap.update("e", "t2", RESULT)
+    snap.end("t1")
+    assert 'trial="t1"' in scrape(snap)  # still there: the last values can be scraped
+    time.sleep(0.3)
+    text = scrape(snap)
+    assert 'trial="t1"' not in text
+    assert 'trial="t2"' in text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_exposition_passes_promtool_check_metrics():
+    snap = SignalSnapshot()
+    snap.update("e", "t1", RESULT)
+    snap.count_kill("e", "dead_relu_collapse", "dead_relu_collapse")
+    proc = subprocess.run(["promtool", "check", "metrics"], input=scrape(snap), text=True,
+                          capture_output=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_exporter_serves_on_loopback_and_writes_file_sd(tmp_path):
+    exporter = Exporter("e", "e_run1", sd_dir=tmp_path)
+    port = exporter.start()
+    try:
+        exporter.snapshot.update("e", "t1", RESULT)
+        body = urllib.request.urlopen(exporter.url, timeout=5).read().decode()
+        assert "tune_health_dead_ratio" in body
+        assert exporter.host == "127.0.0.1"
+        sd = json.loads((tmp_path / "e_run1.json").read_text())
+        assert sd == [{"targets": [f"127.0.0.1:{port}"], "labels": {"monitor_run": "e_run1"}}]
+    finally:
+        exporter.stop()
+    assert not (tmp_path / "e_run1.json").exists()
+
+
+def test_taken_port_is_a_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ExporterError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            Exporter("e", "r", port=port).start()
