@@ -45,7 +45,7 @@ MASTER_DEFAULTS: dict[str, Any] = {
     "wave_weight": 0.0,  # waveform L1 (phase-sensitive: pushes towards silence)
     "fm_weight": 1.0,  # discriminator feature matching
     "val_pairs": 4,  # speaker pairs per validation utterance
-    "monitor_every": 1,  # sample health signals every N steps
+    "monitor_every": 4,  # sample health signals every N steps
 }
 
 

@@ -29,7 +29,7 @@ STUDENT_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 5,
     "wave_weight": 1.0,  # the teacher's output is deterministic: waveform L1 is well-posed
     "spectral_weight": 1.0,
-    "monitor_every": 1,
+    "monitor_every": 4,
 }
 
 

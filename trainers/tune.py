@@ -84,6 +84,7 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
         max_iterations: int | None = None, address: str | None = None,
         callbacks: list | None = None, scheduler=None) -> dict[str, Any]:
     """Run ``exp`` on Ray Tune; return (and write) the run summary."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table
     import ray
     from ray import tune
 
@@ -106,6 +107,10 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
     console.print(f"Health metrics of {name}: {exporter.exporter.url} "
                   f"(file_sd: {exporter.exporter.sd_file})")
     trainable = tune.with_resources(TRAINABLES[exp.trainer], dict(exp.resources))
+    reporter = tune.CLIReporter(
+        metric_columns={"training_iteration": "iter", exp.metric: exp.metric,
+                        "loss_d": "loss_d", "time_total_s": "time (s)"},
+        parameter_columns={"variant/name": "variant"}, max_report_frequency=30)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space(exp, iterations),
@@ -114,6 +119,7 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
                                     max_concurrent_trials=exp.max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                   callbacks=[exporter, *(callbacks or [])], verbose=1,
+                                  progress_reporter=reporter,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     started = time.time()
