@@ -37,6 +37,45 @@ LAYER_SIGNALS = ("dead_ratio", "evergreen_ratio", "healthy_ratio", "activation_s
 MODEL_SIGNALS = ("output_power_db", "target_power_db", "power_loss", "power_ratio_db")
 
 
+def unit_view(x: torch.Tensor, unit_dim: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """A view with the units on one axis, and the axes to reduce.
+
+    ``[batch, units, *rest]`` becomes ``[batch, units, rest]`` (reduce 0 and 2, the innermost
+    contiguous axis last); units elsewhere become ``[elements, units]`` (reduce 0).
+    """
+    if x.dim() <= 1:
+        return x.reshape(1, -1), (0,)
+    unit_dim %= x.dim()
+    if unit_dim == 1 and x.dim() >= 3:
+        return x.flatten(2), (0, 2)
+    return x.movedim(unit_dim, -1).reshape(-1, x.shape[unit_dim]), (0,)
+
+
+class ScratchPool:
+    """Reusable float32 buffers shaped like the activations, shared by every layer.
+
+    Hooks run one layer at a time, so one buffer per activation shape is enough; reusing it
+    avoids allocating activation-sized temporaries at every sampled step.
+    """
+
+    def __init__(self, max_buffers: int = 8) -> None:
+        self.max_buffers = max_buffers
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, like: torch.Tensor) -> torch.Tensor:
+        key = (tuple(like.shape), like.device)
+        buffer = self.buffers.get(key)
+        if buffer is None:
+            if len(self.buffers) >= self.max_buffers:
+                self.buffers.clear()
+            buffer = self.buffers[key] = torch.empty(like.shape, dtype=torch.float32,
+                                                     device=like.device)
+        return buffer
+
+    def clear(self) -> None:
+        self.buffers.clear()
+
+
 class LayerProbe:
     """Statistics of one hooked module over the current window."""
 
@@ -46,12 +85,11 @@ class LayerProbe:
         self.quantities = (UnitClasses(), ActivationMoments(), NonFinite())
         self.samples = 0
 
-    def update(self, output: torch.Tensor) -> None:
-        x = output.detach()
-        unit_dim = self.unit_dim % x.dim() if x.dim() > 1 else 0
-        dims = tuple(d for d in range(x.dim()) if d != unit_dim)
+    def update(self, output: torch.Tensor, scratch: ScratchPool) -> None:
+        view, dims = unit_view(output.detach(), self.unit_dim)
+        buffer = scratch.get(view)
         for q in self.quantities:
-            q.update(x, dims)
+            q.update(view, dims, buffer)
         self.samples += 1
 
     def values(self) -> dict[str, torch.Tensor]:
@@ -87,10 +125,12 @@ class HealthMonitor:
         self.probes: dict[str, LayerProbe] = {}
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.power = OutputPower()
+        self.scratch = ScratchPool()
         self._step = 0
         self._active = False
         self._paused = False
         self.sampled_steps = 0
+        self._targets: list[tuple[nn.Module, LayerProbe]] = []
         unit_dims = unit_dims or {}
         modules = dict(model.named_modules())
         missing = [t for t in taps if t not in modules]
@@ -104,12 +144,19 @@ class HealthMonitor:
             unit_dim = next((d for p, d in unit_dims.items() if fnmatch.fnmatchcase(name, p)), 1)
             probe = LayerProbe(name, unit_dim)
             self.probes[name] = probe
-            self.handles.append(module.register_forward_hook(self._hook(probe)))
+            self._targets.append((module, probe))
+        self.reopen()
+
+    def reopen(self) -> None:
+        """Register the hooks (again, after ``remove_hooks()``); schedule and window go on."""
+        if not self.handles:
+            self.handles = [module.register_forward_hook(self._hook(probe))
+                            for module, probe in self._targets]
 
     def _hook(self, probe: LayerProbe):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if self._active and not self._paused and isinstance(output, torch.Tensor):
-                probe.update(output)
+                probe.update(output, self.scratch)
         return hook
 
     # -- schedule ---------------------------------------------------------------------------
@@ -176,11 +223,16 @@ class HealthMonitor:
         self.sampled_steps = 0
         return report
 
-    def close(self) -> None:
-        """Remove every hook this monitor registered."""
+    def remove_hooks(self) -> None:
+        """Remove every hook; state, schedule and buffers stay (``reopen()`` re-registers)."""
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+
+    def close(self) -> None:
+        """Remove every hook this monitor registered and free its buffers."""
+        self.remove_hooks()
+        self.scratch.clear()
 
     def __enter__(self) -> HealthMonitor:
         return self

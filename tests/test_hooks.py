@@ -162,8 +162,13 @@ def test_close_removes_every_hook():
     monitor = attach(model, taps=("fc",))
     assert set(monitor.probes) == {"act", "act2", "act3", "fc"}
     assert len(monitor.handles) == 4
+    monitor.remove_hooks()
+    assert all(not m._forward_hooks for m in model.modules())
+    monitor.reopen()
+    assert len(monitor.handles) == 4
     monitor.close()
     assert all(not m._forward_hooks for m in model.modules())
+    assert not monitor.scratch.buffers
 
 
 def test_bad_arguments_are_rejected():

@@ -1,9 +1,10 @@
 """Unit classes of a ReLU-family layer: dead, evergreen and healthy fractions.
 
 A unit is a channel. Over a reporting window, a unit is *dead* when its output is never
-positive, *evergreen* when it is always positive (the nonlinearity does nothing), and *healthy*
-otherwise. Non-finite outputs count as not positive (NaN > 0 is false); the layer's
-``nonfinite_count`` tells such layers apart.
+positive (its maximum is <= 0), *evergreen* when it is always positive (its minimum is > 0, the
+nonlinearity does nothing), and *healthy* otherwise. A unit with a NaN output in the window
+counts as neither positive nor evergreen (NaN compares false): the layer's ``nonfinite_count``
+tells such layers apart from really dead ones.
 """
 
 from __future__ import annotations
@@ -11,29 +12,33 @@ from __future__ import annotations
 import torch
 
 
+def per_unit_min_max(view: torch.Tensor,
+                     dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-unit minimum and maximum (plain vectorised reductions, no boolean temporaries)."""
+    return view.amin(dim=dims), view.amax(dim=dims)
+
+
 class UnitClasses:
-    """Accumulates, per unit, whether it was ever positive and whether it was always positive."""
+    """Accumulates each unit's minimum and maximum over the window."""
 
     def __init__(self) -> None:
-        self.ever_positive: torch.Tensor | None = None
-        self.always_positive: torch.Tensor | None = None
+        self.low: torch.Tensor | None = None
+        self.high: torch.Tensor | None = None
 
-    def update(self, x: torch.Tensor, dims: tuple[int, ...]) -> None:
-        positive = x > 0
-        ever = positive.any(dim=dims)
-        always = positive.all(dim=dims)
-        if self.ever_positive is None:
-            self.ever_positive, self.always_positive = ever, always
+    def update(self, view: torch.Tensor, dims: tuple[int, ...], scratch: torch.Tensor) -> None:
+        lo, hi = per_unit_min_max(view, dims)
+        if self.low is None:
+            self.low, self.high = lo, hi
         else:
-            self.ever_positive |= ever
-            self.always_positive &= always
+            self.low = torch.minimum(self.low, lo)
+            self.high = torch.maximum(self.high, hi)
 
     def values(self) -> dict[str, torch.Tensor]:
-        assert self.ever_positive is not None and self.always_positive is not None
-        dead = (~self.ever_positive).float().mean()
-        evergreen = self.always_positive.float().mean()
+        assert self.low is not None and self.high is not None
+        dead = (~(self.high > 0)).float().mean()
+        evergreen = (self.low > 0).float().mean()
         return {"dead_ratio": dead, "evergreen_ratio": evergreen,
                 "healthy_ratio": 1.0 - dead - evergreen}
 
     def reset(self) -> None:
-        self.ever_positive = self.always_positive = None
+        self.low = self.high = None
