@@ -18,7 +18,7 @@ EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 DEFAULTS = {"master": MASTER_DEFAULTS, "student": STUDENT_DEFAULTS}
 TOP_KEYS = {"description", "trainer", "metric", "mode", "samples", "max_iterations",
             "resources", "max_concurrent", "heuristics", "config", "variants", "search_space",
-            "healthy_threshold"}
+            "healthy_threshold", "master_experiment"}
 DISTRIBUTIONS = {"choice", "grid", "uniform", "loguniform", "randint"}
 
 
@@ -39,6 +39,7 @@ class Experiment:
     search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     healthy_threshold: float | None = None  # final metric that counts as a healthy outcome
+    master_experiment: str | None = None  # students: distil from this experiment's latest run
 
 
 def available() -> list[str]:
@@ -132,6 +133,14 @@ def load(name_or_path: str) -> Experiment:
     if threshold is not None and not isinstance(threshold, (int, float)):
         raise fail(("healthy_threshold",), f"healthy_threshold: expected a number, got "
                    f"{threshold!r}")
+    master_experiment = data.get("master_experiment")
+    if trainer == "student":
+        master_experiment = master_experiment or "master_v464"
+        if master_experiment not in available():
+            raise fail(("master_experiment",), f"master_experiment: expected one of "
+                       f"{available()}, got {master_experiment!r}")
+    elif master_experiment is not None:
+        raise fail(("master_experiment",), "master_experiment: only for trainer: student")
     return Experiment(
         name=path.stem, path=path, trainer=trainer, metric=str(data.get("metric", "val_logmel")),
         mode=mode, samples=positive_int("samples", 1),
@@ -139,4 +148,5 @@ def load(name_or_path: str) -> Experiment:
         resources={"cpu": 1, **resources}, max_concurrent=max_concurrent, heuristics=heuristics,
         config=config, variants=variants, search_space=space,
         description=str(data.get("description", "")), healthy_threshold=threshold,
+        master_experiment=master_experiment,
     )

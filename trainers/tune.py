@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from trainers import experiment as experiments
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = REPO / "runs"
 console = Console()
+EXTRA_COLUMNS = ("val_logmel", "val_power_ratio_db", "n_parameters", "rtf")
 
 
 def _distribution(spec: dict[str, Any]):
@@ -43,16 +45,16 @@ def _distribution(spec: dict[str, Any]):
     return tune.randint(*args)
 
 
-def latest_summary(storage: Path, trainer: str) -> dict[str, Any]:
-    """The summary of the most recent finished run of ``trainer`` under ``storage``."""
+def latest_summary(storage: Path, experiment: str) -> dict[str, Any]:
+    """The summary of the most recent finished run of ``experiment`` under ``storage``."""
     summaries = []
-    for path in storage.glob("*/summary.json"):
+    for path in storage.glob(f"{experiment}_*/summary.json"):
         data = json.loads(path.read_text())
-        if data.get("trainer") == trainer:
+        if data.get("experiment") == experiment:
             summaries.append((data.get("finished", 0), data))
     if not summaries:
-        raise ConfigError(storage, None, f"no finished {trainer} run found under {storage}; run "
-                          f"`make tune EXP=master_v464` first")
+        raise ConfigError(storage, None, f"no finished run of {experiment} under {storage}; "
+                          f"run `make tune EXP={experiment}` first")
     return max(summaries, key=lambda x: x[0])[1]
 
 
@@ -60,7 +62,7 @@ def resolve_master_checkpoint(exp: experiments.Experiment, storage: Path) -> Non
     """``master_checkpoint: latest`` -> the best checkpoint of the latest master run."""
     if exp.trainer != "student" or exp.config.get("master_checkpoint", "latest") != "latest":
         return
-    summary = latest_summary(storage, "master")
+    summary = latest_summary(storage, exp.master_experiment or "master_v464")
     best = summary.get("best")
     if not best or not best.get("checkpoint"):
         raise ConfigError(storage, None, f"the latest master run {summary['name']} has no "
@@ -162,13 +164,24 @@ def summarise(exp, name: str, storage: Path, results, started: float) -> dict[st
 def print_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"{summary['name']}: {len(summary['trials'])} trials "
                   f"({summary['metric']}, {summary['mode']})")
-    for col in ("trial", "variant", "iterations", summary["metric"], "status"):
+    extra = [k for k in EXTRA_COLUMNS if k != summary["metric"]
+             and any(k in t["last"] for t in summary["trials"])]
+    for col in ("trial", "variant", "iterations", summary["metric"], *extra, "status"):
         table.add_column(col)
+
+    def fmt(x: Any) -> str:
+        return f"{x:.3g}" if isinstance(x, float) else ("-" if x is None else str(x))
+
     for t in summary["trials"]:
-        metric = f"{t['metric']:.3f}" if isinstance(t["metric"], (int, float)) else "-"
         status = "error" if t["error"] else "done"
-        table.add_row(t["trial_id"], str(t["variant"]), str(t["iterations"]), metric, status)
+        table.add_row(t["trial_id"], str(t["variant"]), str(t["iterations"]), fmt(t["metric"]),
+                      *(fmt(t["last"].get(k)) for k in extra), status)
     console.print(table)
+    master_rtf = [t["last"]["master_rtf"] for t in summary["trials"] if "master_rtf" in t["last"]]
+    if master_rtf:
+        params = summary["trials"][0]["last"].get("master_parameters")
+        console.print(f"Master: {params} parameters, real-time factor "
+                      f"{statistics.median(master_rtf):.3g} (median over trials)")
     if summary["best"]:
         console.print(f"Best: {summary['best']['trial_id']} ({summary['best']['variant']}), "
                       f"checkpoint {summary['best']['checkpoint']}")
