@@ -56,3 +56,19 @@ def test_cli_reports_error_before_ray_starts(tmp_path):
     assert "unknown experiment 'nope'" in proc.stdout
     assert "master_v464" in proc.stdout
     assert "ray" not in proc.stderr.lower()
+
+
+def test_monitor_command_lists_experiments(capsys):
+    from monitor.cli import main
+
+    assert main(["experiments"]) == 0
+    out = capsys.readouterr().out
+    assert "master_v464" in out and "student_v464" in out and "smoke" in out
+
+
+def test_student_experiment_names_its_master_experiment(tmp_path):
+    exp = experiment.load("student_v464")
+    assert exp.master_experiment == "master_v464"
+    path = write(tmp_path, "trainer: student\nmaster_experiment: nope\n")
+    with pytest.raises(ConfigError, match="master_experiment: expected one of"):
+        experiment.load(str(path))
