@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from monitor.results import unflatten_health
+
 PREFIX = "tune_health"
 LAYER_METRICS = {  # signal -> (metric name, help)
     "dead_ratio": ("dead_ratio", "Fraction of units never positive in the window"),
@@ -75,11 +77,12 @@ class SignalSnapshot:
         self.retain_s = retain_s
         self._trials: dict[str, TrialSignals] = {}
         self._kills: dict[tuple[str, str, str], int] = {}
+        self._warnings: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
 
     def update(self, experiment: str, trial: str, result: dict[str, Any]) -> None:
         """Record one Tune result (the trainables' metrics with their ``health`` block)."""
-        health = result.get("health") or {}
+        health = unflatten_health(result)
         t = TrialSignals(experiment, trial, str(result.get("role", "unknown")))
         t.iteration = int(result.get("training_iteration", 0))
         t.layers = {layer: {k: float(v) for k, v in sig.items() if _number(v) is not None}
@@ -89,6 +92,8 @@ class SignalSnapshot:
         for key, value in result.items():
             v = _number(value)
             if v is None:
+                continue
+            if key.startswith("health/"):
                 continue
             if key.startswith("loss"):
                 t.losses[key[5:] or "total"] = v
@@ -113,6 +118,11 @@ class SignalSnapshot:
             key = (experiment, rule, failure)
             self._kills[key] = self._kills.get(key, 0) + 1
 
+    def count_warning(self, experiment: str, rule: str, failure: str) -> None:
+        with self._lock:
+            key = (experiment, rule, failure)
+            self._warnings[key] = self._warnings.get(key, 0) + 1
+
     def trials(self) -> list[TrialSignals]:
         """Live trials (ended ones past their retention are dropped here)."""
         now = time.time()
@@ -125,6 +135,10 @@ class SignalSnapshot:
     def kills(self) -> dict[tuple[str, str, str], int]:
         with self._lock:
             return dict(self._kills)
+
+    def warnings(self) -> dict[tuple[str, str, str], int]:
+        with self._lock:
+            return dict(self._warnings)
 
 
 class HealthCollector(Collector):
@@ -185,10 +199,18 @@ class HealthCollector(Collector):
         for (experiment, rule, failure), n in self.snapshot.kills().items():
             kills.add_metric([experiment, rule, failure], n)
         yield kills
+        warnings = CounterMetricFamily(f"{self.prefix}_warnings", "Warnings raised by heuristic "
+                                       "rules", labels=["experiment", "rule", "failure"])
+        for (experiment, rule, failure), n in self.snapshot.warnings().items():
+            warnings.add_metric([experiment, rule, failure], n)
+        yield warnings
 
 
 class ExporterError(RuntimeError):
     pass
+
+
+ACTIVE: dict[str, Exporter] = {}  # run name -> the exporter serving it in this process
 
 
 class Exporter:
@@ -203,6 +225,11 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HealthCollector(self.snapshot))
         self._server = self._thread = None
+
+    @classmethod
+    def for_run(cls, run: str) -> Exporter | None:
+        """The exporter serving ``run`` in this process, if any."""
+        return ACTIVE.get(run)
 
     @property
     def sd_file(self) -> Path | None:
@@ -219,6 +246,7 @@ class Exporter:
                 f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror}; choose another "
                 "port with MONITOR_EXPORTER_PORT (0 picks a free one)") from None
         self.port = self._server.server_address[1]
+        ACTIVE[self.run] = self
         if self.sd_file:
             self.sd_dir.mkdir(parents=True, exist_ok=True)
             target = [{"targets": [f"{self.host}:{self.port}"],
@@ -229,6 +257,7 @@ class Exporter:
         return self.port
 
     def stop(self) -> None:
+        ACTIVE.pop(self.run, None)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -29,6 +29,7 @@ MASTER_DEFAULTS: dict[str, Any] = {
     "depth": 4,
     "activation": "relu",
     "bias_init": 0.0,  # constant bias of the convs feeding each activation (0: PyTorch default)
+    "init_gain": 1.0,  # multiplier of the initial conv weights (1: PyTorch default)
     "optimizer": "adam",  # adam | sgd
     "g_lr": 1e-3,
     "d_lr": 1e-4,
@@ -72,7 +73,8 @@ class MasterTraining:
         self.audio = torch.from_numpy(self.corpus.audio)
         n_speakers = self.corpus.spec.n_speakers
         self.generator = ConvGenerator(n_speakers, c["width"], c["depth"],
-                                       activation=c["activation"], bias_init=c["bias_init"])
+                                       activation=c["activation"], bias_init=c["bias_init"],
+                                       init_gain=c["init_gain"])
         self.discriminator = SpectralDiscriminator(n_speakers)
         self.g_opt = _optimizer(c["optimizer"], self.generator.parameters(), c["g_lr"])
         self.d_opt = _optimizer(c["optimizer"], self.discriminator.parameters(), c["d_lr"])

@@ -48,7 +48,7 @@ class ConvGenerator(nn.Module):
     """
 
     def __init__(self, n_speakers: int = 0, width: int = 48, depth: int = 4, emb_dim: int = 16,
-                 activation: str = "relu", bias_init: float = 0.0) -> None:
+                 activation: str = "relu", bias_init: float = 0.0, init_gain: float = 1.0) -> None:
         super().__init__()
         if width < 1 or depth < 1:
             raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
@@ -62,9 +62,12 @@ class ConvGenerator(nn.Module):
         self.decoder = nn.ConvTranspose1d(width, 1, 2 * STRIDE, stride=STRIDE, padding=STRIDE // 2)
         with torch.no_grad():  # start quiet (about -20 dB of speech level), not loud
             self.decoder.weight.mul_(0.1)
-        if bias_init:
-            for m in [self.encoder, *(b.conv for b in self.blocks)]:
+        for m in [self.encoder, *(b.conv for b in self.blocks)]:
+            if bias_init:
                 nn.init.constant_(m.bias, bias_init)
+            if init_gain != 1.0:  # scale of the initial weights (1: PyTorch's default init)
+                with torch.no_grad():
+                    m.weight.mul_(init_gain)
 
     def forward(self, audio: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
         """``audio`` [batch, samples] (samples a multiple of 16) -> [batch, samples]."""

@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from heuristics.rules import RuleErrors
 from monitor.callback import HealthExporterCallback
 from monitor.exporter import ExporterError
 from monitor.yamlfile import ConfigError
@@ -82,25 +83,61 @@ def param_space(exp: experiments.Experiment, max_iterations: int) -> dict[str, A
     return space
 
 
+def load_experiment_rules(exp: experiments.Experiment) -> list:
+    """The experiment's effective rule set; a problem raises ``RuleErrors`` before Ray starts."""
+    from heuristics.rules import load_rules
+
+    return load_rules(exp.heuristics, base=exp.path.parent)
+
+
+def make_wrapped(name: str | None, exp: experiments.Experiment, iterations: int):
+    """A Ray Tune scheduler to delegate to when no rule kills: asha, median or none."""
+    if not name or name == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+
+    if name == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=iterations, grace_period=3)
+    if name == "median":
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=3)
+    raise ValueError(f"wrap must be one of none, asha, median; got {name!r}")
+
+
 def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
         max_iterations: int | None = None, address: str | None = None,
-        callbacks: list | None = None, scheduler=None) -> dict[str, Any]:
-    """Run ``exp`` on Ray Tune; return (and write) the run summary."""
+        callbacks: list | None = None, shadow: bool = False, wrap: str | None = None,
+        resume: Path | None = None) -> dict[str, Any]:
+    """Run ``exp`` on Ray Tune with the early-kill scheduler; return (and write) the summary.
+
+    ``resume``: the directory of an interrupted run of ``exp`` to restore and finish.
+    """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table
     import ray
     from ray import tune
 
+    from monitor.scheduler import HeuristicScheduler
     from trainers.trainables import TRAINABLES
 
     storage = storage.resolve()
+    rules = load_experiment_rules(exp)
     resolve_master_checkpoint(exp, storage)
     iterations = max_iterations or exp.max_iterations
-    name = f"{exp.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    name = resume.name if resume else f"{exp.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume:
+        storage = resume.resolve().parent
     if not ray.is_initialized():
         if address:
             ray.init(address=address, include_dashboard=False)
         else:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    trainable = tune.with_resources(TRAINABLES[exp.trainer], dict(exp.resources))
+    started = time.time()
+    if resume:  # Tune restores its pickled scheduler and callbacks; they reload their state
+        tuner = tune.Tuner.restore(str(storage / name), trainable, resume_errored=True)
+        results = tuner.fit()
+        summary = summarise(exp, name, storage, results, started)
+        (storage / name / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
     exporter = HealthExporterCallback(exp.name, name, sd_dir=storage / "file_sd")
     try:
         exporter.start()
@@ -108,7 +145,10 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
         raise ConfigError("exporter", None, str(exc)) from None
     console.print(f"Health metrics of {name}: {exporter.exporter.url} "
                   f"(file_sd: {exporter.exporter.sd_file})")
-    trainable = tune.with_resources(TRAINABLES[exp.trainer], dict(exp.resources))
+    console.print(f"Early kill: {len(rules)} rules from {', '.join(exp.heuristics) or 'none'}"
+                  f"{' (shadow mode: nothing is stopped)' if shadow else ''}")
+    scheduler = HeuristicScheduler(rules, storage / name, exp.name, iterations, shadow=shadow,
+                                   scheduler=make_wrapped(wrap, exp, iterations), run=name)
     reporter = tune.CLIReporter(
         metric_columns={"training_iteration": "iter", exp.metric: exp.metric,
                         "loss_d": "loss_d", "time_total_s": "time (s)"},
@@ -124,7 +164,6 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
                                   progress_reporter=reporter,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
-    started = time.time()
     try:
         results = tuner.fit()
     finally:
@@ -139,6 +178,10 @@ def _finite(x: Any) -> bool:
 
 
 def summarise(exp, name: str, storage: Path, results, started: float) -> dict[str, Any]:
+    from monitor.scheduler import VerdictLog
+
+    verdicts = VerdictLog(storage / name / "heuristics" / "verdicts.jsonl").read()
+    kills = {v["trial"]: v for v in verdicts if v["action"] == "kill" and not v.get("shadow")}
     trials = []
     for r in results:
         m = r.metrics or {}
@@ -153,10 +196,16 @@ def summarise(exp, name: str, storage: Path, results, started: float) -> dict[st
             "path": r.path,
             "last": {k: v for k, v in m.items() if isinstance(v, (int, float, str))},
         })
+        trial_id = trials[-1]["trial_id"]
+        if trial_id in kills:
+            v = kills[trial_id]
+            trials[-1]["killed"] = {k: v[k] for k in ("rule", "failure", "iteration", "reason")}
     sign = 1 if exp.mode == "min" else -1
     ranked = sorted((t for t in trials if _finite(t["metric"]) and t["checkpoint"]),
                     key=lambda t: sign * t["metric"])
     return {"name": name, "experiment": exp.name, "trainer": exp.trainer, "metric": exp.metric,
+            "verdicts": len(verdicts),
+            "warnings": sum(v["action"] == "warn" or bool(v.get("shadow")) for v in verdicts),
             "mode": exp.mode, "storage": str(storage / name), "started": started,
             "finished": time.time(), "trials": trials, "best": ranked[0] if ranked else None}
 
@@ -174,6 +223,8 @@ def print_summary(summary: dict[str, Any]) -> None:
 
     for t in summary["trials"]:
         status = "error" if t["error"] else "done"
+        if t.get("killed"):
+            status = f"killed: {t['killed']['rule']} @{t['killed']['iteration']}"
         table.add_row(t["trial_id"], str(t["variant"]), str(t["iterations"]), fmt(t["metric"]),
                       *(fmt(t["last"].get(k)) for k in extra), status)
     console.print(table)
@@ -195,14 +246,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", type=Path, default=DEFAULT_STORAGE)
     parser.add_argument("--max-iterations", type=int, default=None)
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None)
+    parser.add_argument("--shadow", action="store_true",
+                        help="record would-be kills, stop nothing")
+    parser.add_argument("--wrap", choices=("none", "asha", "median"), default="none",
+                        help="a Ray Tune scheduler to defer to when no rule kills")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="restore and finish an interrupted run (its directory)")
     args = parser.parse_args(argv)
     try:
         exp = experiments.load(args.experiment)
+        load_experiment_rules(exp)
         resolve_master_checkpoint(exp, args.storage.resolve())
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
-    summary = run(exp, args.storage, args.max_iterations, args.address)
+    except RuleErrors as exc:
+        console.print(f"[red]error:[/red] the experiment's rules do not load; no trial was "
+                      f"started:\n{exc}", highlight=False)
+        return 2
+    summary = run(exp, args.storage, args.max_iterations, args.address, shadow=args.shadow,
+                  wrap=args.wrap, resume=args.resume)
     print_summary(summary)
     return 0
 

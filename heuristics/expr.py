@@ -1,0 +1,518 @@
+"""The rule expression language: tokenizer, parser (to a tree) and evaluator. No ``eval``.
+
+Grammar (lowest precedence first)::
+
+    expr       := and_expr ("or" and_expr)*
+    and_expr   := not_expr ("and" not_expr)*
+    not_expr   := "not" not_expr | comparison
+    comparison := sum (("<" | "<=" | ">" | ">=" | "==" | "!=") sum)?
+    sum        := product (("+" | "-") product)*
+    product    := unary (("*" | "/") unary)*
+    unary      := "-" unary | primary
+    primary    := NUMBER | "(" expr ")" | NAME "(" args ")" | NAME selector?
+    selector   := "{" "layer" ("=" | "=~"...) STRING "}"      layer glob, e.g. {layer="blocks.*"}
+
+Values are numbers or *layer vectors* (one number per activation layer). Arithmetic and
+comparisons work element-wise and broadcast numbers over vectors; comparisons give 1 or 0.
+
+NaN policy: a comparison with NaN is false (IEEE); reductions skip NaN layers (all-NaN gives
+NaN); ``fraction`` counts NaN as false. Use ``nonfinite(x)`` to test for NaN/Inf explicitly.
+A signal missing from a report (e.g. no sampled step, or ``loss_d`` for a student) makes the
+expression *absent*: the rule neither holds nor breaks its ``for`` streak on that report. In
+``a or b`` an absent side leaves the other side to decide.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Value = float | dict[str, float] | None
+
+LAYER_SIGNALS = {
+    "dead_ratio": "fraction of units never positive in the window",
+    "evergreen_ratio": "fraction of units always positive in the window",
+    "healthy_ratio": "fraction of units whose activity varies with the input",
+    "activation_std": "per-unit std over batch and time, averaged over units",
+    "activation_mean": "mean activation",
+    "nonfinite_count": "NaN/Inf activation values in the window",
+}
+MODEL_SIGNALS = {
+    "output_power_db": "mean spectral power of the output (dB)",
+    "target_power_db": "mean spectral power of the target (dB)",
+    "power_loss": "Parallel WaveNet power loss",
+    "power_ratio_db": "output over target spectral power (dB)",
+}
+METRIC_SIGNALS = {
+    "loss": "student training loss", "loss_g": "generator loss", "loss_d": "discriminator loss",
+    "loss_adv": "generator adversarial loss", "loss_fm": "feature-matching loss",
+    "loss_power": "power loss term", "loss_spectral": "spectral reconstruction loss",
+    "loss_wave": "waveform L1 loss", "grad_norm": "gradient norm before clipping",
+    "val_logmel": "validation log-mel distance to the truth",
+    "val_power_ratio_db": "validation output/target power (dB)",
+    "val_teacher_logmel": "student: validation log-mel distance to the master",
+    "step_time_s": "wall time per training step",
+}
+SIGNALS = {**LAYER_SIGNALS, **MODEL_SIGNALS, **METRIC_SIGNALS}
+
+REDUCTIONS = {"max", "min", "mean", "sum", "count", "fraction", "any", "all"}
+WINDOWS = {"avg_over", "min_over", "max_over", "change"}  # (expr, N reports)
+HISTORY = {"min_ever", "max_ever"}  # over every report of the trial so far
+ELEMENTWISE = {"abs", "nonfinite", "log10"}
+FUNCTIONS = REDUCTIONS | WINDOWS | HISTORY | ELEMENTWISE | {"result"}
+
+
+class ExprError(ValueError):
+    """A syntax or meaning error, with the character offset in the expression."""
+
+    def __init__(self, message: str, pos: int | None = None) -> None:
+        super().__init__(message)
+        self.pos = pos
+
+
+# -- tokens -----------------------------------------------------------------------------------
+TOKEN = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<str>"[^"]*"|'[^']*')
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op><=|>=|==|!=|[<>()+\-*/{},=])
+""", re.VERBOSE)
+KEYWORDS = {"and", "or", "not"}
+
+
+@dataclass
+class Token:
+    kind: str
+    text: str
+    pos: int
+
+
+def tokenize(text: str) -> list[Token]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        m = TOKEN.match(text, pos)
+        if not m:
+            raise ExprError(f"unexpected character {text[pos]!r} at column {pos + 1}", pos)
+        kind = m.lastgroup
+        if kind != "ws":
+            tokens.append(Token(kind, m.group(), pos))
+        pos = m.end()
+    tokens.append(Token("end", "", pos))
+    return tokens
+
+
+# -- tree ---------------------------------------------------------------------------------------
+@dataclass
+class Node:
+    pos: int = field(default=0, compare=False)
+    id: int = field(default=-1, compare=False)  # unique within a rule, set after parsing
+    cached: bool = field(default=False, compare=False)  # read back by a window function
+
+
+@dataclass
+class Num(Node):
+    value: float = 0.0
+
+
+@dataclass
+class Signal(Node):
+    name: str = ""
+    layer: str | None = None  # glob over layer names
+
+    def label(self) -> str:
+        return f'{self.name}{{layer="{self.layer}"}}' if self.layer else self.name
+
+
+@dataclass
+class Unary(Node):
+    op: str = ""
+    arg: Node | None = None
+
+
+@dataclass
+class Binary(Node):
+    op: str = ""
+    left: Node | None = None
+    right: Node | None = None
+
+
+@dataclass
+class Call(Node):
+    fn: str = ""
+    args: list[Any] = field(default_factory=list)  # Nodes, and ints for window sizes
+
+
+COMPARISONS = {"<", "<=", ">", ">=", "==", "!="}
+
+
+class Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = tokenize(text)
+        self.i = 0
+
+    def peek(self) -> Token:
+        return self.tokens[self.i]
+
+    def take(self, text: str | None = None, kind: str | None = None) -> Token:
+        tok = self.peek()
+        if (text is not None and tok.text != text) or (kind is not None and tok.kind != kind):
+            want = repr(text) if text else kind
+            got = repr(tok.text) if tok.kind != "end" else "the end"
+            raise ExprError(f"expected {want} at column {tok.pos + 1}, got {got}", tok.pos)
+        self.i += 1
+        return tok
+
+    def parse(self) -> Node:
+        node = self.expr()
+        if self.peek().kind != "end":
+            tok = self.peek()
+            raise ExprError(f"unexpected {tok.text!r} at column {tok.pos + 1}", tok.pos)
+        for i, n in enumerate(walk(node)):
+            n.id = i
+            if isinstance(n, Call) and n.fn in WINDOWS:
+                n.args[0].cached = True
+        return node
+
+    def expr(self) -> Node:
+        node = self.and_expr()
+        while self.peek().text == "or":
+            pos = self.take().pos
+            node = Binary(pos=pos, op="or", left=node, right=self.and_expr())
+        return node
+
+    def and_expr(self) -> Node:
+        node = self.not_expr()
+        while self.peek().text == "and":
+            pos = self.take().pos
+            node = Binary(pos=pos, op="and", left=node, right=self.not_expr())
+        return node
+
+    def not_expr(self) -> Node:
+        if self.peek().text == "not":
+            pos = self.take().pos
+            return Unary(pos=pos, op="not", arg=self.not_expr())
+        return self.comparison()
+
+    def comparison(self) -> Node:
+        node = self.sum()
+        if self.peek().text in COMPARISONS:
+            tok = self.take()
+            node = Binary(pos=tok.pos, op=tok.text, left=node, right=self.sum())
+            if self.peek().text in COMPARISONS:
+                raise ExprError(f"chained comparison at column {self.peek().pos + 1}; use 'and'",
+                                self.peek().pos)
+        return node
+
+    def sum(self) -> Node:
+        node = self.product()
+        while self.peek().text in ("+", "-"):
+            tok = self.take()
+            node = Binary(pos=tok.pos, op=tok.text, left=node, right=self.product())
+        return node
+
+    def product(self) -> Node:
+        node = self.unary()
+        while self.peek().text in ("*", "/"):
+            tok = self.take()
+            node = Binary(pos=tok.pos, op=tok.text, left=node, right=self.unary())
+        return node
+
+    def unary(self) -> Node:
+        if self.peek().text == "-":
+            pos = self.take().pos
+            return Unary(pos=pos, op="-", arg=self.unary())
+        return self.primary()
+
+    def primary(self) -> Node:
+        tok = self.peek()
+        if tok.kind == "num":
+            self.take()
+            return Num(pos=tok.pos, value=float(tok.text))
+        if tok.text == "(":
+            self.take()
+            node = self.expr()
+            self.take(")")
+            return node
+        if tok.kind == "name" and tok.text not in KEYWORDS:
+            self.take()
+            if self.peek().text == "(":
+                return self.call(tok)
+            return self.signal(tok)
+        got = repr(tok.text) if tok.kind != "end" else "the end"
+        raise ExprError(f"expected a number, a signal or a function at column {tok.pos + 1}, "
+                        f"got {got}", tok.pos)
+
+    def signal(self, tok: Token) -> Signal:
+        if tok.text not in SIGNALS:
+            raise ExprError(f"unknown signal {tok.text!r} at column {tok.pos + 1}; known: "
+                            f"{', '.join(sorted(SIGNALS))} (or result(\"key\") for any other "
+                            "reported number)", tok.pos)
+        layer = None
+        if self.peek().text == "{":
+            self.take("{")
+            key = self.take(kind="name")
+            if key.text != "layer":
+                raise ExprError(f"only a layer selector is supported, got {key.text!r} at "
+                                f"column {key.pos + 1}", key.pos)
+            if tok.text not in LAYER_SIGNALS:
+                raise ExprError(f"{tok.text} is not a per-layer signal; it takes no layer "
+                                "selector", tok.pos)
+            self.take("=")
+            layer = self.take(kind="str").text[1:-1]
+            self.take("}")
+        return Signal(pos=tok.pos, name=tok.text, layer=layer)
+
+    def call(self, tok: Token) -> Call:
+        fn = tok.text
+        if fn not in FUNCTIONS:
+            raise ExprError(f"unknown function {fn!r} at column {tok.pos + 1}; known: "
+                            f"{', '.join(sorted(FUNCTIONS))}", tok.pos)
+        self.take("(")
+        if fn == "result":
+            key = self.take(kind="str").text[1:-1]
+            self.take(")")
+            return Call(pos=tok.pos, fn=fn, args=[key])
+        args: list[Any] = [self.expr()]
+        if fn in WINDOWS:
+            self.take(",")
+            n = self.take(kind="num")
+            if not re.fullmatch(r"\d+", n.text) or int(n.text) < 1:
+                raise ExprError(f"{fn}: the window must be a whole number of reports >= 1, got "
+                                f"{n.text} at column {n.pos + 1}", n.pos)
+            args.append(int(n.text))
+        self.take(")")
+        return Call(pos=tok.pos, fn=fn, args=args)
+
+
+def parse(text: str) -> Node:
+    """Parse an expression; raises ``ExprError`` with a column on any problem."""
+    if not isinstance(text, str) or not text.strip():
+        raise ExprError("expected a non-empty expression string")
+    return Parser(text).parse()
+
+
+def walk(node: Node):
+    """Every node of the tree, parents before children."""
+    yield node
+    if isinstance(node, Unary):
+        yield from walk(node.arg)
+    elif isinstance(node, Binary):
+        yield from walk(node.left)
+        yield from walk(node.right)
+    elif isinstance(node, Call):
+        for a in node.args:
+            if isinstance(a, Node):
+                yield from walk(a)
+
+
+def signals_of(node: Node) -> list[Signal]:
+    return [n for n in walk(node) if isinstance(n, Signal)]
+
+
+def max_window(node: Node) -> int:
+    return max([1] + [n.args[1] for n in walk(node) if isinstance(n, Call) and n.fn in WINDOWS])
+
+
+def threshold_operand(node: Node) -> Node | None:
+    """The left side of the first comparison (Prometheus' ``$value`` of an alert)."""
+    for n in walk(node):
+        if isinstance(n, Binary) and n.op in COMPARISONS:
+            return n.left
+    return None
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+class Report:
+    """One reported result as the evaluator sees it."""
+
+    def __init__(self, iteration: int, time_s: float, layers: dict[str, dict[str, float]],
+                 scalars: dict[str, float]) -> None:
+        self.iteration, self.time_s = iteration, time_s
+        self.layers, self.scalars = layers, scalars
+        self.cache: dict[int, Value] = {}  # node id -> value at this report (window inputs)
+        self.ever: dict[int, Value] = {}  # node id -> running min/max up to this report
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "time_s": self.time_s, "layers": self.layers,
+                "scalars": self.scalars, "cache": {str(k): v for k, v in self.cache.items()},
+                "ever": {str(k): v for k, v in self.ever.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        r = cls(d["iteration"], d["time_s"], d["layers"], d["scalars"])
+        r.cache = {int(k): v for k, v in d["cache"].items()}
+        r.ever = {int(k): v for k, v in d["ever"].items()}
+        return r
+
+
+def _nan_safe(values: list[float]) -> list[float]:
+    return [v for v in values if not math.isnan(v)]
+
+
+def _truth(x: float) -> bool:
+    return not math.isnan(x) and x != 0.0
+
+
+def _map(f: Callable[[float], float], v: Value) -> Value:
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        return {k: f(x) for k, x in v.items()}
+    return f(v)
+
+
+def _zip(f: Callable[[float, float], float], a: Value, b: Value) -> Value:
+    if a is None or b is None:
+        return None
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: f(a[k], b[k]) for k in a if k in b}
+    if isinstance(a, dict):
+        return {k: f(x, b) for k, x in a.items()}
+    if isinstance(b, dict):
+        return {k: f(a, x) for k, x in b.items()}
+    return f(a, b)
+
+
+def _div(a: float, b: float) -> float:
+    if b == 0:
+        return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a)
+    return a / b
+
+
+ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": _div}
+COMPARE = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+           ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+
+
+def _reduce(fn: str, v: Value) -> Value:
+    if v is None:
+        return None
+    values = list(v.values()) if isinstance(v, dict) else [v]
+    if fn == "count":
+        return float(len(values))
+    if not values:
+        return None
+    if fn == "fraction":
+        return sum(_truth(x) for x in values) / len(values)
+    if fn == "any":
+        return float(any(_truth(x) for x in values))
+    if fn == "all":
+        return float(all(_truth(x) for x in values))
+    finite = _nan_safe(values)
+    if not finite:
+        return math.nan
+    if fn == "max":
+        return max(finite)
+    if fn == "min":
+        return min(finite)
+    if fn == "sum":
+        return float(sum(finite))
+    return sum(finite) / len(finite)  # mean
+
+
+def _combine_ever(fn: str, previous: Value, current: Value) -> Value:
+    if previous is None:
+        return current
+    if current is None:
+        return previous
+    pick = min if fn == "min_ever" else max
+
+    def f(a: float, b: float) -> float:
+        if math.isnan(a):
+            return b
+        if math.isnan(b):
+            return a
+        return pick(a, b)
+
+    return _zip(f, previous, current)
+
+
+def evaluate(node: Node, history: list[Report]) -> Value:
+    """Value of ``node`` at the last report of ``history`` (earlier reports hold caches)."""
+    value = _eval(node, history)
+    if node.cached:
+        history[-1].cache[node.id] = value
+    return value
+
+
+def _eval(node: Node, history: list[Report]) -> Value:
+    now = history[-1]
+    if isinstance(node, Num):
+        return node.value
+    if isinstance(node, Signal):
+        if node.name in LAYER_SIGNALS:
+            vec = {layer: sig[node.name] for layer, sig in now.layers.items()
+                   if node.name in sig and (node.layer is None
+                                            or fnmatch.fnmatchcase(layer, node.layer))}
+            return vec or None
+        return now.scalars.get(node.name)
+    if isinstance(node, Unary):
+        arg = evaluate(node.arg, history)
+        if node.op == "-":
+            return _map(lambda x: -x, arg)
+        return _map(lambda x: float(not _truth(x)), arg)
+    if isinstance(node, Binary):
+        a, b = evaluate(node.left, history), evaluate(node.right, history)
+        if node.op in ARITH:
+            return _zip(ARITH[node.op], a, b)
+        if node.op in COMPARE:
+            op = COMPARE[node.op]
+            return _zip(lambda x, y: float(op(x, y)), a, b)
+        if node.op == "and":
+            return _zip(lambda x, y: float(_truth(x) and _truth(y)), a, b)
+        if a is None or b is None:  # "or": an absent side leaves the other to decide
+            return a if b is None else b
+        return _zip(lambda x, y: float(_truth(x) or _truth(y)), a, b)
+    assert isinstance(node, Call)
+    fn = node.fn
+    if fn == "result":
+        return now.scalars.get(node.args[0])
+    inner = evaluate(node.args[0], history)
+    if fn in REDUCTIONS:
+        return _reduce(fn, inner)
+    if fn == "abs":
+        return _map(abs, inner)
+    if fn == "log10":
+        return _map(lambda x: math.log10(x) if x > 0 else (-math.inf if x == 0 else math.nan),
+                    inner)
+    if fn == "nonfinite":
+        return _map(lambda x: float(not math.isfinite(x)), inner)
+    if fn in HISTORY:
+        previous = history[-2].ever.get(node.id) if len(history) > 1 else None
+        value = _combine_ever(fn, previous, inner)
+        now.ever[node.id] = value
+        return value
+    n = node.args[1]
+    inner_id = node.args[0].id
+    if fn == "change":  # now minus n reports ago
+        if len(history) < n + 1:
+            return None
+        return _zip(lambda a, b: a - b, inner, history[-n - 1].cache.get(inner_id))
+    past = [p for p in (r.cache.get(inner_id) for r in history[-n:]) if p is not None]
+    if not past:
+        return None
+    if fn == "avg_over":
+        total = past[0]
+        for p in past[1:]:
+            total = _zip(lambda a, b: a + b, total, p)
+        return _map(lambda x: x / len(past), total)
+    pick = min if fn == "min_over" else max
+    out = past[0]
+    for p in past[1:]:
+        out = _zip(lambda a, b: pick(a, b), out, p)
+    return out
+
+
+def truth(value: Value) -> bool | None:
+    """A rule's condition: a number is true when non-zero; a vector when any layer is true."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return any(_truth(x) for x in value.values()) if value else None
+    return _truth(value)

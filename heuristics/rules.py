@@ -1,0 +1,292 @@
+"""Rule files: YAML modelled on Prometheus alerting rules, loaded safely and fully validated.
+
+::
+
+    groups:
+      - name: relu_health
+        rules:
+          - name: dead_relu_collapse
+            expr: max(dead_ratio) >= 0.99 or fraction(dead_ratio > 0.9) >= 0.5
+            for: 2          # reports in a row (or a duration of trial time: 90s, 10m, 1h)
+            grace: 2        # no action before this iteration (or a share of the budget: 10%)
+            labels:
+              action: kill  # kill | warn
+              failure: dead_relu_collapse
+            annotations:
+              summary: "{{ $value }} of the units of a layer never fire"
+
+``load_rules(sources)`` takes ``builtin`` and any files or directories; every problem in every
+file is collected (file, line, rule, what was expected) and raised together as ``RuleErrors``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heuristics.expr import ExprError, Node, max_window, parse, signals_of
+from monitor.yamlfile import ConfigError, line_of, load_yaml
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+ACTIONS = ("kill", "warn")
+RULE_KEYS = {"name", "expr", "for", "grace", "labels", "annotations"}
+GROUP_KEYS = {"name", "rules"}
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)$")
+UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+PLACEHOLDER = re.compile(r"\{\{\s*(\$[A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
+PLACEHOLDERS = {"$value", "$trial", "$iteration", "$rule", "$for", "$budget"}
+
+
+@dataclass(frozen=True)
+class Hold:
+    """How long a condition must hold: ``reports`` in a row, or ``seconds`` of trial time."""
+
+    reports: int = 1
+    seconds: float | None = None
+
+    def describe(self) -> str:
+        if self.seconds is not None:
+            return f"{self.seconds:g} s of training time"
+        return f"{self.reports} report{'s' if self.reports != 1 else ''} in a row"
+
+
+@dataclass(frozen=True)
+class Grace:
+    """No action before ``iterations``, or before ``fraction`` of the trial's budget."""
+
+    iterations: int = 0
+    fraction: float | None = None
+
+    def first_iteration(self, budget: int | None) -> int:
+        if self.fraction is not None and budget:
+            return int(round(self.fraction * budget))
+        return self.iterations
+
+
+@dataclass
+class Rule:
+    name: str
+    group: str
+    expr: str
+    tree: Node
+    hold: Hold
+    grace: Grace
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    source: str
+    line: int | None
+    window: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.window = max_window(self.tree)
+
+    @property
+    def action(self) -> str:
+        return self.labels["action"]
+
+    @property
+    def failure(self) -> str:
+        return self.labels["failure"]
+
+    def signal_labels(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for s in signals_of(self.tree):
+            seen.setdefault(s.label(), None)
+        return list(seen)
+
+
+class RuleErrors(ValueError):
+    """Every problem found in a rule set; ``errors`` are ``ConfigError``s with file and line."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+def parse_hold(value: Any) -> Hold:
+    if value is None:
+        return Hold()
+    if isinstance(value, bool):
+        raise ValueError(f"for: expected a number of reports or a duration like 90s, 10m, 1h; "
+                         f"got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"for: expected a number of reports >= 0, got {value}")
+        return Hold(reports=max(value, 1))
+    if isinstance(value, str):
+        if value.isdigit():
+            return Hold(reports=max(int(value), 1))
+        m = DURATION.match(value.strip())
+        if m:
+            return Hold(reports=1, seconds=float(m.group(1)) * UNITS[m.group(2)])
+    raise ValueError(f"for: expected a number of reports or a duration like 90s, 10m, 1h; got "
+                     f"{value!r}")
+
+
+def parse_grace(value: Any) -> Grace:
+    if value is None:
+        return Grace()
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return Grace(iterations=value)
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            pct = float(value.strip()[:-1])
+        except ValueError:
+            pct = -1.0
+        if 0 <= pct <= 100:
+            return Grace(fraction=pct / 100)
+    raise ValueError(f"grace: expected a whole number of iterations >= 0 or a share of the "
+                     f"budget like 10%; got {value!r}")
+
+
+def _load_file(path: Path, errors: list[ConfigError]) -> list[Rule]:
+    try:
+        data, lines = load_yaml(path)
+    except ConfigError as exc:
+        errors.append(exc)
+        return []
+
+    def err(key_path: tuple, rule: str | None, message: str) -> None:
+        prefix = f"rule {rule!r}: " if rule else ""
+        errors.append(ConfigError(path, line_of(lines, key_path), prefix + message))
+
+    if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
+        err((), None, "expected a mapping with a 'groups' list (Prometheus rule-file layout)")
+        return []
+    for key in data:
+        if key != "groups":
+            err((key,), None, f"unknown top-level key {key!r}; expected 'groups'")
+    rules: list[Rule] = []
+    for gi, group in enumerate(data["groups"]):
+        gp = ("groups", gi)
+        if not isinstance(group, dict):
+            err(gp, None, f"groups[{gi}]: expected a mapping with 'name' and 'rules'")
+            continue
+        for key in group:
+            if key not in GROUP_KEYS:
+                err((*gp, key), None, f"unknown group key {key!r}; expected one of "
+                    f"{sorted(GROUP_KEYS)}")
+        gname = group.get("name")
+        if not isinstance(gname, str) or not gname:
+            err(gp, None, f"groups[{gi}]: expected a 'name'")
+            gname = f"groups[{gi}]"
+        if not isinstance(group.get("rules"), list):
+            err(gp, None, f"group {gname!r}: expected a 'rules' list")
+            continue
+        for ri, raw in enumerate(group["rules"]):
+            rp = (*gp, "rules", ri)
+            rule = _parse_rule(raw, gname, path, lines, rp, err)
+            if rule is not None:
+                rules.append(rule)
+    return rules
+
+
+def _parse_rule(raw: Any, group: str, path: Path, lines: dict, rp: tuple, err) -> Rule | None:
+    if not isinstance(raw, dict):
+        err(rp, None, "expected a rule mapping with name, expr, labels")
+        return None
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name or ""):
+        err((*rp, "name") if "name" in raw else rp, None,
+            f"expected a rule 'name' made of letters, digits and _; got {name!r}")
+        name = None
+    ok = True
+    for key in raw:
+        if key not in RULE_KEYS:
+            err((*rp, key), name, f"unknown key {key!r}; expected one of {sorted(RULE_KEYS)}")
+            ok = False
+    tree = None
+    if "expr" not in raw:
+        err(rp, name, "missing 'expr'")
+        ok = False
+    else:
+        try:
+            tree = parse(raw["expr"])
+        except ExprError as exc:
+            err((*rp, "expr"), name, f"expr: {exc}")
+            ok = False
+    hold, grace = Hold(), Grace()
+    try:
+        hold = parse_hold(raw.get("for"))
+    except ValueError as exc:
+        err((*rp, "for"), name, str(exc))
+        ok = False
+    try:
+        grace = parse_grace(raw.get("grace"))
+    except ValueError as exc:
+        err((*rp, "grace"), name, str(exc))
+        ok = False
+    labels = raw.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        err((*rp, "labels"), name, "labels: expected a mapping of strings")
+        labels, ok = {}, False
+    if labels.get("action") not in ACTIONS:
+        err((*rp, "labels", "action") if "action" in labels else (*rp, "labels"), name,
+            f"labels.action: expected one of {list(ACTIONS)}, got {labels.get('action')!r}")
+        ok = False
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", str(labels.get("failure", ""))):
+        err((*rp, "labels", "failure") if "failure" in labels else (*rp, "labels"), name,
+            "labels.failure: expected the failure this rule predicts, in snake_case "
+            f"(e.g. dead_relu_collapse), got {labels.get('failure')!r}")
+        ok = False
+    annotations = raw.get("annotations") or {}
+    if not isinstance(annotations, dict) or not all(isinstance(v, str)
+                                                    for v in annotations.values()):
+        err((*rp, "annotations"), name, "annotations: expected a mapping of strings")
+        annotations, ok = {}, False
+    for key, text in annotations.items():
+        for ph in PLACEHOLDER.findall(text):
+            if ph not in PLACEHOLDERS and not ph.startswith("$labels.") \
+                    and not ph.startswith("$values."):
+                err((*rp, "annotations", key), name, f"annotations.{key}: unknown placeholder "
+                    f"{{{{ {ph} }}}}; expected one of {sorted(PLACEHOLDERS)}, $labels.NAME or "
+                    "$values.SIGNAL")
+                ok = False
+    if not ok or name is None or tree is None:
+        return None
+    return Rule(name=name, group=group, expr=raw["expr"], tree=tree, hold=hold, grace=grace,
+                labels=dict(labels), annotations=dict(annotations), source=str(path),
+                line=line_of(lines, rp))
+
+
+def rule_files(sources: list[str] | tuple[str, ...], base: Path | None = None) -> list[Path]:
+    """Expand rule sources: ``builtin``, files, and directories (their *.yaml, *.yml)."""
+    files: list[Path] = []
+    for source in sources:
+        if source == "builtin":
+            files.extend(sorted(BUILTIN_DIR.glob("*.yaml")))
+            continue
+        path = Path(source)
+        if not path.is_absolute() and base is not None and not path.exists():
+            path = base / path
+        if path.is_dir():
+            files.extend(sorted([*path.glob("*.yaml"), *path.glob("*.yml")]))
+        else:
+            files.append(path)
+    return files
+
+
+def load_rules(sources: list[str] | tuple[str, ...] = ("builtin",),
+               base: Path | None = None) -> list[Rule]:
+    """Load and validate every rule of ``sources``; raise ``RuleErrors`` listing all problems."""
+    errors: list[ConfigError] = []
+    rules: list[Rule] = []
+    for path in rule_files(sources, base):
+        if not path.exists():
+            errors.append(ConfigError(path, None, "rule source not found (expected 'builtin', "
+                                      "a YAML file or a directory)"))
+            continue
+        rules.extend(_load_file(path, errors))
+    seen: dict[str, Rule] = {}
+    for rule in rules:
+        if rule.name in seen:
+            first = seen[rule.name]
+            errors.append(ConfigError(rule.source, rule.line, f"rule {rule.name!r}: duplicate "
+                                      f"name (first defined at {first.source}:{first.line})"))
+        else:
+            seen[rule.name] = rule
+    if errors:
+        raise RuleErrors(errors)
+    return rules

@@ -1,0 +1,182 @@
+"""The early-kill scheduler: evaluates heuristic rules on every Tune result.
+
+``HeuristicScheduler`` subclasses ``FIFOScheduler``. On each result it asks the rule engine
+for verdicts, appends them to ``<run dir>/heuristics/verdicts.jsonl`` (flushed and fsynced
+*before* STOP is returned), counts them in the exporter, and returns STOP for a kill. With no
+kill it delegates to a wrapped scheduler (e.g. ASHA) if one is given. In shadow mode it records
+every would-be kill and stops nothing.
+
+Ray Tune pickles a scheduler once, when the experiment starts, and does not save its state.
+This one keeps its rule state in ``<run dir>/heuristics/trials/<trial>.json`` (written
+atomically after every result) and its verdicts in the log; after ``Tuner.restore`` it reloads
+both on its first call, so no kill is forgotten or repeated and ``for`` streaks continue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from heuristics.engine import RuleEngine, TrialState, Verdict
+from heuristics.rules import Rule
+from monitor.exporter import Exporter
+
+log = logging.getLogger(__name__)
+
+
+class VerdictLog:
+    """Append-only JSON-lines file of verdicts; every append is fsynced."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, verdict: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(verdict, allow_nan=True, default=str)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every complete verdict; a torn last line (crash mid-write) is skipped with a warning."""
+        if not self.path.exists():
+            return []
+        out = []
+        lines = self.path.read_text().splitlines()
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s:%d: skipped an incomplete verdict line", self.path, i)
+        return out
+
+
+class HeuristicScheduler(FIFOScheduler):
+    """Stops trials whose kill rules fire; otherwise defers to ``scheduler`` (if any).
+
+    Args:
+        rules: the effective rule set (``heuristics.rules.load_rules``).
+        run_dir: the experiment's directory; verdicts and rule state live under ``heuristics/``.
+        experiment: experiment name, for verdicts and metrics.
+        budget: iterations a trial may run (for grace shares and "% of budget").
+        shadow: record would-be kills, stop nothing.
+        scheduler: another Tune scheduler to delegate to when no rule kills.
+        run: the exporter's run name, to count kills in its metrics.
+    """
+
+    def __init__(self, rules: list[Rule], run_dir: str | Path, experiment: str = "",
+                 budget: int | None = None, shadow: bool = False,
+                 scheduler: TrialScheduler | None = None, run: str | None = None) -> None:
+        super().__init__()
+        self.engine = RuleEngine(rules, experiment, budget, shadow)
+        self.run_dir = Path(run_dir)
+        self.run = run
+        self.wrapped = scheduler
+        self.log = VerdictLog(self.run_dir / "heuristics" / "verdicts.jsonl")
+        self._loaded = False
+        self._supports_buffered_results = False  # act on every result as it arrives
+
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "heuristics" / "trials"
+
+    # -- state that survives a restore ------------------------------------------------------
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        if self.state_dir.exists():
+            for path in sorted(self.state_dir.glob("*.json")):
+                try:
+                    self.engine.load_trial_state(path.stem, json.loads(path.read_text()))
+                except (json.JSONDecodeError, KeyError) as exc:
+                    log.warning("%s: rule state unreadable (%s); starting it afresh", path, exc)
+        exporter = Exporter.for_run(self.run) if self.run else None
+        for v in self.log.read():  # the log is the truth about kills
+            state = self.engine.trials.get(v["trial"])
+            stops = v["action"] == "kill" and not v.get("shadow")
+            if stops:
+                if state is None:
+                    state = self.engine.trials[v["trial"]] = TrialState()
+                if state.killed is None:
+                    state.killed = v
+            if exporter:
+                count = exporter.snapshot.count_kill if stops else exporter.snapshot.count_warning
+                count(v["experiment"], v["rule"], v["failure"])
+
+    def _save(self, trial: str) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / f"{trial}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.engine.trial_state(trial), allow_nan=True))
+        os.replace(tmp, path)
+
+    def _record(self, verdict: Verdict) -> None:
+        self.log.append(verdict.to_dict())
+        exporter = Exporter.for_run(self.run) if self.run else None
+        if exporter:
+            if verdict.stops:
+                exporter.snapshot.count_kill(verdict.experiment, verdict.rule, verdict.failure)
+            else:
+                exporter.snapshot.count_warning(verdict.experiment, verdict.rule,
+                                                verdict.failure)
+        (log.warning if verdict.stops else log.info)(verdict.reason)
+
+    # -- Tune scheduler interface -----------------------------------------------------------
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        ok = super().set_search_properties(metric, mode, **spec)
+        if self.wrapped is not None:
+            ok = self.wrapped.set_search_properties(metric, mode, **spec) and ok
+        return ok
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._load()
+        if self.wrapped is not None:
+            self.wrapped.on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._load()
+        if self.engine.killed(trial.trial_id) is not None:
+            return TrialScheduler.STOP  # killed before a restart: never resumed, never twice
+        verdicts = self.engine.observe(trial.trial_id, result)
+        self._save(trial.trial_id)
+        for verdict in verdicts:
+            self._record(verdict)  # durable before STOP is returned
+        if any(v.stops for v in verdicts):
+            if self.wrapped is not None:
+                self.wrapped.on_trial_remove(tune_controller, trial)
+            return TrialScheduler.STOP
+        if self.wrapped is not None:
+            return self.wrapped.on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        if self.wrapped is not None:
+            self.wrapped.on_trial_error(tune_controller, trial)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if self.wrapped is not None:
+            self.wrapped.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        if self.wrapped is not None:
+            self.wrapped.on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller):
+        self._load()
+        if self.wrapped is not None:
+            return self.wrapped.choose_trial_to_run(tune_controller)
+        return super().choose_trial_to_run(tune_controller)
+
+    def debug_string(self) -> str:
+        mode = "shadow mode, " if self.engine.shadow else ""
+        inner = f"; otherwise: {self.wrapped.debug_string()}" if self.wrapped else ""
+        return f"Heuristic early kill ({mode}{len(self.engine.rules)} rules){inner}"
