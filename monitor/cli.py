@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -40,6 +42,60 @@ def _tune(args: argparse.Namespace) -> int:
     return tune.main(argv)
 
 
+def _rules_check(args: argparse.Namespace) -> int:
+    from heuristics.rules import RuleErrors, load_rules
+
+    try:
+        rules = load_rules(args.paths)
+    except RuleErrors as exc:
+        for error in exc.errors:
+            console.print(f"[red]error[/red] {error}", highlight=False)
+        console.print(f"{len(exc.errors)} error(s) in {', '.join(args.paths)}")
+        return 1
+    console.print(f"OK: {len(rules)} rules in {', '.join(args.paths)}")
+    return 0
+
+
+def _rules_list(args: argparse.Namespace) -> int:
+    from heuristics.rules import RuleErrors, load_rules
+    from monitor.yamlfile import ConfigError
+
+    sources = ["builtin", *args.rules]
+    base = None
+    if args.experiment:
+        from trainers import experiment
+
+        try:
+            exp = experiment.load(args.experiment)
+        except ConfigError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            return 2
+        sources, base = [*exp.heuristics, *args.rules], exp.path.parent
+    try:
+        rules = load_rules(sources, base=base)
+    except RuleErrors as exc:
+        for error in exc.errors:
+            console.print(f"[red]error[/red] {error}", highlight=False)
+        return 1
+    if args.format == "json":
+        print(json.dumps([{"name": r.name, "group": r.group, "expr": r.expr,
+                           "for": r.hold.describe(), "grace": r.grace.fraction
+                           if r.grace.fraction is not None else r.grace.iterations,
+                           "labels": r.labels, "annotations": r.annotations,
+                           "source": f"{r.source}:{r.line}"} for r in rules], indent=2))
+        return 0
+    table = Table(title=f"Effective rules ({', '.join(sources)})")
+    for col in ("rule", "action", "failure", "expression", "for", "grace", "source"):
+        table.add_column(col, overflow="fold")
+    for r in rules:
+        grace = (f"{100 * r.grace.fraction:g}%" if r.grace.fraction is not None
+                 else str(r.grace.iterations))
+        table.add_row(r.name, r.action, r.failure, r.expr, r.hold.describe(), grace,
+                      f"{Path(r.source).name}:{r.line}")
+    console.print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="monitor", description="Training-health monitor and "
                                      "early-kill scheduler for Ray Tune")
@@ -51,6 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_tune)
     p = sub.add_parser("experiments", help="list the available experiments")
     p.set_defaults(func=_experiments)
+    rules = sub.add_parser("rules", help="check or list heuristic rules").add_subparsers(
+        dest="rules_command", required=True)
+    p = rules.add_parser("check", help="validate rule files; every error with file and line")
+    p.add_argument("paths", nargs="+", help="rule files, directories, or 'builtin'")
+    p.set_defaults(func=_rules_check)
+    p = rules.add_parser("list", help="the effective rule set (built-in plus custom)")
+    p.add_argument("--rules", nargs="*", default=[], help="extra rule files or directories")
+    p.add_argument("--experiment", help="show the rules this experiment uses")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_rules_list)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -35,3 +35,41 @@ def run_master(config: dict, iterations: int) -> list[dict]:
         return [training.train_iteration() for _ in range(iterations)]
     finally:
         training.close()
+
+
+class MasterRuns:
+    """Real master trainings of the master_v464 variants, each run once per test session and
+    extended on demand (training is deterministic, so the first N reports never change)."""
+
+    def __init__(self) -> None:
+        from trainers import experiment
+
+        self.variants = {v["name"]: {k: x for k, x in v.items() if k != "name"}
+                         for v in experiment.load("master_v464").variants}
+        self.trainings: dict = {}
+        self.reports: dict[str, list[dict]] = {}
+
+    def __call__(self, variant: str, iterations: int) -> list[dict]:
+        from trainers.master import MasterTraining
+
+        if variant not in self.trainings:
+            self.trainings[variant] = MasterTraining(self.variants[variant])
+            self.reports[variant] = []
+        reports = self.reports[variant]
+        while len(reports) < iterations:
+            result = self.trainings[variant].train_iteration()
+            result["training_iteration"] = len(reports) + 1
+            result["time_total_s"] = float(len(reports) + 1)
+            reports.append(result)
+        return reports[:iterations]
+
+    def close(self) -> None:
+        for t in self.trainings.values():
+            t.close()
+
+
+@pytest.fixture(scope="session")
+def master_runs():
+    runs = MasterRuns()
+    yield runs
+    runs.close()

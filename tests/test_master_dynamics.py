@@ -10,12 +10,7 @@ import math
 
 import pytest
 
-from tests.conftest import run_master
-from trainers import experiment
-
 pytestmark = pytest.mark.slow
-VARIANTS = {v["name"]: {k: x for k, x in v.items() if k != "name"}
-            for v in experiment.load("master_v464").variants}
 
 
 def mean_dead(report: dict) -> float:
@@ -24,8 +19,8 @@ def mean_dead(report: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def healthy():
-    return run_master(VARIANTS["healthy"], 8)
+def healthy(master_runs):
+    return master_runs("healthy", 8)
 
 
 def test_healthy_master_improves_and_stays_healthy(healthy):
@@ -36,35 +31,48 @@ def test_healthy_master_improves_and_stays_healthy(healthy):
     assert all(math.isfinite(r["loss_g"]) for r in healthy)
 
 
-def test_high_learning_rate_kills_relus_over_time(healthy):
-    reports = run_master(VARIANTS["dead_relu_high_lr"], 8)
+def test_high_learning_rate_kills_relus_over_time(healthy, master_runs):
+    reports = master_runs("dead_relu_high_lr", 8)
     assert mean_dead(reports[0]) < 0.3  # alive at first ...
     assert mean_dead(reports[-1]) > 0.8  # ... then most units of most layers die
     assert mean_dead(reports[-1]) > mean_dead(healthy[-1]) + 0.6
 
 
-def test_negative_bias_init_gives_dead_relus_from_the_start(healthy):
-    reports = run_master(VARIANTS["dead_relu_bias_init"], 2)
+def test_negative_bias_init_gives_dead_relus_from_the_start(healthy, master_runs):
+    reports = master_runs("dead_relu_bias_init", 2)
     assert reports[0]["health"]["layers"]["encoder_act"]["dead_ratio"] == 1.0
     assert reports[-1]["val_logmel"] > healthy[-1]["val_logmel"] + 2.0
 
 
-def test_waveform_regression_collapses_output_power(healthy):
-    reports = run_master(VARIANTS["silence_collapse"], 8)
+def test_waveform_regression_collapses_output_power(healthy, master_runs):
+    reports = master_runs("silence_collapse", 8)
     assert reports[-1]["val_power_ratio_db"] < -12.0
     assert reports[-1]["val_power_ratio_db"] < healthy[-1]["val_power_ratio_db"] - 4.0
     assert reports[-1]["health"]["model"]["power_ratio_db"] < -12.0
     assert reports[-1]["val_logmel"] > healthy[-1]["val_logmel"]
 
 
-def test_strong_discriminator_overpowers_generator(healthy):
-    reports = run_master(VARIANTS["discriminator_overpowering"], 5)
+def test_strong_discriminator_overpowers_generator(healthy, master_runs):
+    reports = master_runs("discriminator_overpowering", 5)
     assert reports[-1]["loss_d"] < 0.03
     assert reports[-1]["loss_d"] < healthy[4]["loss_d"] / 2
     assert reports[-1]["loss_adv"] > 0.9  # the generator no longer fools it at all
 
 
-def test_sgd_without_clipping_diverges_to_nan():
-    reports = run_master(VARIANTS["divergence"], 2)
+def test_sgd_without_clipping_diverges_to_nan(master_runs):
+    reports = master_runs("divergence", 2)
     assert not math.isfinite(reports[-1]["loss_g"])
     assert any(v["nonfinite_count"] > 0 for v in reports[-1]["health"]["layers"].values())
+
+
+def test_positive_bias_init_linearises_the_first_layer(healthy, master_runs):
+    reports = master_runs("evergreen_bias_init", 5)
+    assert all(r["health"]["layers"]["encoder_act"]["evergreen_ratio"] == 1.0 for r in reports)
+    assert reports[-1]["val_logmel"] > healthy[4]["val_logmel"]
+
+
+def test_large_init_gain_explodes_activations_then_recovers(master_runs):
+    reports = master_runs("activation_explosion_init", 3)
+    spread = [max(v["activation_std"] for v in r["health"]["layers"].values()) for r in reports]
+    assert spread[0] > 50  # healthy: below 1
+    assert spread[-1] < spread[0]
