@@ -34,22 +34,22 @@ def load_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
         raise ConfigError(path, None, f"cannot read the file ({exc.strerror})") from None
     try:
         node = yaml.compose(text, Loader=LineLoader)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
         raise ConfigError(path, line, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
     lines: dict[tuple, int] = {}
-    if node is None:
-        return None, lines
-    _walk(node, (), lines)
-    return yaml.safe_load(text), lines
+    if node is not None:
+        _walk(node, (), lines)
+    return data, lines
 
 
 def _walk(node: yaml.Node, prefix: tuple, lines: dict[tuple, int]) -> None:
     lines.setdefault(prefix, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if key_node.tag else key_node.value
+            key = _scalar(key_node)
             path = (*prefix, key)
             lines[path] = key_node.start_mark.line + 1
             _walk(value_node, path, lines)
@@ -57,6 +57,16 @@ def _walk(node: yaml.Node, prefix: tuple, lines: dict[tuple, int]) -> None:
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _walk(item, (*prefix, i), lines)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """A mapping key as safe_load would give it (ints stay ints, strings stay strings)."""
+    if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":int"):
+        try:
+            return int(node.value)
+        except ValueError:
+            return node.value
+    return node.value
 
 
 def line_of(lines: dict[tuple, int], path: tuple) -> int | None:
