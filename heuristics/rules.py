@@ -21,6 +21,7 @@ file is collected (file, line, rule, what was expected) and raised together as `
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,12 @@ from heuristics.expr import ExprError, Node, max_window, parse, signals_of
 from monitor.yamlfile import ConfigError, line_of, load_yaml
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+DEFAULT_CUSTOM_DIR = Path(__file__).parent / "custom"
+
+
+def custom_dir() -> Path:
+    """Where the ``custom`` rule source looks (``MONITOR_CUSTOM_RULES`` overrides)."""
+    return Path(os.environ.get("MONITOR_CUSTOM_RULES", DEFAULT_CUSTOM_DIR))
 ACTIONS = ("kill", "warn")
 RULE_KEYS = {"name", "expr", "for", "grace", "labels", "annotations"}
 GROUP_KEYS = {"name", "rules"}
@@ -252,13 +259,13 @@ def _parse_rule(raw: Any, group: str, path: Path, lines: dict, rp: tuple, err) -
 
 
 def rule_files(sources: list[str] | tuple[str, ...], base: Path | None = None) -> list[Path]:
-    """Expand rule sources: ``builtin``, files, and directories (their *.yaml, *.yml)."""
+    """Expand rule sources: ``builtin``, ``custom``, files, and directories (*.yaml, *.yml)."""
     files: list[Path] = []
     for source in sources:
         if source == "builtin":
             files.extend(sorted(BUILTIN_DIR.glob("*.yaml")))
             continue
-        path = Path(source)
+        path = custom_dir() if source == "custom" else Path(source)
         if not path.is_absolute() and base is not None and not path.exists():
             path = base / path
         if path.is_dir():

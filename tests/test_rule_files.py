@@ -112,3 +112,14 @@ def test_experiment_with_broken_rules_stops_before_any_trial(tmp_path):
     assert "rules do not load; no trial was started" in proc.stdout
     assert "rules.yaml:5" in proc.stdout
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_file_dropped_in_the_custom_directory_is_used(tmp_path, monkeypatch):
+    from trainers import experiment
+    from trainers.tune import load_experiment_rules
+
+    monkeypatch.setenv("MONITOR_CUSTOM_RULES", str(tmp_path))
+    before = [r.name for r in load_experiment_rules(experiment.load("master_v464"))]
+    write(tmp_path, "team.yaml", GOOD)
+    after = [r.name for r in load_experiment_rules(experiment.load("master_v464"))]
+    assert after == [*before, "loud_output"]

@@ -122,7 +122,7 @@ def load(name_or_path: str) -> Experiment:
     mode = data.get("mode", "min")
     if mode not in ("min", "max"):
         raise fail(("mode",), f"mode: expected 'min' or 'max', got {mode!r}")
-    heuristics = data.get("heuristics", ["builtin"])
+    heuristics = data.get("heuristics", ["builtin", "custom"])
     if not isinstance(heuristics, list) or not all(isinstance(h, str) for h in heuristics):
         raise fail(("heuristics",), "heuristics: expected a list of rule sources "
                    "('builtin', files or directories)")
