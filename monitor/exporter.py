@@ -162,12 +162,15 @@ class HealthCollector(Collector):
                     if signal in values:
                         family.add_metric([t.experiment, t.trial, t.role, layer], values[signal])
             yield family
-        for signal, (name, doc) in MODEL_METRICS.items():
-            family = gauge(name, doc, [])
-            for t in trials:
-                if signal in t.model:
-                    family.add_metric([t.experiment, t.trial, t.role], t.model[signal])
-            yield family
+        def per_trial(table: dict[str, tuple[str, str]], values_of) -> Iterator[Metric]:
+            for key, (name, doc) in table.items():
+                family = gauge(name, doc, [])
+                for t in trials:
+                    if key in values_of(t):
+                        family.add_metric([t.experiment, t.trial, t.role], values_of(t)[key])
+                yield family
+
+        yield from per_trial(MODEL_METRICS, lambda t: t.model)
         losses = gauge("loss", "Training losses, mean over the iteration", ["loss"])
         validation = gauge("validation", "Validation metrics (lower is better)", ["metric"])
         info = gauge("trial_info", "Trials being monitored (value 1)", [])
@@ -180,12 +183,7 @@ class HealthCollector(Collector):
         yield losses
         yield validation
         yield info
-        for key, (name, doc) in SCALAR_METRICS.items():
-            family = gauge(name, doc, [])
-            for t in trials:
-                if key in t.scalars:
-                    family.add_metric([t.experiment, t.trial, t.role], t.scalars[key])
-            yield family
+        yield from per_trial(SCALAR_METRICS, lambda t: t.scalars)
         reports = CounterMetricFamily(f"{self.prefix}_reports", "Results received per trial",
                                       labels=base)
         updated = gauge("last_report_timestamp_seconds", "Unix time of the last result", [])
