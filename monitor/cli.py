@@ -96,6 +96,27 @@ def _rules_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kill_report(args: argparse.Namespace) -> int:
+    from monitor import report
+    from monitor.store import StoreError
+
+    try:
+        run_dir = report.find_run(args.storage, args.experiment)
+        data = report.build(run_dir)
+        page = report.to_html(data, run_dir) if args.html else None
+    except StoreError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    if args.format == "table":
+        report.print_table(data, console)
+    else:
+        print(report.render(data, args.format), end="")
+    if page is not None:
+        args.html.write_text(page)
+        console.print(f"wrote {args.html}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="monitor", description="Training-health monitor and "
                                      "early-kill scheduler for Ray Tune")
@@ -107,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_tune)
     p = sub.add_parser("experiments", help="list the available experiments")
     p.set_defaults(func=_experiments)
+    p = sub.add_parser("kill-report", help="what was killed, why, and the compute it saved")
+    p.add_argument("experiment", nargs="?", help="experiment name or run directory "
+                   "(default: the latest run)")
+    p.add_argument("--storage", type=Path, default=Path("runs"))
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    p.add_argument("--html", type=Path, help="also write a self-contained HTML report")
+    p.set_defaults(func=_kill_report)
     rules = sub.add_parser("rules", help="check or list heuristic rules").add_subparsers(
         dest="rules_command", required=True)
     p = rules.add_parser("check", help="validate rule files; every error with file and line")

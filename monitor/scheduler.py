@@ -81,6 +81,7 @@ class HeuristicScheduler(FIFOScheduler):
         self.run = run
         self.wrapped = scheduler
         self.log = VerdictLog(self.run_dir / "heuristics" / "verdicts.jsonl")
+        self.store = None  # the run store, opened on first use (not pickled)
         self._loaded = False
         self._supports_buffered_results = False  # act on every result as it arrives
 
@@ -120,6 +121,11 @@ class HeuristicScheduler(FIFOScheduler):
         os.replace(tmp, path)
 
     def _record(self, verdict: Verdict) -> None:
+        if self.store is None:
+            from monitor.store import RunStore
+
+            self.store = RunStore(self.run_dir)
+        self.store.add_verdict(verdict.to_dict())  # committed synchronously
         self.log.append(verdict.to_dict())
         exporter = Exporter.for_run(self.run) if self.run else None
         if exporter:
@@ -175,6 +181,11 @@ class HeuristicScheduler(FIFOScheduler):
         if self.wrapped is not None:
             return self.wrapped.choose_trial_to_run(tune_controller)
         return super().choose_trial_to_run(tune_controller)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["store"] = None
+        return state
 
     def debug_string(self) -> str:
         mode = "shadow mode, " if self.engine.shadow else ""

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from heuristics.rules import RuleErrors
-from monitor.callback import HealthExporterCallback
+from monitor.callback import HealthExporterCallback, RunStoreCallback
 from monitor.exporter import ExporterError
 from monitor.yamlfile import ConfigError
 from trainers import experiment as experiments
@@ -147,6 +147,8 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
                   f"(file_sd: {exporter.exporter.sd_file})")
     console.print(f"Early kill: {len(rules)} rules from {', '.join(exp.heuristics) or 'none'}"
                   f"{' (shadow mode: nothing is stopped)' if shadow else ''}")
+    store = RunStoreCallback(storage / name, exp.name, name, exp.metric, exp.mode, iterations,
+                             exp.healthy_threshold)
     scheduler = HeuristicScheduler(rules, storage / name, exp.name, iterations, shadow=shadow,
                                    scheduler=make_wrapped(wrap, exp, iterations), run=name)
     reporter = tune.CLIReporter(
@@ -160,7 +162,7 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
                                     scheduler=scheduler,
                                     max_concurrent_trials=exp.max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=str(storage),
-                                  callbacks=[exporter, *(callbacks or [])], verbose=1,
+                                  callbacks=[exporter, store, *(callbacks or [])], verbose=1,
                                   progress_reporter=reporter,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
