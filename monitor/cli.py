@@ -117,6 +117,105 @@ def _kill_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dirs(args: argparse.Namespace) -> list[Path]:
+    from monitor.report import find_run
+
+    return [find_run(args.storage, e) for e in (args.experiments or [None])]
+
+
+def _label(args: argparse.Namespace) -> int:
+    from monitor.replay import label
+    from monitor.report import find_run
+    from monitor.store import StoreError
+
+    if args.healthy == bool(args.failure):
+        console.print("[red]error:[/red] give exactly one of --failure NAME or --healthy")
+        return 2
+    try:
+        trial = label(find_run(args.storage, args.experiment), args.trial,
+                      "healthy" if args.healthy else args.failure)
+    except (StoreError, KeyError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    console.print(f"{trial['trial_id']} ({trial.get('variant')}): outcome {trial['outcome']}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from heuristics.rules import RuleErrors, load_rules
+    from monitor.replay import replay
+    from monitor.store import StoreError
+
+    try:
+        rules = load_rules(args.rules)
+        result = replay(_run_dirs(args), rules)
+    except RuleErrors as exc:
+        console.print(f"[red]error:[/red] the rules do not load:\n{exc}", highlight=False)
+        return 1
+    except StoreError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    if args.format == "json":
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    table = Table(title=f"Replay of {len(rules)} rules over {', '.join(result['runs'])}")
+    for col in ("trial", "variant", "outcome", "killed by", "at", "saved", "warnings"):
+        table.add_column(col, overflow="fold")
+    for t in result["trials"]:
+        table.add_row(t["trial"], str(t["variant"]), str(t["outcome"]), t["killed_by"] or "-",
+                      f"{t['kill_iteration']}/{t['budget']}" if t["kill_iteration"] else "-",
+                      str(t["saved_iterations"]), ", ".join(t["warnings"]) or "-")
+    console.print(table)
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.2f}"
+
+    console.print(f"precision {pct(result['precision'])}, recall {pct(result['recall'])} "
+                  f"({result['true_kills']} true kills, {result['false_kills']} false kills, "
+                  f"{result['missed']} missed, {result['unlabelled']} unlabelled); saved "
+                  f"{result['saved_iterations']}/{result['budget_iterations']} trial-iterations "
+                  f"({result['saved_pct']:.0f}%); median detection at iteration "
+                  f"{result['median_detection_iteration']} "
+                  f"({pct(result['median_detection_pct_of_budget'])}% of budget)")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from monitor import calibrate
+    from monitor.store import StoreError
+
+    try:
+        run_dirs = _run_dirs(args)
+        trials = calibrate.load(run_dirs)
+    except StoreError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    failing = sum(t["failing"] for t in trials)
+    if failing < 2 or len(trials) - failing < 2:
+        console.print(f"[red]error:[/red] need at least 2 failing and 2 healthy trials with "
+                      f"outcomes; found {failing} failing, {len(trials) - failing} healthy "
+                      "(label trials with `monitor label`)")
+        return 2
+    rows = calibrate.analyse(trials)
+    table = Table(title=f"Signals ranked ({failing} failing vs {len(trials) - failing} healthy "
+                  "trials)")
+    for col in ("signal", "direction", "AUC", "r_pb", "first separated", "threshold",
+                "recall", "median detection"):
+        table.add_column(col, overflow="fold")
+    for r in rows[:args.top]:
+        table.add_row(r["expr"], r["direction"], f"{r['auc']:.2f}",
+                      f"{r['point_biserial']:.2f}", str(r["first_separated_iteration"]),
+                      f"{r['threshold']:.4g}" if r["threshold"] is not None else "-",
+                      f"{r['recall']:.2f}", str(r["median_detection"]))
+    console.print(table)
+    suggestion = calibrate.suggest(rows, trials)
+    calibrate.write_rules(args.output, suggestion, [p.name for p in run_dirs])
+    console.print(f"wrote {len(suggestion['groups'][0]['rules'])} suggested rules to "
+                  f"{args.output} (check: monitor rules check {args.output}; score: monitor "
+                  f"replay EXP --rules {args.output})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="monitor", description="Training-health monitor and "
                                      "early-kill scheduler for Ray Tune")
@@ -135,6 +234,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     p.add_argument("--html", type=Path, help="also write a self-contained HTML report")
     p.set_defaults(func=_kill_report)
+    p = sub.add_parser("label", help="set a trial's outcome (healthy or a failure name)")
+    p.add_argument("experiment", help="experiment name or run directory")
+    p.add_argument("trial", help="trial id (or its unique suffix)")
+    p.add_argument("--failure")
+    p.add_argument("--healthy", action="store_true")
+    p.add_argument("--storage", type=Path, default=Path("runs"))
+    p.set_defaults(func=_label)
+    p = sub.add_parser("replay", help="evaluate a rule set over recorded runs")
+    p.add_argument("experiments", nargs="*", help="experiment names or run directories "
+                   "(default: the latest run)")
+    p.add_argument("--rules", nargs="+", default=["builtin", "custom"])
+    p.add_argument("--storage", type=Path, default=Path("runs"))
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_replay)
+    p = sub.add_parser("calibrate", help="correlate signals with known failures; suggest rules")
+    p.add_argument("experiments", nargs="*", help="experiment names or run directories")
+    p.add_argument("--storage", type=Path, default=Path("runs"))
+    p.add_argument("--output", type=Path, default=Path("calibrated_rules.yaml"))
+    p.add_argument("--top", type=int, default=15)
+    p.set_defaults(func=_calibrate)
     rules = sub.add_parser("rules", help="check or list heuristic rules").add_subparsers(
         dest="rules_command", required=True)
     p = rules.add_parser("check", help="validate rule files; every error with file and line")

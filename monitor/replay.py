@@ -1,0 +1,101 @@
+"""``monitor replay``: evaluate a rule set over recorded histories, as the scheduler would have.
+
+The same ``RuleEngine`` that drives the scheduler is fed each trial's recorded results in
+order (one implementation, two drivers). The first kill ends a trial, as it would have live.
+
+Ground truth is each trial's outcome in the run store: ``healthy``, or a failure name (from a
+rule kill, from the final quality against the experiment's ``healthy_threshold``, or set by
+``monitor label``). Trials without an outcome are left out of precision and recall. Note that
+a trial killed live carries the failure its rule predicted until it is labelled otherwise, so
+replaying the same rules over a run they stopped is circular: judge rule sets on runs made
+with ``--shadow`` (full histories) and labelled outcomes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from heuristics.engine import RuleEngine
+from heuristics.rules import Rule
+from monitor.store import RunStore
+
+
+def is_failure(outcome: str | None) -> bool | None:
+    if outcome is None:
+        return None
+    return outcome not in ("healthy",)
+
+
+def replay(run_dirs: list[Path], rules: list[Rule]) -> dict[str, Any]:
+    trials_out: list[dict[str, Any]] = []
+    for run_dir in run_dirs:
+        store = RunStore(run_dir, create=False)
+        try:
+            meta = store.meta()
+            budget = meta.get("budget")
+            engine = RuleEngine(rules, meta.get("experiment", ""), budget=budget)
+            for t in store.trials():
+                results = store.results(t["trial_id"])
+                kill, warnings = None, []
+                for r in results:
+                    for v in engine.observe(t["trial_id"], r):
+                        if v.stops and kill is None:
+                            kill = v
+                        elif not v.stops:
+                            warnings.append(v.rule)
+                    if kill:
+                        break
+                trial_budget = t.get("budget") or budget or (len(results) or 1)
+                trials_out.append({
+                    "run": run_dir.name, "trial": t["trial_id"], "variant": t.get("variant"),
+                    "outcome": t.get("outcome"), "failing": is_failure(t.get("outcome")),
+                    "recorded_iterations": len(results), "budget": trial_budget,
+                    "killed_by": kill.rule if kill else None,
+                    "predicted": kill.failure if kill else None,
+                    "kill_iteration": kill.iteration if kill else None,
+                    "saved_iterations": max(trial_budget - kill.iteration, 0) if kill else 0,
+                    "warnings": sorted(set(warnings)),
+                })
+        finally:
+            store.db.close()
+    return {"runs": [str(p) for p in run_dirs], "rules": [r.name for r in rules],
+            "trials": trials_out, **score(trials_out)}
+
+
+def score(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    known = [t for t in trials if t["failing"] is not None]
+    tp = [t for t in known if t["failing"] and t["killed_by"]]
+    fp = [t for t in known if not t["failing"] and t["killed_by"]]
+    fn = [t for t in known if t["failing"] and not t["killed_by"]]
+    budget = sum(t["budget"] for t in trials)
+    saved = sum(t["saved_iterations"] for t in trials)
+    delays = [100.0 * t["kill_iteration"] / t["budget"] for t in tp]
+    return {
+        "true_kills": len(tp), "false_kills": len(fp), "missed": len(fn),
+        "unlabelled": len(trials) - len(known),
+        "precision": len(tp) / (len(tp) + len(fp)) if tp or fp else None,
+        "recall": len(tp) / (len(tp) + len(fn)) if tp or fn else None,
+        "correct_failure": sum(t["predicted"] == t["outcome"] for t in tp),
+        "saved_iterations": saved, "budget_iterations": budget,
+        "saved_pct": 100.0 * saved / budget if budget else 0.0,
+        "median_detection_iteration": statistics.median([t["kill_iteration"] for t in tp])
+        if tp else None,
+        "median_detection_pct_of_budget": statistics.median(delays) if delays else None,
+    }
+
+
+def label(run_dir: Path, trial: str, outcome: str) -> dict[str, Any]:
+    """Set a trial's outcome by hand (``healthy`` or a failure name)."""
+    store = RunStore(run_dir, create=False)
+    try:
+        known = {t["trial_id"]: t for t in store.trials()}
+        matches = [k for k in known if k == trial or k.endswith(trial)]
+        if len(matches) != 1:
+            raise KeyError(f"trial {trial!r} {'is ambiguous' if matches else 'not found'} in "
+                           f"{run_dir.name}; trials: {', '.join(sorted(known))}")
+        store.upsert_trial(matches[0], outcome=outcome, outcome_source="label")
+        return {**known[matches[0]], "outcome": outcome, "outcome_source": "label"}
+    finally:
+        store.db.close()
