@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 EXP    ?= master_v464
 STAMP  := $(VENV)/.installed
 
-.PHONY: tune test lint venv bench-overhead clean
+.PHONY: tune test lint venv bench-overhead bench-store clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 bench-overhead: $(STAMP)
 	$(PY) -m monitor.bench.overhead
+
+bench-store: $(STAMP)
+	$(PY) -m monitor.bench.store
 
 clean:
 	rm -rf $(VENV) runs

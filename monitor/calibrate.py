@@ -15,6 +15,7 @@ passes ``monitor rules check`` and can be scored with ``monitor replay``.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -126,7 +127,7 @@ def threshold(trials: list[dict[str, Any]], key: tuple[str, str], direction: str
                if math.isfinite(v)]
     if not healthy:
         return {"threshold": None, "recall": 0.0, "precision": None, "earliest": None,
-                "median_detection": None}
+                "median_detection": None, "caught": []}
     edge = max(healthy) if direction == "above" else min(healthy)
     scale = max(abs(edge), 1e-12)
     t = edge + 1e-3 * scale if direction == "above" else edge - 1e-3 * scale
@@ -135,7 +136,7 @@ def threshold(trials: list[dict[str, Any]], key: tuple[str, str], direction: str
         t = float(f"{edge * (1 + 2e-3) + 1e-12:.4g}")
     if direction == "below" and t >= edge:
         t = float(f"{edge * (1 - 2e-3) - 1e-12:.4g}")
-    hits = []
+    hits, caught = [], []
     failing = [tr for tr in trials if tr["failing"]]
     for tr in failing:
         series = tr["series"].get(key, {})
@@ -143,10 +144,12 @@ def threshold(trials: list[dict[str, Any]], key: tuple[str, str], direction: str
                     and (v > t if direction == "above" else v < t)]
         if crossing:
             hits.append(crossing[0])
+            caught.append(tr["outcome"])
     false = sum(any(math.isfinite(v) and (v > t if direction == "above" else v < t)
                     for v in tr["series"].get(key, {}).values())
                 for tr in trials if not tr["failing"])
     return {"threshold": t, "recall": len(hits) / len(failing) if failing else 0.0,
+            "caught": caught,
             "precision": len(hits) / (len(hits) + false) if hits or false else None,
             "earliest": min(hits) if hits else None,
             "median_detection": statistics.median(hits) if hits else None}
@@ -156,9 +159,6 @@ def suggest(rows: list[dict[str, Any]], trials: list[dict[str, Any]], top: int =
             ) -> dict[str, Any]:
     """A rule file (as data) with one kill rule per top signal."""
     rules = []
-    failures = [t["outcome"] for t in trials if t["failing"]]
-    label = statistics.mode(failures) if failures else "failure"
-    label = label if label.replace("_", "").isalnum() and label == label.lower() else "failure"
     used = set()
     for row in rows:
         if row["threshold"] is None or row["recall"] == 0 or len(rules) >= top:
@@ -168,6 +168,9 @@ def suggest(rows: list[dict[str, Any]], trials: list[dict[str, Any]], top: int =
             continue
         used.add(name)
         op = ">" if row["direction"] == "above" else "<"
+        label = statistics.mode(row["caught"])  # the failure this signal catches most
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", label):
+            label = "failure"
         rules.append({
             "name": name, "expr": f"{row['expr']} {op} {row['threshold']:g}", "for": 1,
             "grace": 0, "labels": {"action": "kill", "failure": label},

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from monitor.scheduler import VerdictLog
+from monitor.store import RunStore
 from trainers import experiment
 from trainers import tune as runner
 
@@ -99,3 +100,12 @@ def test_restore_after_the_driver_is_killed(tmp_path):
                                f"{healthy['trial_id']}.json").read_text())
     iterations = [r["iteration"] for r in state["reports"]]
     assert iterations == list(range(1, 15))  # one history across the crash
+    # The run store: every kill exactly once; the sample history continues after the restore
+    # (a crash may lose only the last unflushed batch of samples).
+    store = RunStore(run_dir, create=False)
+    store_kills = [(v["trial"], v["failure"]) for v in store.verdicts("kill")]
+    assert sorted(store_kills) == sorted((v["trial"], v["failure"]) for v in kills)
+    recorded = {r["training_iteration"] for r in store.results(healthy["trial_id"])}
+    assert {1, 14} <= recorded and len(recorded) >= 10
+    trial_row = next(t for t in store.trials() if t["trial_id"] == healthy["trial_id"])
+    assert trial_row["status"] == "TERMINATED" and trial_row["iterations"] == 14
