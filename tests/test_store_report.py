@@ -112,3 +112,17 @@ def test_calibration_on_real_trainings(master_runs, tmp_path):
     scored = replay([tmp_path], rules)
     assert scored["false_kills"] == 0  # zero false kills on the history it came from
     assert scored["recall"] > 0
+
+
+def test_report_of_a_run_without_kills_says_so(tmp_path, capsys):
+    store = RunStore(tmp_path / "exp_20260101-000000")
+    store.set_meta(experiment="exp", run="exp_20260101-000000", budget=5)
+    store.upsert_trial("t1", variant="healthy", budget=5, iterations=5)
+    store.add_verdict({"trial": "t1", "iteration": 3, "wall_time": 1.0, "rule": "quiet",
+                       "failure": "silence_collapse", "action": "warn", "shadow": False,
+                       "reason": "Trial t1 warned."})
+    store.close()
+    assert main(["kill-report", "exp", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "No trial of exp_20260101-000000 was killed (1 trials)" in out
+    assert "quiet (silence_collapse): 1 warnings on 1 trial(s)" in out

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -30,6 +31,7 @@ def _run(training_cls: type, config: dict[str, Any]) -> None:
     torch.set_num_threads(int(os.environ.get("MONITOR_TRIAL_THREADS", "1")))
     training = training_cls(trial_config(config))
     c = training.config
+    node_id = ray.get_runtime_context().get_node_id()  # which node ran it (clusters)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -38,6 +40,7 @@ def _run(training_cls: type, config: dict[str, Any]) -> None:
         while training.iteration < c["max_iterations"]:
             metrics = training.train_iteration()
             metrics["role"] = training.role
+            metrics["node_id"] = node_id
             last = training.iteration >= c["max_iterations"]
             if last and hasattr(training, "speed"):
                 metrics.update(training.speed())

@@ -106,10 +106,13 @@ def make_wrapped(name: str | None, exp: experiments.Experiment, iterations: int)
 def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
         max_iterations: int | None = None, address: str | None = None,
         callbacks: list | None = None, shadow: bool = False, wrap: str | None = None,
-        resume: Path | None = None) -> dict[str, Any]:
+        resume: Path | None = None, tune_storage: str | None = None) -> dict[str, Any]:
     """Run ``exp`` on Ray Tune with the early-kill scheduler; return (and write) the summary.
 
-    ``resume``: the directory of an interrupted run of ``exp`` to restore and finish.
+    ``storage``: the driver-local directory for the monitor's files (run store, verdicts, rule
+    state, file_sd, summary). ``tune_storage``: where Ray Tune keeps trial results and
+    checkpoints, any path or URI it accepts (shared storage on a cluster); by default the same
+    directory. ``resume``: the directory of an interrupted run of ``exp`` to restore and finish.
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table
     import ray
@@ -132,8 +135,9 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     trainable = tune.with_resources(TRAINABLES[exp.trainer], dict(exp.resources))
     started = time.time()
+    tune_root = tune_storage.rstrip("/") if tune_storage else str(storage)
     if resume:  # Tune restores its pickled scheduler and callbacks; they reload their state
-        tuner = tune.Tuner.restore(str(storage / name), trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(f"{tune_root}/{name}", trainable, resume_errored=True)
         results = tuner.fit()
         summary = summarise(exp, name, storage, results, started)
         (storage / name / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -161,7 +165,7 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
         tune_config=tune.TuneConfig(metric=exp.metric, mode=exp.mode, num_samples=exp.samples,
                                     scheduler=scheduler,
                                     max_concurrent_trials=exp.max_concurrent),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage),
+        run_config=tune.RunConfig(name=name, storage_path=tune_root,
                                   callbacks=[exporter, store, *(callbacks or [])], verbose=1,
                                   progress_reporter=reporter,
                                   failure_config=tune.FailureConfig(max_failures=0)),
@@ -254,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a Ray Tune scheduler to defer to when no rule kills")
     parser.add_argument("--resume", type=Path, default=None,
                         help="restore and finish an interrupted run (its directory)")
+    parser.add_argument("--tune-storage", default=os.environ.get("MONITOR_TUNE_STORAGE"),
+                        help="where Ray Tune keeps results and checkpoints (a path or URI, e.g. "
+                        "shared storage on a cluster); default: --storage")
     args = parser.parse_args(argv)
     try:
         exp = experiments.load(args.experiment)
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"started:\n{exc}", highlight=False)
         return 2
     summary = run(exp, args.storage, args.max_iterations, args.address, shadow=args.shadow,
-                  wrap=args.wrap, resume=args.resume)
+                  wrap=args.wrap, resume=args.resume, tune_storage=args.tune_storage)
     print_summary(summary)
     return 0
 
