@@ -40,7 +40,8 @@ def main(storage: str) -> None:
     scraper = Scraper()
     try:
         summary = runner.run(experiment.load("early_kill_smoke"), storage=Path(storage),
-                             address=cluster.address, callbacks=[scraper])
+                             address=cluster.address, callbacks=[scraper],
+                             tune_storage=f"{storage}/shared")
         print("RESULT " + json.dumps({
             "worker_node": worker.node_id, "head_node": cluster.head_node.node_id,
             "trials": [{"trial_id": t["trial_id"], "variant": t["variant"],

@@ -28,6 +28,9 @@ def test_trials_on_a_worker_node_are_monitored_and_killed(tmp_path):
     assert trials["healthy"]["iterations"] == 6 and not trials["healthy"]["killed"]
     assert set(result["scraped"]) == {t["trial_id"] for t in result["trials"]}
     assert all(result["scraped"].values())  # the worker's trials were in the driver's exporter
-    # The run store and the verdicts stay with the driver.
+    # Tune's results and checkpoints go to --tune-storage; the run store, the verdicts and the
+    # rule state stay with the driver.
+    assert list((tmp_path / "shared" / result["run"]).glob("master_trainable_*/result.json"))
+    assert not (tmp_path / "shared" / result["run"] / "monitor.sqlite").exists()
     assert (tmp_path / result["run"] / "monitor.sqlite").exists()
     assert (tmp_path / result["run"] / "heuristics" / "verdicts.jsonl").exists()
