@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 EXP    ?= master_v464
 STAMP  := $(VENV)/.installed
 
-.PHONY: tune test lint venv bench-overhead bench-store clean
+.PHONY: tune test lint venv bench-overhead bench-store prometheus dashboards clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,17 @@ tune: $(STAMP)
 	$(PY) -m trainers.tune $(EXP) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
 
 test: $(STAMP)
-	$(PY) -m ruff check monitor trainers heuristics tests
+	$(PY) -m ruff check monitor trainers heuristics dashboards tests
 	$(PY) -m pytest -q -x --durations=15
 
 bench-overhead: $(STAMP)
 	$(PY) -m monitor.bench.overhead
+
+prometheus: $(STAMP)
+	$(PY) -m monitor.prometheus_local
+
+dashboards: $(STAMP)
+	$(PY) -m dashboards.build
 
 bench-store: $(STAMP)
 	$(PY) -m monitor.bench.store

@@ -216,6 +216,28 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboards_push(args: argparse.Namespace) -> int:
+    import os
+
+    from monitor.grafana import GrafanaError, push
+
+    url = args.url or os.environ.get("GRAFANA_URL", "")
+    try:
+        answers = push(url, os.environ.get("GRAFANA_TOKEN"), folder_uid=args.folder_uid)
+    except GrafanaError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    for a in answers:
+        console.print(f"pushed {a.get('uid')} (version {a.get('version')}) {a.get('url', '')}")
+    return 0
+
+
+def _dashboards_build(args: argparse.Namespace) -> int:
+    from dashboards import build
+
+    return build.main([])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="monitor", description="Training-health monitor and "
                                      "early-kill scheduler for Ray Tune")
@@ -254,6 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=Path("calibrated_rules.yaml"))
     p.add_argument("--top", type=int, default=15)
     p.set_defaults(func=_calibrate)
+    dash = sub.add_parser("dashboards", help="Grafana dashboards").add_subparsers(
+        dest="dashboards_command", required=True)
+    p = dash.add_parser("push", help="create or overwrite the dashboards in Grafana (by uid); "
+                        "token from GRAFANA_TOKEN")
+    p.add_argument("--url", help="Grafana URL (default: GRAFANA_URL)")
+    p.add_argument("--folder-uid")
+    p.set_defaults(func=_dashboards_push)
+    p = dash.add_parser("build", help="regenerate dashboards/json from the code")
+    p.set_defaults(func=_dashboards_build)
     rules = sub.add_parser("rules", help="check or list heuristic rules").add_subparsers(
         dest="rules_command", required=True)
     p = rules.add_parser("check", help="validate rule files; every error with file and line")

@@ -113,6 +113,16 @@ class SignalSnapshot:
             if trial in self._trials:
                 self._trials[trial].ended = time.time()
 
+    def declare(self, experiment: str, kills: list[tuple[str, str]],
+                warnings: list[tuple[str, str]]) -> None:
+        """Create the counters of every (rule, failure) at 0, so that their first increment is
+        a change Prometheus can see (``changes()``, ``increase()``)."""
+        with self._lock:
+            for rule, failure in kills:
+                self._kills.setdefault((experiment, rule, failure), 0)
+            for rule, failure in warnings:
+                self._warnings.setdefault((experiment, rule, failure), 0)
+
     def count_kill(self, experiment: str, rule: str, failure: str) -> None:
         with self._lock:
             key = (experiment, rule, failure)

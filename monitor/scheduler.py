@@ -25,6 +25,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from heuristics.engine import RuleEngine, TrialState, Verdict
 from heuristics.rules import Rule
 from monitor.exporter import Exporter
+from monitor.grafana import KillAnnotator
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class HeuristicScheduler(FIFOScheduler):
         self.wrapped = scheduler
         self.log = VerdictLog(self.run_dir / "heuristics" / "verdicts.jsonl")
         self.store = None  # the run store, opened on first use (not pickled)
+        self.annotator = KillAnnotator()  # posts kills to Grafana when GRAFANA_URL is set
         self._loaded = False
         self._supports_buffered_results = False  # act on every result as it arrives
 
@@ -101,6 +103,12 @@ class HeuristicScheduler(FIFOScheduler):
                 except (json.JSONDecodeError, KeyError) as exc:
                     log.warning("%s: rule state unreadable (%s); starting it afresh", path, exc)
         exporter = Exporter.for_run(self.run) if self.run else None
+        if exporter:
+            rules = self.engine.rules
+            stops = [(r.name, r.failure) for r in rules if r.action == "kill"
+                     and not self.engine.shadow]
+            others = [(r.name, r.failure) for r in rules if (r.name, r.failure) not in stops]
+            exporter.snapshot.declare(self.engine.experiment, stops, others)
         for v in self.log.read():  # the log is the truth about kills
             state = self.engine.trials.get(v["trial"])
             stops = v["action"] == "kill" and not v.get("shadow")
@@ -135,6 +143,8 @@ class HeuristicScheduler(FIFOScheduler):
                 exporter.snapshot.count_warning(verdict.experiment, verdict.rule,
                                                 verdict.failure)
         (log.warning if verdict.stops else log.info)(verdict.reason)
+        if verdict.stops:
+            self.annotator.post(verdict.to_dict())
 
     # -- Tune scheduler interface -----------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:

@@ -159,7 +159,9 @@ def test_kills_are_counted_in_the_exporter(rules, tmp_path):
     try:
         sched, trial = make(rules, tmp_path), Trial("__fake", stub=True)
         feed(sched, trial, [result(1, loss_g=math.nan)])
-        assert exporter.snapshot.kills() == {("exp", "nan", "divergence"): 1}
+        assert exporter.snapshot.kills() == {("exp", "nan", "divergence"): 1,
+                                             ("exp", "low_d", "discriminator_overpowering"): 0}
+        assert exporter.snapshot.warnings() == {("exp", "quiet", "silence_collapse"): 0}
     finally:
         exporter.stop()
 

@@ -1,0 +1,114 @@
+"""Grafana: push the generated dashboards, and post kills as annotations.
+
+The URL comes from ``--url`` or ``GRAFANA_URL``; the token only from ``GRAFANA_TOKEN`` (it is
+never printed or logged). Uses grafana-client, the maintained successor of grafana-api.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "dashboards" / "json"
+
+
+class GrafanaError(RuntimeError):
+    """A clear, token-free message about what went wrong talking to Grafana."""
+
+
+def client(url: str, token: str | None, timeout: float = 5.0):
+    from grafana_client import GrafanaApi
+
+    if not url:
+        raise GrafanaError("no Grafana URL: pass --url or set GRAFANA_URL")
+    return GrafanaApi.from_url(url=url, credential=token or None, timeout=timeout)
+
+
+def _explain(exc: Exception, url: str) -> GrafanaError:
+    from grafana_client.client import (
+        GrafanaClientError,
+        GrafanaServerError,
+        GrafanaTimeoutError,
+        GrafanaUnauthorizedError,
+    )
+
+    if isinstance(exc, GrafanaUnauthorizedError):
+        return GrafanaError(f"Grafana at {url} refused the request (401/403): check that "
+                            "GRAFANA_TOKEN is set to a service-account token with Editor rights")
+    if isinstance(exc, GrafanaTimeoutError):
+        return GrafanaError(f"Grafana at {url} did not answer in time")
+    if isinstance(exc, GrafanaClientError):
+        code = getattr(exc, "status_code", "?")
+        return GrafanaError(f"{url} answered {code} to the Grafana API: is this the URL of a "
+                            "Grafana server (e.g. http://localhost:3000)?")
+    if isinstance(exc, GrafanaServerError):
+        return GrafanaError(f"Grafana at {url} failed ({getattr(exc, 'status_code', '?')})")
+    return GrafanaError(f"cannot reach Grafana at {url}: {type(exc).__name__}")
+
+
+def load_dashboards(directory: Path = DASHBOARD_DIR) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+
+
+def push(url: str, token: str | None, dashboards: list[dict[str, Any]] | None = None,
+         folder_uid: str | None = None) -> list[dict[str, Any]]:
+    """Create or overwrite every dashboard by uid; return Grafana's answers."""
+    api = client(url, token)
+    answers = []
+    for model in dashboards if dashboards is not None else load_dashboards():
+        payload: dict[str, Any] = {"dashboard": {**model, "id": None}, "overwrite": True,
+                                   "message": "pushed by monitor dashboards push"}
+        if folder_uid:
+            payload["folderUid"] = folder_uid
+        try:
+            answers.append(api.dashboard.update_dashboard(payload))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a clear message
+            raise _explain(exc, url) from None
+    return answers
+
+
+class KillAnnotator:
+    """Posts each kill to Grafana as an annotation tagged for the dashboards.
+
+    Active when ``GRAFANA_URL`` is set. A failure to post is logged and never raised: the run
+    must not depend on Grafana.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None,
+                 timeout: float = 2.0) -> None:
+        self.url = url if url is not None else os.environ.get("GRAFANA_URL", "")
+        self._token = token if token is not None else os.environ.get("GRAFANA_TOKEN")
+        self.timeout = timeout
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    def post(self, verdict: dict[str, Any]) -> bool:
+        if not self.enabled:
+            return False
+        try:
+            api = client(self.url, self._token, self.timeout)
+            api.annotations.add_annotation(
+                time_from=int(verdict["wall_time"] * 1000),
+                tags=["tune-health", verdict["experiment"], verdict["trial"], verdict["rule"],
+                      verdict["failure"]],
+                text=verdict["reason"])
+            return True
+        except Exception as exc:  # noqa: BLE001 - never break the run
+            log.warning("could not post the kill of %s to Grafana: %s", verdict["trial"],
+                        _explain(exc, self.url))
+            return False
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_token"] = None  # never pickled into the experiment state; re-read on use
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._token = os.environ.get("GRAFANA_TOKEN")

@@ -1,0 +1,56 @@
+"""``make prometheus``: a local Prometheus (Debian package) that finds every experiment.
+
+It writes ``runs/prometheus/prometheus.yml`` with a file_sd job over ``runs/file_sd/*.json``
+(the files each run's exporter writes) and starts ``prometheus`` on 127.0.0.1 in the
+foreground, its data in ``runs/prometheus/data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config_text(sd_dir: Path, scrape_interval: str = "5s") -> str:
+    return (f"global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: "
+            f"{scrape_interval}\nscrape_configs:\n  - job_name: tune_health\n"
+            f"    file_sd_configs:\n      - files: ['{sd_dir}/*.json']\n"
+            f"        refresh_interval: 5s\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--storage", type=Path, default=REPO / "runs")
+    parser.add_argument("--host", default=os.environ.get("PROMETHEUS_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PROMETHEUS_PORT", 9090)))
+    parser.add_argument("--print-config", action="store_true")
+    args = parser.parse_args(argv)
+    sd_dir = (args.storage / "file_sd").resolve()
+    home = (args.storage / "prometheus").resolve()
+    text = config_text(sd_dir)
+    if args.print_config:
+        print(text, end="")
+        return 0
+    binary = shutil.which("prometheus")
+    if binary is None:
+        print("error: prometheus is not installed (Debian: apt-get install prometheus)",
+              file=sys.stderr)
+        return 2
+    sd_dir.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "prometheus.yml").write_text(text)
+    print(f"Prometheus on http://{args.host}:{args.port}, discovering runs in {sd_dir}",
+          flush=True)
+    os.execv(binary, [binary, f"--config.file={home / 'prometheus.yml'}",
+                      f"--storage.tsdb.path={home / 'data'}",
+                      f"--web.listen-address={args.host}:{args.port}"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
