@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 EXP    ?= master_v464
 STAMP  := $(VENV)/.installed
 
-.PHONY: tune test lint venv bench-overhead bench-store prometheus dashboards clean
+.PHONY: tune test lint venv bench-overhead bench-store bench-kill prometheus dashboards clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ prometheus: $(STAMP)
 
 dashboards: $(STAMP)
 	$(PY) -m dashboards.build
+
+bench-kill: $(STAMP)
+	$(PY) -m monitor.bench.kill $(if $(SCALE),--scale $(SCALE))
 
 bench-store: $(STAMP)
 	$(PY) -m monitor.bench.store

@@ -20,7 +20,7 @@ def config_text(sd_dir: Path, scrape_interval: str = "5s") -> str:
     return (f"global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: "
             f"{scrape_interval}\nscrape_configs:\n  - job_name: tune_health\n"
             f"    file_sd_configs:\n      - files: ['{sd_dir}/*.json']\n"
-            f"        refresh_interval: 5s\n")
+            f"        refresh_interval: {scrape_interval}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

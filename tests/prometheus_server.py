@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from monitor.prometheus_local import config_text
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -32,10 +34,8 @@ class PrometheusServer:
     def start(self, timeout: float = 30.0) -> PrometheusServer:
         self.sd_dir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: tune_health\n    file_sd_configs:\n"
-            f"      - files: ['{self.sd_dir}/*.json']\n        refresh_interval: 1s\n")
+        # The configuration `make prometheus` uses, scraping every second for the tests.
+        config.write_text(config_text(self.sd_dir, scrape_interval="1s"))
         self.log = open(self.workdir / "prometheus.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [self.binary, f"--config.file={config}",

@@ -106,7 +106,8 @@ def make_wrapped(name: str | None, exp: experiments.Experiment, iterations: int)
 def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
         max_iterations: int | None = None, address: str | None = None,
         callbacks: list | None = None, shadow: bool = False, wrap: str | None = None,
-        resume: Path | None = None, tune_storage: str | None = None) -> dict[str, Any]:
+        resume: Path | None = None, tune_storage: str | None = None,
+        verbose: int = 1) -> dict[str, Any]:
     """Run ``exp`` on Ray Tune with the early-kill scheduler; return (and write) the summary.
 
     ``storage``: the driver-local directory for the monitor's files (run store, verdicts, rule
@@ -166,8 +167,8 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
                                     scheduler=scheduler,
                                     max_concurrent_trials=exp.max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=tune_root,
-                                  callbacks=[exporter, store, *(callbacks or [])], verbose=1,
-                                  progress_reporter=reporter,
+                                  callbacks=[exporter, store, *(callbacks or [])],
+                                  verbose=verbose, progress_reporter=reporter if verbose else None,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     try:
@@ -195,6 +196,7 @@ def summarise(exp, name: str, storage: Path, results, started: float) -> dict[st
         trials.append({
             "trial_id": m.get("trial_id") or Path(r.path).name,
             "variant": cfg.get("variant", {}).get("name"),
+            "seed": cfg.get("seed"),
             "iterations": m.get("training_iteration", 0),
             "metric": m.get(exp.metric),
             "error": str(r.error) if r.error else None,
