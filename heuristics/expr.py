@@ -179,19 +179,19 @@ class Parser:
                 n.args[0].cached = True
         return node
 
-    def expr(self) -> Node:
-        node = self.and_expr()
-        while self.peek().text == "or":
-            pos = self.take().pos
-            node = Binary(pos=pos, op="or", left=node, right=self.and_expr())
+    def binary(self, ops: tuple[str, ...], operand) -> Node:
+        """A left-associative chain ``operand (op operand)*`` for one precedence level."""
+        node = operand()
+        while self.peek().text in ops:
+            tok = self.take()
+            node = Binary(pos=tok.pos, op=tok.text, left=node, right=operand())
         return node
 
+    def expr(self) -> Node:
+        return self.binary(("or",), self.and_expr)
+
     def and_expr(self) -> Node:
-        node = self.not_expr()
-        while self.peek().text == "and":
-            pos = self.take().pos
-            node = Binary(pos=pos, op="and", left=node, right=self.not_expr())
-        return node
+        return self.binary(("and",), self.not_expr)
 
     def not_expr(self) -> Node:
         if self.peek().text == "not":
@@ -210,18 +210,10 @@ class Parser:
         return node
 
     def sum(self) -> Node:
-        node = self.product()
-        while self.peek().text in ("+", "-"):
-            tok = self.take()
-            node = Binary(pos=tok.pos, op=tok.text, left=node, right=self.product())
-        return node
+        return self.binary(("+", "-"), self.product)
 
     def product(self) -> Node:
-        node = self.unary()
-        while self.peek().text in ("*", "/"):
-            tok = self.take()
-            node = Binary(pos=tok.pos, op=tok.text, left=node, right=self.unary())
-        return node
+        return self.binary(("*", "/"), self.unary)
 
     def unary(self) -> Node:
         if self.peek().text == "-":
