@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heuristics.expr import ExprError, Node, max_window, parse, signals_of
+from heuristics.expr import ExprError, Node, max_window, parse
 from monitor.yamlfile import ConfigError, line_of, load_yaml
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -96,12 +96,6 @@ class Rule:
     @property
     def failure(self) -> str:
         return self.labels["failure"]
-
-    def signal_labels(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for s in signals_of(self.tree):
-            seen.setdefault(s.label(), None)
-        return list(seen)
 
 
 class RuleErrors(ValueError):

@@ -123,15 +123,17 @@ class SignalSnapshot:
             for rule, failure in warnings:
                 self._warnings.setdefault((experiment, rule, failure), 0)
 
-    def count_kill(self, experiment: str, rule: str, failure: str) -> None:
+    def _count(self, table: dict[tuple[str, str, str], int], experiment: str, rule: str,
+               failure: str) -> None:
         with self._lock:
             key = (experiment, rule, failure)
-            self._kills[key] = self._kills.get(key, 0) + 1
+            table[key] = table.get(key, 0) + 1
+
+    def count_kill(self, experiment: str, rule: str, failure: str) -> None:
+        self._count(self._kills, experiment, rule, failure)
 
     def count_warning(self, experiment: str, rule: str, failure: str) -> None:
-        with self._lock:
-            key = (experiment, rule, failure)
-            self._warnings[key] = self._warnings.get(key, 0) + 1
+        self._count(self._warnings, experiment, rule, failure)
 
     def trials(self) -> list[TrialSignals]:
         """Live trials (ended ones past their retention are dropped here)."""

@@ -140,9 +140,7 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
     if resume:  # Tune restores its pickled scheduler and callbacks; they reload their state
         tuner = tune.Tuner.restore(f"{tune_root}/{name}", trainable, resume_errored=True)
         results = tuner.fit()
-        summary = summarise(exp, name, storage, results, started)
-        (storage / name / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
+        return summarise(exp, name, storage, results, started)
     exporter = HealthExporterCallback(exp.name, name, sd_dir=storage / "file_sd")
     try:
         exporter.start()
@@ -175,9 +173,7 @@ def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
         results = tuner.fit()
     finally:
         exporter.close()
-    summary = summarise(exp, name, storage, results, started)
-    (storage / name / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return summarise(exp, name, storage, results, started)
 
 
 def _finite(x: Any) -> bool:
@@ -185,6 +181,8 @@ def _finite(x: Any) -> bool:
 
 
 def summarise(exp, name: str, storage: Path, results, started: float) -> dict[str, Any]:
+    """The run's summary from Tune's results and the verdict log; also written to
+    ``<storage>/<name>/summary.json``."""
     from monitor.scheduler import VerdictLog
 
     verdicts = VerdictLog(storage / name / "heuristics" / "verdicts.jsonl").read()
@@ -211,11 +209,13 @@ def summarise(exp, name: str, storage: Path, results, started: float) -> dict[st
     sign = 1 if exp.mode == "min" else -1
     ranked = sorted((t for t in trials if _finite(t["metric"]) and t["checkpoint"]),
                     key=lambda t: sign * t["metric"])
-    return {"name": name, "experiment": exp.name, "trainer": exp.trainer, "metric": exp.metric,
-            "verdicts": len(verdicts),
-            "warnings": sum(v["action"] == "warn" or bool(v.get("shadow")) for v in verdicts),
-            "mode": exp.mode, "storage": str(storage / name), "started": started,
-            "finished": time.time(), "trials": trials, "best": ranked[0] if ranked else None}
+    summary = {"name": name, "experiment": exp.name, "trainer": exp.trainer,
+               "metric": exp.metric, "mode": exp.mode, "verdicts": len(verdicts),
+               "warnings": sum(v["action"] == "warn" or bool(v.get("shadow")) for v in verdicts),
+               "storage": str(storage / name), "started": started, "finished": time.time(),
+               "trials": trials, "best": ranked[0] if ranked else None}
+    (storage / name / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def print_summary(summary: dict[str, Any]) -> None:
