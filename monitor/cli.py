@@ -7,10 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from monitor.console import console, print_error
 
 
 def _experiments(args: argparse.Namespace) -> int:
@@ -49,7 +48,7 @@ def _rules_check(args: argparse.Namespace) -> int:
         rules = load_rules(args.paths)
     except RuleErrors as exc:
         for error in exc.errors:
-            console.print(f"[red]error[/red] {error}", highlight=False)
+            print_error(str(error))
         console.print(f"{len(exc.errors)} error(s) in {', '.join(args.paths)}")
         return 1
     console.print(f"OK: {len(rules)} rules in {', '.join(args.paths)}")
@@ -68,14 +67,14 @@ def _rules_list(args: argparse.Namespace) -> int:
         try:
             exp = experiment.load(args.experiment)
         except ConfigError as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            print_error(str(exc))
             return 2
         sources, base = [*exp.heuristics, *args.rules], exp.path.parent
     try:
         rules = load_rules(sources, base=base)
     except RuleErrors as exc:
         for error in exc.errors:
-            console.print(f"[red]error[/red] {error}", highlight=False)
+            print_error(str(error))
         return 1
     if args.format == "json":
         print(json.dumps([{"name": r.name, "group": r.group, "expr": r.expr,
@@ -105,7 +104,7 @@ def _kill_report(args: argparse.Namespace) -> int:
         data = report.build(run_dir)
         page = report.to_html(data, run_dir) if args.html else None
     except StoreError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(str(exc))
         return 2
     if args.format == "table":
         report.print_table(data, console)
@@ -129,13 +128,13 @@ def _label(args: argparse.Namespace) -> int:
     from monitor.store import StoreError
 
     if args.healthy == bool(args.failure):
-        console.print("[red]error:[/red] give exactly one of --failure NAME or --healthy")
+        print_error("give exactly one of --failure NAME or --healthy")
         return 2
     try:
         trial = label(find_run(args.storage, args.experiment), args.trial,
                       "healthy" if args.healthy else args.failure)
     except (StoreError, KeyError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(str(exc))
         return 2
     console.print(f"{trial['trial_id']} ({trial.get('variant')}): outcome {trial['outcome']}")
     return 0
@@ -150,10 +149,10 @@ def _replay(args: argparse.Namespace) -> int:
         rules = load_rules(args.rules)
         result = replay(_run_dirs(args), rules)
     except RuleErrors as exc:
-        console.print(f"[red]error:[/red] the rules do not load:\n{exc}", highlight=False)
+        print_error(f"the rules do not load:\n{exc}")
         return 1
     except StoreError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(str(exc))
         return 2
     if args.format == "json":
         print(json.dumps(result, indent=2, default=str))
@@ -188,11 +187,11 @@ def _calibrate(args: argparse.Namespace) -> int:
         run_dirs = _run_dirs(args)
         trials = calibrate.load(run_dirs)
     except StoreError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(str(exc))
         return 2
     failing = sum(t["failing"] for t in trials)
     if failing < 2 or len(trials) - failing < 2:
-        console.print(f"[red]error:[/red] need at least 2 failing and 2 healthy trials with "
+        print_error(f"need at least 2 failing and 2 healthy trials with "
                       f"outcomes; found {failing} failing, {len(trials) - failing} healthy "
                       "(label trials with `monitor label`)")
         return 2
@@ -225,7 +224,7 @@ def _dashboards_push(args: argparse.Namespace) -> int:
     try:
         answers = push(url, os.environ.get("GRAFANA_TOKEN"), folder_uid=args.folder_uid)
     except GrafanaError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(str(exc))
         return 2
     for a in answers:
         console.print(f"pushed {a.get('uid')} (version {a.get('version')}) {a.get('url', '')}")

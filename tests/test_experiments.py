@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -50,11 +51,12 @@ def test_malformed_experiment_names_file_line_and_expectation(tmp_path, text, li
 
 
 def test_cli_reports_error_before_ray_starts(tmp_path):
+    # A narrow terminal must not wrap the message: a path or file:line stays on one line.
     proc = subprocess.run([sys.executable, "-m", "trainers.tune", "nope"], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "40"})
     assert proc.returncode == 2
-    assert "unknown experiment 'nope'" in proc.stdout
-    assert "master_v464" in proc.stdout
+    assert "unknown experiment 'nope'" in proc.stderr
+    assert "master_v464" in proc.stderr
     assert "ray" not in proc.stderr.lower()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -89,8 +90,8 @@ def test_custom_rules_join_the_builtin_ones(tmp_path):
 def test_cli_check_and_list(tmp_path, capsys):
     bad = write(tmp_path, "bad.yaml", "groups:\n  - name: g\n    rules:\n      - name: x\n")
     assert main(["rules", "check", str(bad)]) == 1
-    out = capsys.readouterr().out
-    assert "bad.yaml:4" in out and "missing 'expr'" in out
+    err = capsys.readouterr().err
+    assert "bad.yaml:4" in err and "missing 'expr'" in err
     assert main(["rules", "check", "builtin"]) == 0
     good = write(tmp_path, "good.yaml", GOOD)
     assert main(["rules", "list", "--rules", str(good), "--format", "json"]) == 0
@@ -107,10 +108,11 @@ def test_experiment_with_broken_rules_stops_before_any_trial(tmp_path):
         heuristics: [builtin, {tmp_path / 'rules.yaml'}]
         """)
     proc = subprocess.run([sys.executable, "-m", "trainers.tune", str(exp), "--storage",
-                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "40"})
     assert proc.returncode == 2
-    assert "rules do not load; no trial was started" in proc.stdout
-    assert "rules.yaml:5" in proc.stdout
+    assert "rules do not load; no trial was started" in proc.stderr
+    assert "rules.yaml:5" in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 

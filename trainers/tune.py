@@ -16,18 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from heuristics.rules import RuleErrors
 from monitor.callback import HealthExporterCallback, RunStoreCallback
+from monitor.console import console, print_error
 from monitor.exporter import ExporterError
 from monitor.yamlfile import ConfigError
 from trainers import experiment as experiments
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = REPO / "runs"
-console = Console()
 EXTRA_COLUMNS = ("val_logmel", "val_power_ratio_db", "n_parameters", "rtf")
 
 
@@ -269,11 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         load_experiment_rules(exp)
         resolve_master_checkpoint(exp, args.storage.resolve())
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(str(exc))
         return 2
     except RuleErrors as exc:
-        console.print(f"[red]error:[/red] the experiment's rules do not load; no trial was "
-                      f"started:\n{exc}", highlight=False)
+        print_error(f"the experiment's rules do not load; no trial was "
+                      f"started:\n{exc}")
         return 2
     summary = run(exp, args.storage, args.max_iterations, args.address, shadow=args.shadow,
                   wrap=args.wrap, resume=args.resume, tune_storage=args.tune_storage)
