@@ -65,7 +65,7 @@ trainer: master
 metric: val_logmel
 max_iterations: 6
 resources: {cpu: 1}
-heuristics: [builtin]
+heuristics: [builtin, probe_rules.yaml]
 config: {steps_per_iteration: 5, checkpoint_every: 2, width: 24, depth: 2}
 variants:
   - name: healthy
@@ -73,6 +73,18 @@ variants:
     bias_init: -0.5
   - name: evergreen_bias_init
     bias_init: 1.0
+"""
+# A warning that fires in every run, so the warning panels have data whatever the dynamics
+# (the evergreen warning of a 6-iteration run depends on them).
+PROBE_RULES = """\
+groups:
+  - name: probe
+    rules:
+      - name: probe_warning
+        expr: loss_d >= 0
+        for: 2
+        grace: 2
+        labels: {action: warn, failure: probe}
 """
 
 
@@ -86,6 +98,7 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 def test_every_dashboard_query_returns_data(ray_session, tmp_path):
     path = tmp_path / "dash_exp.yaml"
     path.write_text(DASH_EXP)
+    (tmp_path / "probe_rules.yaml").write_text(PROBE_RULES)
     server = PrometheusServer(tmp_path / "prom", tmp_path / "runs" / "file_sd")
     (tmp_path / "prom").mkdir()
     server.start()

@@ -20,6 +20,7 @@ from trainers import voices
 from trainers.audio import log_mel_distance, spectral_reconstruction
 from trainers.config import merge_config
 from trainers.models import ConvGenerator, SpectralDiscriminator, parameter_count
+from trainers.schedule import make_optimizer, set_lr, warmup_factor
 
 MASTER_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -33,6 +34,7 @@ MASTER_DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",  # adam | sgd
     "g_lr": 1e-3,
     "d_lr": 1e-4,
+    "lr_warmup_iterations": 0,  # linear warm-up of both learning rates (0: none)
     "d_steps": 1,  # discriminator updates per generator update
     "grad_clip": 10.0,  # generator gradient-norm clip (null: none)
     "batch_size": 8,
@@ -49,13 +51,7 @@ MASTER_DEFAULTS: dict[str, Any] = {
     "monitor_every": 4,  # sample health signals every N steps
 }
 
-
-def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
+GAN_BETAS = (0.5, 0.9)  # Adam's betas for both networks, the usual GAN setting
 
 
 class MasterTraining:
@@ -76,8 +72,10 @@ class MasterTraining:
                                        activation=c["activation"], bias_init=c["bias_init"],
                                        init_gain=c["init_gain"])
         self.discriminator = SpectralDiscriminator(n_speakers)
-        self.g_opt = _optimizer(c["optimizer"], self.generator.parameters(), c["g_lr"])
-        self.d_opt = _optimizer(c["optimizer"], self.discriminator.parameters(), c["d_lr"])
+        self.g_opt = make_optimizer(c["optimizer"], self.generator.parameters(), c["g_lr"],
+                                    GAN_BETAS)
+        self.d_opt = make_optimizer(c["optimizer"], self.discriminator.parameters(), c["d_lr"],
+                                    GAN_BETAS)
         self.rng = torch.Generator().manual_seed(c["seed"] + 1)
         self.iteration = 0
         self.step = 0
@@ -112,6 +110,13 @@ class MasterTraining:
         return torch.stack(sources), torch.stack(targets), torch.tensor(speakers)
 
     # -- training ---------------------------------------------------------------------------
+    def _warm_up(self) -> None:
+        c = self.config
+        if c["lr_warmup_iterations"]:
+            f = warmup_factor(self.step, c["lr_warmup_iterations"] * c["steps_per_iteration"])
+            set_lr(self.g_opt, f * c["g_lr"])
+            set_lr(self.d_opt, f * c["d_lr"])
+
     def _d_step(self, source, target, speaker, fake) -> torch.Tensor:
         real_logits, _ = self.discriminator(target, speaker)
         fake_logits, _ = self.discriminator(fake.detach(), speaker)
@@ -124,6 +129,7 @@ class MasterTraining:
 
     def _g_step(self, source, target, speaker) -> dict[str, torch.Tensor]:
         c = self.config
+        self._warm_up()
         self.monitor.step()
         fake = self.generator(source, speaker)
         d_loss = torch.stack([self._d_step(source, target, speaker, fake)

@@ -123,13 +123,15 @@ STUDENT_PRESETS = {
 }
 
 
-def make_student(preset: str, activation: str = "relu") -> ConvGenerator:
+def make_student(preset: str, activation: str = "relu", bias_init: float = 0.0,
+                 init_gain: float = 1.0) -> ConvGenerator:
     try:
         width, depth = STUDENT_PRESETS[preset]
     except KeyError:
         raise ValueError(f"student preset must be one of {sorted(STUDENT_PRESETS)}, "
                          f"got {preset!r}") from None
-    return ConvGenerator(n_speakers=0, width=width, depth=depth, activation=activation)
+    return ConvGenerator(n_speakers=0, width=width, depth=depth, activation=activation,
+                         bias_init=bias_init, init_gain=init_gain)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from trainers import voices
 from trainers.audio import log_mel_distance, spectral_reconstruction
 from trainers.config import merge_config
 from trainers.models import ConvGenerator, make_student, parameter_count
+from trainers.schedule import make_optimizer, set_lr, warmup_factor
 
 STUDENT_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -21,7 +23,12 @@ STUDENT_DEFAULTS: dict[str, Any] = {
     "target_speaker": 1,
     "preset": "medium",  # quality setting: low | medium | high
     "activation": "relu",
+    "bias_init": 0.0,  # constant bias of the convs feeding each activation (0: PyTorch default)
+    "init_gain": 1.0,  # multiplier of the initial conv weights (1: PyTorch default)
+    "optimizer": "adam",  # adam | sgd
     "lr": 1e-3,
+    "lr_warmup_iterations": 0,  # linear warm-up of the learning rate (0: none)
+    "grad_clip": 10.0,  # gradient-norm clip (null: none)
     "batch_size": 8,
     "segment": 4096,
     "steps_per_iteration": 20,
@@ -81,8 +88,9 @@ class StudentTraining:
             raise ValueError(f"target_speaker must be in [0, {self.corpus.spec.n_speakers}), "
                              f"got {c['target_speaker']}")
         self.audio = torch.from_numpy(self.corpus.audio)
-        self.student = make_student(c["preset"], c["activation"])
-        self.opt = torch.optim.Adam(self.student.parameters(), lr=c["lr"])
+        self.student = make_student(c["preset"], c["activation"], bias_init=c["bias_init"],
+                                    init_gain=c["init_gain"])
+        self.opt = make_optimizer(c["optimizer"], self.student.parameters(), c["lr"])
         self.rng = torch.Generator().manual_seed(c["seed"] + 1)
         self.iteration = self.step = 0
         self.monitor = HealthMonitor(self.student, every=c["monitor_every"])
@@ -122,13 +130,17 @@ class StudentTraining:
         total = torch.zeros(())
         for _ in range(c["steps_per_iteration"]):
             source, teacher = self._batch()
+            if c["lr_warmup_iterations"]:
+                set_lr(self.opt, c["lr"] * warmup_factor(
+                    self.step, c["lr_warmup_iterations"] * c["steps_per_iteration"]))
             self.monitor.step()
             out = self.student(source)
             loss = (c["wave_weight"] * F.l1_loss(out, teacher)
                     + c["spectral_weight"] * spectral_reconstruction(out, teacher))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), 10.0)
+            clip = c["grad_clip"] if c["grad_clip"] is not None else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip)
             self.opt.step()
             self.monitor.observe_output(out, teacher)
             total += loss.detach()
