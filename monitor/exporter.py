@@ -79,6 +79,15 @@ class SignalSnapshot:
         self._kills: dict[tuple[str, str, str], int] = {}
         self._warnings: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
+        self.changed = time.time()  # the last change of anything a scrape shows
+        self.scraped: float | None = None  # when the last scrape began (None: never scraped)
+
+    def mark_scraped(self) -> None:
+        self.scraped = time.time()
+
+    def final_state_scraped(self) -> bool:
+        """True when nobody scrapes, or a scrape began after the last change."""
+        return self.scraped is None or self.scraped > self.changed
 
     def update(self, experiment: str, trial: str, result: dict[str, Any]) -> None:
         """Record one Tune result (the trainables' metrics with their ``health`` block)."""
@@ -106,12 +115,14 @@ class SignalSnapshot:
             previous = self._trials.get(trial)
             t.reports = (previous.reports if previous else 0) + 1
             self._trials[trial] = t
+            self.changed = time.time()
 
     def end(self, trial: str) -> None:
         """Mark a trial as ended; its series go ``retain_s`` seconds later."""
         with self._lock:
             if trial in self._trials:
                 self._trials[trial].ended = time.time()
+            self.changed = time.time()
 
     def declare(self, experiment: str, kills: list[tuple[str, str]],
                 warnings: list[tuple[str, str]]) -> None:
@@ -128,6 +139,7 @@ class SignalSnapshot:
         with self._lock:
             key = (experiment, rule, failure)
             table[key] = table.get(key, 0) + 1
+            self.changed = time.time()
 
     def count_kill(self, experiment: str, rule: str, failure: str) -> None:
         self._count(self._kills, experiment, rule, failure)
@@ -161,6 +173,7 @@ class HealthCollector(Collector):
         self.prefix = prefix
 
     def collect(self) -> Iterator[Metric]:
+        self.snapshot.mark_scraped()
         trials = self.snapshot.trials()
         base = ["experiment", "trial", "role"]
 
@@ -266,7 +279,14 @@ class Exporter:
             os.replace(tmp, self.sd_file)  # Prometheus never reads a half-written file
         return self.port
 
-    def stop(self) -> None:
+    def stop(self, final_scrape_timeout_s: float = 15.0) -> None:
+        """Stop serving. If a Prometheus scrapes this exporter, first wait (at most
+        ``final_scrape_timeout_s``) for one scrape of the final state, so that the last
+        values and a kill in the run's last seconds are not lost."""
+        deadline = time.time() + final_scrape_timeout_s
+        while (self._server is not None and not self.snapshot.final_state_scraped()
+               and time.time() < deadline):
+            time.sleep(0.1)
         ACTIVE.pop(self.run, None)
         if self._server is not None:
             self._server.shutdown()

@@ -20,12 +20,12 @@ def verdicts(rules, reports, budget=30):
 @pytest.mark.parametrize("rule, variant, iterations, by_iteration", [
     ("divergence", "divergence", 2, 1),
     ("dead_relu_collapse", "dead_relu_bias_init", 3, 2),
-    ("dead_relu_collapse", "dead_relu_high_lr", 8, 8),
-    ("evergreen_layer", "evergreen_bias_init", 5, 3),
+    ("dead_relu_collapse", "dead_relu_high_lr", 8, 6),
+    ("evergreen_layer", "evergreen_bias_init", 3, 2),
     ("activation_collapse", "dead_relu_high_lr", 8, 8),
     ("activation_explosion", "activation_explosion_init", 3, 2),
     ("silence_collapse", "silence_collapse", 8, 8),
-    ("discriminator_overpowering", "discriminator_overpowering", 10, 10),
+    ("discriminator_overpowering", "discriminator_overpowering", 10, 8),
 ])
 def test_rule_fires_on_its_failure(master_runs, rule, variant, iterations, by_iteration):
     found = verdicts([RULES[rule]], master_runs(variant, iterations))
@@ -46,9 +46,11 @@ def test_first_kill_is_attributed_to_the_failure_it_predicts(master_runs):
     """With every rule on, each failing configuration is killed for its own failure."""
     expected = {"divergence": "divergence", "dead_relu_bias_init": "dead_relu_collapse",
                 "dead_relu_high_lr": "dead_relu_collapse", "silence_collapse": "silence_collapse",
-                "discriminator_overpowering": "discriminator_overpowering"}
+                "discriminator_overpowering": "discriminator_overpowering",
+                "evergreen_bias_init": "linearised_layer"}
     iterations = {"divergence": 2, "dead_relu_bias_init": 3, "dead_relu_high_lr": 8,
-                  "silence_collapse": 8, "discriminator_overpowering": 10}
+                  "silence_collapse": 8, "discriminator_overpowering": 10,
+                  "evergreen_bias_init": 3}
     for variant, failure in expected.items():
         kills = [v for v in verdicts(list(RULES.values()), master_runs(variant,
                                                                        iterations[variant]))

@@ -89,6 +89,41 @@ def test_exporter_serves_on_loopback_and_writes_file_sd(tmp_path):
     assert not (tmp_path / "e_run1.json").exists()
 
 
+def test_stop_waits_for_a_scrape_of_the_final_state():
+    """A kill in a run's last seconds must reach Prometheus: once scraped, the exporter stops
+    only after a scrape that began after the last change (or a timeout)."""
+    import threading
+
+    exporter = Exporter("e", "e_run2")
+    exporter.start()
+    exporter.snapshot.declare("e", [("dead_relu_collapse", "dead_relu_collapse")], [])
+    exporter.snapshot.update("e", "t1", RESULT)
+    urllib.request.urlopen(exporter.url, timeout=5).read()  # a Prometheus scrapes us
+    exporter.snapshot.count_kill("e", "dead_relu_collapse", "dead_relu_collapse")
+    exporter.snapshot.end("t1")
+    url, bodies = exporter.url, []
+
+    def late_scrape():
+        time.sleep(1.0)
+        bodies.append(urllib.request.urlopen(url, timeout=5).read().decode())
+
+    scraper = threading.Thread(target=late_scrape)
+    scraper.start()
+    exporter.stop(final_scrape_timeout_s=60)
+    scraper.join()
+    assert bodies and 'tune_health_kills_total{experiment="e",failure="dead_relu_collapse",' \
+        'rule="dead_relu_collapse"} 1.0' in bodies[0]
+
+
+def test_stop_does_not_wait_when_nobody_scrapes():
+    exporter = Exporter("e", "e_run3")
+    exporter.start()
+    exporter.snapshot.update("e", "t1", RESULT)
+    started = time.time()
+    exporter.stop(final_scrape_timeout_s=60)
+    assert time.time() - started < 30
+
+
 def test_taken_port_is_a_clear_error():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -46,3 +46,37 @@ def test_presets_order_capacity(master_checkpoint):
 def test_missing_master_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="master checkpoint not found"):
         StudentTraining({"master_checkpoint": str(tmp_path / "nope.pt")})
+
+
+def _run(master_checkpoint, iterations: int, **config) -> list[dict]:
+    student = StudentTraining({"master_checkpoint": str(master_checkpoint), **config})
+    reports = []
+    for i in range(iterations):
+        reports.append(student.train_iteration())
+        reports[-1]["training_iteration"] = i + 1
+    student.close()
+    return reports
+
+
+def _verdicts(reports: list[dict]) -> list:
+    from heuristics.engine import RuleEngine
+    from heuristics.rules import load_rules
+
+    engine = RuleEngine(load_rules(["builtin"]), "students", budget=20)
+    return [v for r in reports for v in engine.observe("t", r)]
+
+
+def test_no_builtin_rule_fires_on_a_healthy_student(master_checkpoint):
+    assert _verdicts(_run(master_checkpoint, 8, preset="low")) == []
+
+
+def test_a_student_warmed_up_to_too_high_a_rate_blows_up_and_is_killed(master_checkpoint):
+    """SGD warmed up to lr 0.5 without clipping: the loss blows up within a few iterations
+    (real dynamics, no NaN needed), and a built-in rule kills the trial for it."""
+    reports = _run(master_checkpoint, 6, optimizer="sgd", lr=0.5, lr_warmup_iterations=10,
+                   grad_clip=None)
+    losses = [r["loss"] for r in reports]
+    assert max(losses[1:]) > 3 * losses[0]
+    kills = [v for v in _verdicts(reports) if v.stops]
+    assert kills and kills[0].iteration <= 6
+    assert kills[0].failure in ("divergence", "dead_relu_collapse")
