@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -222,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scale < 1:
         raise SystemExit(f"error: --scale must be >= 1, got {args.scale}")
+    import ray
+
+    # The trials' own logs (checkpoint lines) would bury the progress display.
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     started = time.time()
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in POLICIES}
     teacher: str | None = None
