@@ -193,11 +193,15 @@ class Parser:
     def and_expr(self) -> Node:
         return self.binary(("and",), self.not_expr)
 
-    def not_expr(self) -> Node:
-        if self.peek().text == "not":
+    def prefix(self, op: str, operand: Callable[[], Node]) -> Node:
+        """``op op ... operand``: a right-nested run of a prefix operator."""
+        if self.peek().text == op:
             pos = self.take().pos
-            return Unary(pos=pos, op="not", arg=self.not_expr())
-        return self.comparison()
+            return Unary(pos=pos, op=op, arg=self.prefix(op, operand))
+        return operand()
+
+    def not_expr(self) -> Node:
+        return self.prefix("not", self.comparison)
 
     def comparison(self) -> Node:
         node = self.sum()
@@ -216,10 +220,7 @@ class Parser:
         return self.binary(("*", "/"), self.unary)
 
     def unary(self) -> Node:
-        if self.peek().text == "-":
-            pos = self.take().pos
-            return Unary(pos=pos, op="-", arg=self.unary())
-        return self.primary()
+        return self.prefix("-", self.primary)
 
     def primary(self) -> Node:
         tok = self.peek()

@@ -59,16 +59,13 @@ def _series(store: RunStore, trial: str) -> dict[tuple[str, str], dict[int, floa
 def load(run_dirs: list[Path]) -> list[dict[str, Any]]:
     trials = []
     for run_dir in run_dirs:
-        store = RunStore(run_dir, create=False)
-        try:
+        with RunStore(run_dir, create=False) as store:
             for t in store.trials():
                 failing = is_failure(t.get("outcome"))
                 if failing is None:
                     continue
                 trials.append({"id": f"{run_dir.name}/{t['trial_id']}", "failing": failing,
                                "outcome": t["outcome"], "series": _series(store, t["trial_id"])})
-        finally:
-            store.db.close()
     return trials
 
 

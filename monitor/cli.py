@@ -191,9 +191,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         return 2
     failing = sum(t["failing"] for t in trials)
     if failing < 2 or len(trials) - failing < 2:
-        print_error(f"need at least 2 failing and 2 healthy trials with "
-                      f"outcomes; found {failing} failing, {len(trials) - failing} healthy "
-                      "(label trials with `monitor label`)")
+        print_error(f"need at least 2 failing and 2 healthy trials with outcomes; found "
+                    f"{failing} failing, {len(trials) - failing} healthy (label trials with "
+                    "`monitor label`)")
         return 2
     rows = calibrate.analyse(trials)
     table = Table(title=f"Signals ranked ({failing} failing vs {len(trials) - failing} healthy "

@@ -31,8 +31,7 @@ def is_failure(outcome: str | None) -> bool | None:
 def replay(run_dirs: list[Path], rules: list[Rule]) -> dict[str, Any]:
     trials_out: list[dict[str, Any]] = []
     for run_dir in run_dirs:
-        store = RunStore(run_dir, create=False)
-        try:
+        with RunStore(run_dir, create=False) as store:
             meta = store.meta()
             budget = meta.get("budget")
             engine = RuleEngine(rules, meta.get("experiment", ""), budget=budget)
@@ -58,8 +57,6 @@ def replay(run_dirs: list[Path], rules: list[Rule]) -> dict[str, Any]:
                     "saved_iterations": max(trial_budget - kill.iteration, 0) if kill else 0,
                     "warnings": sorted(set(warnings)),
                 })
-        finally:
-            store.db.close()
     return {"runs": [str(p) for p in run_dirs], "rules": [r.name for r in rules],
             "trials": trials_out, **score(trials_out)}
 
@@ -88,8 +85,7 @@ def score(trials: list[dict[str, Any]]) -> dict[str, Any]:
 
 def label(run_dir: Path, trial: str, outcome: str) -> dict[str, Any]:
     """Set a trial's outcome by hand (``healthy`` or a failure name)."""
-    store = RunStore(run_dir, create=False)
-    try:
+    with RunStore(run_dir, create=False) as store:
         known = {t["trial_id"]: t for t in store.trials()}
         matches = [k for k in known if k == trial or k.endswith(trial)]
         if len(matches) != 1:
@@ -97,5 +93,3 @@ def label(run_dir: Path, trial: str, outcome: str) -> dict[str, Any]:
                            f"{run_dir.name}; trials: {', '.join(sorted(known))}")
         store.upsert_trial(matches[0], outcome=outcome, outcome_source="label")
         return {**known[matches[0]], "outcome": outcome, "outcome_source": "label"}
-    finally:
-        store.db.close()

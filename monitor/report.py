@@ -30,11 +30,8 @@ def find_run(storage: Path, experiment: str | None = None) -> Path:
 
 def build(run_dir: Path) -> dict[str, Any]:
     """The report as data (the JSON format prints exactly this)."""
-    store = RunStore(run_dir, create=False)
-    try:
+    with RunStore(run_dir, create=False) as store:
         meta, trials, verdicts = store.meta(), store.trials(), store.verdicts()
-    finally:
-        store.db.close()
     by_id = {t["trial_id"]: t for t in trials}
     budget_default = meta.get("budget")
     kills, warnings = [], {}
@@ -206,8 +203,7 @@ def _svg(series: dict[str, list[list[Any]]], kill_iteration: int, title: str) ->
 
 def to_html(report: dict[str, Any], run_dir: Path) -> str:
     """A self-contained page: the tables, and per killed trial its signals with the kill."""
-    store = RunStore(run_dir, create=False)
-    try:
+    with RunStore(run_dir, create=False) as store:
         sections = []
         for k in report["kills"]:
             plots = []
@@ -220,8 +216,6 @@ def to_html(report: dict[str, Any], run_dir: Path) -> str:
                                    for layer, pts in series.items()}, k["iteration"], label))
             sections.append(f"<h2>{html.escape(k['trial'])} ({html.escape(k['variant'] or '-')})"
                             f"</h2><p>{html.escape(k['reason'])}</p>{''.join(plots)}")
-    finally:
-        store.db.close()
     table = to_markdown(report)
     return ("<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>Kill report {html.escape(report['run'])}</title>"

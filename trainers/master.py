@@ -6,12 +6,10 @@ one reporting iteration at a time; ``trainers.trainables`` wraps it for Ray Tune
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from monitor.hooks import HealthMonitor
@@ -20,7 +18,7 @@ from trainers import voices
 from trainers.audio import log_mel_distance, spectral_reconstruction
 from trainers.config import merge_config
 from trainers.models import ConvGenerator, SpectralDiscriminator, parameter_count
-from trainers.schedule import make_optimizer, set_lr, warmup_factor
+from trainers.schedule import clip_gradients, make_optimizer, warm_up
 
 MASTER_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -110,13 +108,6 @@ class MasterTraining:
         return torch.stack(sources), torch.stack(targets), torch.tensor(speakers)
 
     # -- training ---------------------------------------------------------------------------
-    def _warm_up(self) -> None:
-        c = self.config
-        if c["lr_warmup_iterations"]:
-            f = warmup_factor(self.step, c["lr_warmup_iterations"] * c["steps_per_iteration"])
-            set_lr(self.g_opt, f * c["g_lr"])
-            set_lr(self.d_opt, f * c["d_lr"])
-
     def _d_step(self, source, target, speaker, fake) -> torch.Tensor:
         real_logits, _ = self.discriminator(target, speaker)
         fake_logits, _ = self.discriminator(fake.detach(), speaker)
@@ -129,7 +120,7 @@ class MasterTraining:
 
     def _g_step(self, source, target, speaker) -> dict[str, torch.Tensor]:
         c = self.config
-        self._warm_up()
+        warm_up(c, self.step, (self.g_opt, c["g_lr"]), (self.d_opt, c["d_lr"]))
         self.monitor.step()
         fake = self.generator(source, speaker)
         d_loss = torch.stack([self._d_step(source, target, speaker, fake)
@@ -147,8 +138,7 @@ class MasterTraining:
                 + c["spectral_weight"] * spectral + c["wave_weight"] * wave)
         self.g_opt.zero_grad(set_to_none=True)
         loss.backward()
-        clip = c["grad_clip"] if c["grad_clip"] is not None else math.inf
-        grad_norm = nn.utils.clip_grad_norm_(self.generator.parameters(), clip)
+        grad_norm = clip_gradients(self.generator.parameters(), c["grad_clip"])
         self.g_opt.step()
         self.monitor.observe_power(phi_fake, phi_real)
         return {"loss_g": loss.detach(), "loss_d": d_loss, "loss_adv": adv.detach(),

@@ -1,6 +1,10 @@
-"""Optimisers and learning-rate schedule shared by the trainers."""
+"""Optimisers, learning-rate warm-up and gradient clipping shared by the trainers."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -22,6 +26,24 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def warm_up(config: dict[str, Any], step: int,
+            *schedules: tuple[torch.optim.Optimizer, float]) -> None:
+    """Before optimiser step ``step``: set each (optimiser, peak rate) to its warmed-up rate,
+    over ``config["lr_warmup_iterations"]`` iterations (0: leave the rates alone)."""
+    if not config["lr_warmup_iterations"]:
+        return
+    f = warmup_factor(step, config["lr_warmup_iterations"] * config["steps_per_iteration"])
+    for optimizer, peak in schedules:
+        set_lr(optimizer, f * peak)
+
+
+def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float | None
+                   ) -> torch.Tensor:
+    """Clip the gradients' total norm to ``max_norm`` (None: no clipping); return the norm
+    before clipping."""
+    return torch.nn.utils.clip_grad_norm_(params, math.inf if max_norm is None else max_norm)
 
 
 def make_optimizer(name: str, params, lr: float,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from trainers import voices
 from trainers.audio import log_mel_distance, spectral_reconstruction
 from trainers.config import merge_config
 from trainers.models import ConvGenerator, make_student, parameter_count
-from trainers.schedule import make_optimizer, set_lr, warmup_factor
+from trainers.schedule import clip_gradients, make_optimizer, warm_up
 
 STUDENT_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -130,17 +129,14 @@ class StudentTraining:
         total = torch.zeros(())
         for _ in range(c["steps_per_iteration"]):
             source, teacher = self._batch()
-            if c["lr_warmup_iterations"]:
-                set_lr(self.opt, c["lr"] * warmup_factor(
-                    self.step, c["lr_warmup_iterations"] * c["steps_per_iteration"]))
+            warm_up(c, self.step, (self.opt, c["lr"]))
             self.monitor.step()
             out = self.student(source)
             loss = (c["wave_weight"] * F.l1_loss(out, teacher)
                     + c["spectral_weight"] * spectral_reconstruction(out, teacher))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            clip = c["grad_clip"] if c["grad_clip"] is not None else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip)
+            grad_norm = clip_gradients(self.student.parameters(), c["grad_clip"])
             self.opt.step()
             self.monitor.observe_output(out, teacher)
             total += loss.detach()

@@ -271,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print_error(str(exc))
         return 2
     except RuleErrors as exc:
-        print_error(f"the experiment's rules do not load; no trial was "
-                      f"started:\n{exc}")
+        print_error(f"the experiment's rules do not load; no trial was started:\n{exc}")
         return 2
     summary = run(exp, args.storage, args.max_iterations, args.address, shadow=args.shadow,
                   wrap=args.wrap, resume=args.resume, tune_storage=args.tune_storage)

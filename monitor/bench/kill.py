@@ -28,14 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import Progress
 
 from monitor.bench.overhead import device_description
+from monitor.console import console
 from monitor.store import RunStore
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
-console = Console()
 
 EXPECTED = {  # variant -> failure ("healthy" when the configuration is meant to train well)
     # master_v464
@@ -112,8 +111,7 @@ def run_policy(policy: str, exp_name: str, storage: Path, iterations: int | None
 def truth_of(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Failure, onset and final quality of every trial of a no-stopping run."""
     truth: dict[str, dict[str, Any]] = {}
-    store = RunStore(Path(summary["storage"]), create=False)
-    try:
+    with RunStore(Path(summary["storage"]), create=False) as store:
         for t in summary["trials"]:
             failure = EXPECTED.get(t["variant"], "healthy")
             truth[key(summary, t)] = {
@@ -121,8 +119,6 @@ def truth_of(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "onset": onset(failure, store.results(t["trial_id"]))
                 if failure != "healthy" else None,
                 "final_metric_without_stopping": t["metric"]}
-    finally:
-        store.db.close()
     return truth
 
 

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "shadow": False, "reason": "x"})
         store.close()
         elapsed = time.perf_counter() - start
-        samples = RunStore(d, create=False).db.execute("SELECT count(*) FROM samples").fetchone()[0]
+        with RunStore(d, create=False) as check:
+            samples = check.db.execute("SELECT count(*) FROM samples").fetchone()[0]
     result = {"device": device_description(), "results": args.results, "samples": samples,
               "seconds": elapsed, "results_per_s": args.results / elapsed,
               "samples_per_s": samples / elapsed, "approx_rows_per_result": rows,
