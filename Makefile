@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 EXP    ?= master_v464
 STAMP  := $(VENV)/.installed
 
-.PHONY: tune test lint venv bench-overhead bench-store bench-kill prometheus dashboards clean
+.PHONY: tune test lint venv bench-overhead bench-store bench-kill bench-scale prometheus dashboards clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -x --durations=15
 
 bench-overhead: $(STAMP)
-	$(PY) -m monitor.bench.overhead
+	$(PY) -m bench.overhead
 
 prometheus: $(STAMP)
 	$(PY) -m monitor.prometheus_local
@@ -33,10 +33,13 @@ dashboards: $(STAMP)
 	$(PY) -m dashboards.build
 
 bench-kill: $(STAMP)
-	$(PY) -m monitor.bench.kill $(if $(SCALE),--scale $(SCALE))
+	$(PY) -m bench.kill $(if $(SCALE),--scale $(SCALE))
 
 bench-store: $(STAMP)
-	$(PY) -m monitor.bench.store
+	$(PY) -m bench.store
+
+bench-scale: $(STAMP)
+	$(PY) -m bench.scale
 
 clean:
 	rm -rf $(VENV) runs

@@ -28,7 +28,7 @@ from typing import Any
 
 from heuristics.expr import Report, Value, evaluate, signals_of, threshold_operand, truth
 from heuristics.rules import PLACEHOLDER, Rule
-from monitor.results import unflatten_health
+from heuristics.results import unflatten_health
 
 WINDOW_SHOWN = 5  # recent reports kept in a verdict's evidence
 EXTRA_HISTORY = 32  # reports kept beyond the longest window, for replays after a restore

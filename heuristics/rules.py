@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from heuristics.expr import ExprError, Node, max_window, parse
-from monitor.yamlfile import ConfigError, line_of, load_yaml
+from heuristics.yamlfile import ConfigError, line_of, load_yaml
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 DEFAULT_CUSTOM_DIR = Path(__file__).parent / "custom"

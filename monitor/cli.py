@@ -13,7 +13,7 @@ from monitor.console import console, print_error
 
 
 def _experiments(args: argparse.Namespace) -> int:
-    from monitor.yamlfile import ConfigError
+    from heuristics.yamlfile import ConfigError
     from trainers import experiment
 
     table = Table(title="Experiments (trainers/experiments)")
@@ -57,7 +57,7 @@ def _rules_check(args: argparse.Namespace) -> int:
 
 def _rules_list(args: argparse.Namespace) -> int:
     from heuristics.rules import RuleErrors, load_rules
-    from monitor.yamlfile import ConfigError
+    from heuristics.yamlfile import ConfigError
 
     sources = ["builtin", *args.rules]
     base = None

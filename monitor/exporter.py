@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitor.results import unflatten_health
+from heuristics.results import unflatten_health
 
 PREFIX = "tune_health"
 LAYER_METRICS = {  # signal -> (metric name, help)

@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from monitor.results import unflatten_health
+from heuristics.results import unflatten_health
 
 STORE_FILE = "monitor.sqlite"
 SCHEMA = """

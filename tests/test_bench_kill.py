@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from monitor.bench.kill import evaluate, markdown, onset
+from bench.kill import evaluate, markdown, onset
 
 
 def report(it: int, **values) -> dict:

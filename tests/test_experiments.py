@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from monitor.yamlfile import ConfigError
+from heuristics.yamlfile import ConfigError
 from trainers import experiment
 
 

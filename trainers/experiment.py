@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.yamlfile import ConfigError, line_of, load_yaml
+from heuristics.yamlfile import ConfigError, line_of, load_yaml
 from trainers.config import ConfigKeyError, merge_config
 from trainers.master import MASTER_DEFAULTS
 from trainers.student import STUDENT_DEFAULTS

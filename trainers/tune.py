@@ -22,7 +22,7 @@ from heuristics.rules import RuleErrors
 from monitor.callback import HealthExporterCallback, RunStoreCallback
 from monitor.console import console, print_error
 from monitor.exporter import ExporterError
-from monitor.yamlfile import ConfigError
+from heuristics.yamlfile import ConfigError
 from trainers import experiment as experiments
 
 REPO = Path(__file__).resolve().parent.parent

@@ -30,11 +30,11 @@ from typing import Any
 
 from rich.progress import Progress
 
-from monitor.bench.overhead import device_description
+from bench.overhead import device_description
 from monitor.console import console
 from monitor.store import RunStore
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 EXPECTED = {  # variant -> failure ("healthy" when the configuration is meant to train well)
     # master_v464

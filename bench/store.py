@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from monitor.bench.overhead import device_description
+from bench.overhead import device_description
 from monitor.store import RunStore
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "store.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "store.json"
 
 
 def synthetic(i: int) -> dict:

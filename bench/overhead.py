@@ -23,7 +23,7 @@ from rich.progress import Progress
 from monitor.hooks import HealthMonitor
 from trainers.master import MASTER_DEFAULTS, MasterTraining
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "overhead.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 
 
 class NoMonitor:
