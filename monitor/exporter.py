@@ -1,26 +1,41 @@
-"""Prometheus exporter: a ``Collector`` over a snapshot of every running trial's signals.
+"""Prometheus exporter: pre-rendered exposition text over a snapshot of every trial's signals.
 
 Metric names share the ``tune_health_`` prefix and carry the signal in the name; labels are
 ``experiment``, ``trial``, ``role`` and (per-layer signals) ``layer``. Series of a trial that
 ended stay ``retain_s`` seconds (so the last values get scraped) and are then dropped.
+
+Scale: each trial's lines are rendered once per result (``SignalSnapshot.update``), grouped by
+metric family; a scrape joins the families' headers with every trial's pre-rendered chunks (no
+per-sample Python object per scrape), caches the body until the next change, and gzips it when
+the client asks (``Accept-Encoding: gzip``, as Prometheus does). Ended trials are dropped in
+O(expired) from a queue ordered by end time.
 """
 
 from __future__ import annotations
 
+import atexit
+import ipaddress
 import json
+import logging
 import os
+import socket
 import threading
 import time
+import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from heuristics.results import unflatten_health
+
+log = logging.getLogger(__name__)
 
 PREFIX = "tune_health"
 LAYER_METRICS = {  # signal -> (metric name, help)
@@ -46,6 +61,25 @@ SCALAR_METRICS = {  # top-level result key -> (metric name, help)
     "n_parameters": ("parameters", "Parameters of the trained model"),
     "rtf": ("real_time_factor", "CPU seconds per second of audio"),
 }
+LOSS_HELP = "Training losses, mean over the iteration"
+VALIDATION_HELP = "Validation metrics (lower is better)"
+
+
+def result_family(key: str) -> tuple[str, str] | None:
+    """Where a top-level numeric result key is exported: ``("loss", loss label)``,
+    ``("validation", metric label)``, ``("scalar", key)`` or ``None`` (not exported).
+
+    The one place that classifies result keys (a declared vocabulary can replace the name
+    conventions here)."""
+    if key.startswith("health/"):
+        return None
+    if key.startswith("loss"):
+        return "loss", key[5:] or "total"
+    if key.startswith("val_") or key.startswith("master_val_"):
+        return "validation", key
+    if key in SCALAR_METRICS:
+        return "scalar", key
+    return None
 
 
 @dataclass
@@ -62,6 +96,7 @@ class TrialSignals:
     reports: int = 0
     updated: float = 0.0
     ended: float | None = None
+    chunks: dict[str, bytes] = field(default_factory=dict)  # family -> its lines of this trial
 
 
 def _number(x: Any) -> float | None:
@@ -70,15 +105,97 @@ def _number(x: Any) -> float | None:
     return float(x)
 
 
+# -- exposition text -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Family:
+    key: str  # where a trial's values come from: "layer:<signal>", "model:<k>", "loss", ...
+    name: str  # exposed name (counters with their _total)
+    kind: str
+    doc: str
+
+    def header(self) -> bytes:
+        doc = self.doc.replace("\\", r"\\").replace("\n", r"\n")
+        return f"# HELP {self.name} {doc}\n# TYPE {self.name} {self.kind}\n".encode()
+
+
+def _families(prefix: str) -> list[Family]:
+    """Per-trial families in exposition order (the kill and warning counters follow)."""
+    g = "gauge"
+    out = [Family(f"layer:{s}", f"{prefix}_{n}", g, d) for s, (n, d) in LAYER_METRICS.items()]
+    out += [Family(f"model:{k}", f"{prefix}_{n}", g, d) for k, (n, d) in MODEL_METRICS.items()]
+    out += [Family("loss", f"{prefix}_loss", g, LOSS_HELP),
+            Family("validation", f"{prefix}_validation", g, VALIDATION_HELP),
+            Family("info", f"{prefix}_trial_info", g, "Trials being monitored (value 1)")]
+    out += [Family(f"scalar:{k}", f"{prefix}_{n}", g, d) for k, (n, d) in SCALAR_METRICS.items()]
+    out += [Family("reports", f"{prefix}_reports_total", "counter", "Results received per trial"),
+            Family("updated", f"{prefix}_last_report_timestamp_seconds", g,
+                   "Unix time of the last result")]
+    return out
+
+
+FAMILIES = _families(PREFIX)
+KILLS = Family("kills", f"{PREFIX}_kills_total", "counter", "Trials stopped by a heuristic rule")
+WARNINGS = Family("warnings", f"{PREFIX}_warnings_total", "counter",
+                  "Warnings raised by heuristic rules")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def render_trial(t: TrialSignals, prefix: str = PREFIX) -> dict[str, bytes]:
+    """The exposition lines of one trial, by family key (labels sorted by name, values
+    formatted as ``prometheus_client`` does)."""
+    e, tr, r = _escape(t.experiment), _escape(t.trial), _escape(t.role)
+    fmt = floatToGoString
+    tail = f'role="{r}",trial="{tr}"}} '
+    plain = f'{{experiment="{e}",{tail}'  # {experiment=..,role=..,trial=..}
+    out: dict[str, list[str]] = {}
+    names = {s: f"{prefix}_{n}" for s, (n, _) in LAYER_METRICS.items()}
+    for layer, values in t.layers.items():
+        labels = f'{{experiment="{e}",layer="{_escape(layer)}",{tail}'
+        for signal, v in values.items():
+            if signal in names:
+                out.setdefault(f"layer:{signal}", []).append(f"{names[signal]}{labels}{fmt(v)}\n")
+    for k, v in t.model.items():
+        if k in MODEL_METRICS:
+            out[f"model:{k}"] = [f"{prefix}_{MODEL_METRICS[k][0]}{plain}{fmt(v)}\n"]
+    for family, label, table in (("loss", "loss", t.losses),
+                                 ("validation", "metric", t.validation)):
+        if table:
+            out[family] = [f'{prefix}_{family}{{experiment="{e}",{label}="{_escape(k)}",'
+                           f"{tail}{fmt(v)}\n" for k, v in table.items()]
+    out["info"] = [f"{prefix}_trial_info{plain}1.0\n"]
+    for k, v in t.scalars.items():
+        out[f"scalar:{k}"] = [f"{prefix}_{SCALAR_METRICS[k][0]}{plain}{fmt(v)}\n"]
+    out["reports"] = [f"{prefix}_reports_total{plain}{fmt(t.reports)}\n"]
+    out["updated"] = [f"{prefix}_last_report_timestamp_seconds{plain}{fmt(t.updated)}\n"]
+    return {k: "".join(v).encode() for k, v in out.items()}
+
+
+def _render_counters(family: Family, table: dict[tuple[str, str, str], int]) -> list[bytes]:
+    lines = [family.header()]
+    lines += [f'{family.name}{{experiment="{_escape(e)}",failure="{_escape(f)}",'
+              f'rule="{_escape(r)}"}} {floatToGoString(n)}\n'.encode()
+              for (e, r, f), n in table.items()]
+    return lines
+
+
 class SignalSnapshot:
     """Thread-safe latest signals per trial, written by the driver, read by scrapes."""
 
-    def __init__(self, retain_s: float = 30.0) -> None:
+    def __init__(self, retain_s: float = 30.0, prefix: str = PREFIX) -> None:
         self.retain_s = retain_s
+        self.prefix = prefix
+        self._families = FAMILIES if prefix == PREFIX else _families(prefix)
+        self._headers = [(f.key, f.header()) for f in self._families]
         self._trials: dict[str, TrialSignals] = {}
+        self._ended: deque[tuple[float, str]] = deque()  # (end time, trial), oldest first
         self._kills: dict[tuple[str, str, str], int] = {}
         self._warnings: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
+        self._version = 0  # bumped by every change of the exposition
+        self._body: tuple[int, bytes, bytes | None] | None = None  # version, text, gzipped
         self.changed = time.time()  # the last change of anything a scrape shows
         self.scraped: float | None = None  # when the last scrape began (None: never scraped)
 
@@ -89,6 +206,10 @@ class SignalSnapshot:
         """True when nobody scrapes, or a scrape began after the last change."""
         return self.scraped is None or self.scraped > self.changed
 
+    def _touch(self) -> None:  # under the lock
+        self._version += 1
+        self.changed = time.time()
+
     def update(self, experiment: str, trial: str, result: dict[str, Any]) -> None:
         """Record one Tune result (the trainables' metrics with their ``health`` block)."""
         health = unflatten_health(result)
@@ -98,31 +219,39 @@ class SignalSnapshot:
                     for layer, sig in (health.get("layers") or {}).items()}
         t.model = {k: float(v) for k, v in (health.get("model") or {}).items()
                    if _number(v) is not None}
+        tables = {"loss": t.losses, "validation": t.validation, "scalar": t.scalars}
         for key, value in result.items():
             v = _number(value)
-            if v is None:
-                continue
-            if key.startswith("health/"):
-                continue
-            if key.startswith("loss"):
-                t.losses[key[5:] or "total"] = v
-            elif key.startswith("val_") or key.startswith("master_val_"):
-                t.validation[key] = v
-            elif key in SCALAR_METRICS:
-                t.scalars[key] = v
+            family = result_family(key) if v is not None else None
+            if family is not None:
+                tables[family[0]][family[1]] = v
         t.updated = time.time()
         with self._lock:
             previous = self._trials.get(trial)
-            t.reports = (previous.reports if previous else 0) + 1
+        t.reports = (previous.reports if previous else 0) + 1
+        t.chunks = render_trial(t, self.prefix)  # outside the lock: scrapes go on meanwhile
+        with self._lock:
             self._trials[trial] = t
-            self.changed = time.time()
+            self._touch()
 
     def end(self, trial: str) -> None:
         """Mark a trial as ended; its series go ``retain_s`` seconds later."""
         with self._lock:
-            if trial in self._trials:
-                self._trials[trial].ended = time.time()
-            self.changed = time.time()
+            t = self._trials.get(trial)
+            if t is not None:
+                t.ended = time.time()
+                self._ended.append((t.ended, trial))
+            self._touch()
+
+    def _expire(self) -> None:
+        """Drop trials ended more than ``retain_s`` ago: O(expired). Under the lock."""
+        now = time.time()
+        while self._ended and now - self._ended[0][0] > self.retain_s:
+            ended, trial = self._ended.popleft()
+            t = self._trials.get(trial)
+            if t is not None and t.ended == ended:  # not reported again since it ended
+                del self._trials[trial]
+                self._version += 1
 
     def declare(self, experiment: str, kills: list[tuple[str, str]],
                 warnings: list[tuple[str, str]]) -> None:
@@ -133,13 +262,14 @@ class SignalSnapshot:
                 self._kills.setdefault((experiment, rule, failure), 0)
             for rule, failure in warnings:
                 self._warnings.setdefault((experiment, rule, failure), 0)
+            self._version += 1
 
     def _count(self, table: dict[tuple[str, str, str], int], experiment: str, rule: str,
                failure: str) -> None:
         with self._lock:
             key = (experiment, rule, failure)
             table[key] = table.get(key, 0) + 1
-            self.changed = time.time()
+            self._touch()
 
     def count_kill(self, experiment: str, rule: str, failure: str) -> None:
         self._count(self._kills, experiment, rule, failure)
@@ -149,11 +279,8 @@ class SignalSnapshot:
 
     def trials(self) -> list[TrialSignals]:
         """Live trials (ended ones past their retention are dropped here)."""
-        now = time.time()
         with self._lock:
-            for tid in [k for k, t in self._trials.items()
-                        if t.ended is not None and now - t.ended > self.retain_s]:
-                del self._trials[tid]
+            self._expire()
             return list(self._trials.values())
 
     def kills(self) -> dict[tuple[str, str, str], int]:
@@ -164,9 +291,40 @@ class SignalSnapshot:
         with self._lock:
             return dict(self._warnings)
 
+    def exposition(self, gzipped: bool = False) -> bytes:
+        """The whole exposition text (Prometheus text format 0.0.4), gzipped if asked.
+
+        Joins pre-rendered per-trial chunks; the body is cached until the next change."""
+        with self._lock:
+            self._expire()
+            cached = self._body
+            if cached is None or cached[0] != self._version:
+                version = self._version
+                trials = list(self._trials.values())
+                kills, warnings = dict(self._kills), dict(self._warnings)
+                cached = None
+        if cached is None:
+            parts: list[bytes] = []
+            for key, header in self._headers:
+                parts.append(header)
+                parts.extend(t.chunks[key] for t in trials if key in t.chunks)
+            parts += _render_counters(KILLS, kills) + _render_counters(WARNINGS, warnings)
+            cached = (version, b"".join(parts), None)
+        if gzipped and cached[2] is None:
+            compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip container, fast level
+            cached = (cached[0], cached[1], compressor.compress(cached[1]) + compressor.flush())
+        with self._lock:
+            if self._body is None or self._body[0] <= cached[0]:
+                self._body = cached
+        return cached[2] if gzipped else cached[1]  # type: ignore[return-value]
+
 
 class HealthCollector(Collector):
-    """Yields metric families from a ``SignalSnapshot`` at every scrape."""
+    """The snapshot as ``prometheus_client`` metric families, for a ``CollectorRegistry``.
+
+    The exporter's server does not use it (it serves ``SignalSnapshot.exposition()``, the same
+    text without per-sample objects); it is the reference the fast text is tested against.
+    """
 
     def __init__(self, snapshot: SignalSnapshot, prefix: str = PREFIX) -> None:
         self.snapshot = snapshot
@@ -187,6 +345,7 @@ class HealthCollector(Collector):
                     if signal in values:
                         family.add_metric([t.experiment, t.trial, t.role, layer], values[signal])
             yield family
+
         def per_trial(table: dict[str, tuple[str, str]], values_of) -> Iterator[Metric]:
             for key, (name, doc) in table.items():
                 family = gauge(name, doc, [])
@@ -196,8 +355,8 @@ class HealthCollector(Collector):
                 yield family
 
         yield from per_trial(MODEL_METRICS, lambda t: t.model)
-        losses = gauge("loss", "Training losses, mean over the iteration", ["loss"])
-        validation = gauge("validation", "Validation metrics (lower is better)", ["metric"])
+        losses = gauge("loss", LOSS_HELP, ["loss"])
+        validation = gauge("validation", VALIDATION_HELP, ["metric"])
         info = gauge("trial_info", "Trials being monitored (value 1)", [])
         for t in trials:
             for k, v in t.losses.items():
@@ -217,37 +376,116 @@ class HealthCollector(Collector):
             updated.add_metric([t.experiment, t.trial, t.role], t.updated)
         yield reports
         yield updated
-        kills = CounterMetricFamily(f"{self.prefix}_kills", "Trials stopped by a heuristic rule",
+        kills = CounterMetricFamily(f"{self.prefix}_kills", KILLS.doc,
                                     labels=["experiment", "rule", "failure"])
         for (experiment, rule, failure), n in self.snapshot.kills().items():
             kills.add_metric([experiment, rule, failure], n)
         yield kills
-        warnings = CounterMetricFamily(f"{self.prefix}_warnings", "Warnings raised by heuristic "
-                                       "rules", labels=["experiment", "rule", "failure"])
+        warnings = CounterMetricFamily(f"{self.prefix}_warnings", WARNINGS.doc,
+                                       labels=["experiment", "rule", "failure"])
         for (experiment, rule, failure), n in self.snapshot.warnings().items():
             warnings.add_metric([experiment, rule, failure], n)
         yield warnings
 
 
+# -- serving ---------------------------------------------------------------------------------
 class ExporterError(RuntimeError):
-    pass
+    """The exporter cannot serve (bad host or port, port taken): one line, no traceback."""
 
 
 ACTIVE: dict[str, Exporter] = {}  # run name -> the exporter serving it in this process
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def parse_port(value: Any, source: str = "MONITOR_EXPORTER_PORT") -> int:
+    """A TCP port 0-65535 (0: any free port) from an int or text; ``ExporterError`` else."""
+    try:
+        port = int(str(value).strip(), 10)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ExporterError(f"{source}={value!r}: expected a port number from 0 to 65535 "
+                            "(0 picks a free one)")
+    return port
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).version == 6
+    except ValueError:
+        return False
+
+
+def _advertised_host(host: str) -> str:
+    """The host that Prometheus should scrape (and the URL shows) for a bound ``host``.
+
+    A wildcard bind (0.0.0.0, ::) is not an address one can connect to: the machine's name
+    when it resolves (a remote Prometheus is why one binds every interface), loopback else."""
+    bare = host.strip("[]")
+    if bare in ("0.0.0.0", "::", ""):
+        name = socket.gethostname()
+        try:
+            socket.getaddrinfo(name, None)
+            return name
+        except OSError:
+            return "127.0.0.1" if bare != "::" else "[::1]"
+    return f"[{bare}]" if _is_ipv6(bare) else bare
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = False  # a taken port must fail, not be shared
+    snapshot: SignalSnapshot
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path.split("?")[0] not in ("/metrics", "/"):
+            self.send_error(404, "try /metrics")
+            return
+        snapshot = self.server.snapshot
+        snapshot.mark_scraped()
+        gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+        body = snapshot.exposition(gzipped=gzipped)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        if gzipped:
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # one line per scrape every 5 s is noise
 
 
 class Exporter:
-    """Serves ``/metrics`` for one experiment and announces itself in a file_sd file."""
+    """Serves ``/metrics`` for one experiment and announces itself in a file_sd file.
 
-    def __init__(self, experiment: str, run: str, host: str = "127.0.0.1", port: int = 0,
-                 sd_dir: str | Path | None = None, retain_s: float = 30.0) -> None:
+    ``host``/``port`` default to ``MONITOR_EXPORTER_HOST`` (127.0.0.1) and
+    ``MONITOR_EXPORTER_PORT`` (0: a free port). Bad values, or a port already taken, raise
+    ``ExporterError`` with one printable line.
+    """
+
+    def __init__(self, experiment: str, run: str, host: str | None = None,
+                 port: int | str | None = None, sd_dir: str | Path | None = None,
+                 retain_s: float = 30.0) -> None:
         self.experiment, self.run = experiment, run
-        self.host, self.port = host, port
+        host = host if host is not None else os.environ.get("MONITOR_EXPORTER_HOST", "127.0.0.1")
+        self.host = host.strip().strip("[]") or "127.0.0.1"
+        source = "port" if port is not None else "MONITOR_EXPORTER_PORT"
+        self.port = parse_port(port if port is not None
+                               else os.environ.get("MONITOR_EXPORTER_PORT", "0"), source)
         self.sd_dir = Path(sd_dir) if sd_dir else None
         self.snapshot = SignalSnapshot(retain_s)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(HealthCollector(self.snapshot))
-        self._server = self._thread = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
 
     @classmethod
     def for_run(cls, run: str) -> Exporter | None:
@@ -258,31 +496,53 @@ class Exporter:
     def sd_file(self) -> Path | None:
         return self.sd_dir / f"{self.run}.json" if self.sd_dir else None
 
+    @property
+    def target(self) -> str:
+        """``host:port`` as Prometheus should scrape it (IPv6 in brackets)."""
+        return f"{_advertised_host(self.host)}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.target}/metrics"
+
     def start(self) -> int:
         """Start serving; return the bound port. A taken port is a clear ``ExporterError``."""
-        from prometheus_client import start_http_server
-
+        if self.host in ("0.0.0.0", "::"):
+            log.warning("the health exporter listens on every interface (%s): anyone who can "
+                        "reach this machine can read the metrics; the file_sd target is %s",
+                        self.host, self.target.rsplit(":", 1)[0])
         try:
-            self._server, self._thread = start_http_server(self.port, self.host, self.registry)
-        except OSError as exc:
+            server = (_Server6 if _is_ipv6(self.host) else _Server)((self.host, self.port),
+                                                                     _Handler)
+        except (OSError, OverflowError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
             raise ExporterError(
-                f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror}; choose another "
+                f"cannot serve metrics on {self.host}:{self.port}: {why}; choose another "
                 "port with MONITOR_EXPORTER_PORT (0 picks a free one)") from None
-        self.port = self._server.server_address[1]
+        server.snapshot = self.snapshot
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(target=server.serve_forever, name=f"exporter-{self.run}",
+                                        daemon=True)
+        self._thread.start()
         ACTIVE[self.run] = self
         if self.sd_file:
             self.sd_dir.mkdir(parents=True, exist_ok=True)
-            target = [{"targets": [f"{self.host}:{self.port}"],
-                       "labels": {"monitor_run": self.run}}]
+            target = [{"targets": [self.target], "labels": {"monitor_run": self.run}}]
             tmp = self.sd_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(target, indent=2))
             os.replace(tmp, self.sd_file)  # Prometheus never reads a half-written file
+            atexit.register(self._remove_sd_file)  # also when the driver dies of an exception
         return self.port
 
+    def _remove_sd_file(self) -> None:
+        if self.sd_file:
+            self.sd_file.unlink(missing_ok=True)
+
     def stop(self, final_scrape_timeout_s: float = 15.0) -> None:
-        """Stop serving. If a Prometheus scrapes this exporter, first wait (at most
-        ``final_scrape_timeout_s``) for one scrape of the final state, so that the last
-        values and a kill in the run's last seconds are not lost."""
+        """Stop serving and remove the file_sd file. If a Prometheus scrapes this exporter,
+        first wait (at most ``final_scrape_timeout_s``) for one scrape of the final state, so
+        that the last values and a kill in the run's last seconds are not lost."""
         deadline = time.time() + final_scrape_timeout_s
         while (self._server is not None and not self.snapshot.final_state_scraped()
                and time.time() < deadline):
@@ -292,9 +552,5 @@ class Exporter:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        if self.sd_file and self.sd_file.exists():
-            self.sd_file.unlink()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}/metrics"
+        self._remove_sd_file()
+        atexit.unregister(self._remove_sd_file)

@@ -26,6 +26,13 @@ RESULT = {
 
 
 def scrape(snapshot: SignalSnapshot) -> str:
+    """What the exporter serves; checked equal to prometheus_client's rendering."""
+    text = snapshot.exposition().decode()
+    assert text == reference(snapshot)
+    return text
+
+
+def reference(snapshot: SignalSnapshot) -> str:
     registry = CollectorRegistry()  # a fresh registry in every test
     registry.register(HealthCollector(snapshot))
     return generate_latest(registry).decode()
