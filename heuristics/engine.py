@@ -16,6 +16,16 @@ Semantics, per trial and rule:
 * a report whose iteration is not after the last one (a trial restored from an older
   checkpoint replays iterations) first drops the reports it replaces, so streaks and running
   minima roll back consistently.
+
+Rules are isolated from each other: each evaluates in its own scope of the reports' caches
+(window inputs, running minima), keeps its own streak, and sees exactly the reports it would
+see if it were the only rule (its own history length, also across restores). A rule's verdicts
+are the same alone as in any rule set (``tests/test_engine_property.py``).
+
+State: a trial's state is its recent records plus two small mappings (``killed`` and each
+rule's first visible iteration). ``trial_state``/``load_trial_state`` give and take it whole;
+``last_record`` gives only the newest record, for stores that append a record per result.
+Records keep only the signals the rules read.
 """
 
 from __future__ import annotations
@@ -23,12 +33,24 @@ from __future__ import annotations
 import math
 import re
 import time
+from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from heuristics.expr import Report, Value, evaluate, signals_of, threshold_operand, truth
+from heuristics.expr import (
+    LAYER_SIGNALS,
+    Call,
+    Report,
+    Value,
+    evaluate,
+    signals_of,
+    threshold_operand,
+    truth,
+    walk,
+)
+from heuristics.results import observe
 from heuristics.rules import PLACEHOLDER, Rule
-from heuristics.results import unflatten_health
+from heuristics.vocabulary import Vocabulary
 
 WINDOW_SHOWN = 5  # recent reports kept in a verdict's evidence
 EXTRA_HISTORY = 32  # reports kept beyond the longest window, for replays after a restore
@@ -65,42 +87,42 @@ class Verdict:
 
 
 class Record(Report):
-    """A report plus each rule's outcome on it."""
+    """A report plus each rule's outcome on it: whether its condition held (``None``: absent),
+    whether it fired, and its streak (reports in a row, trial time of the first)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.held: dict[str, bool | None] = {}
         self.firing: dict[str, bool] = {}
+        self.streak: dict[str, list[Any]] = {}  # rule -> [count, time_s of the first]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "held": self.held, "firing": self.firing}
+        return {**super().to_dict(), "held": self.held, "firing": self.firing,
+                "streak": self.streak}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
         r = cls(d["iteration"], d["time_s"], d["layers"], d["scalars"])
-        r.cache = {int(k): v for k, v in d["cache"].items()}
-        r.ever = {int(k): v for k, v in d["ever"].items()}
-        r.held, r.firing = d["held"], d["firing"]
+        r.load_slots(d)
+        r.held, r.firing = dict(d["held"]), dict(d["firing"])
+        r.streak = {k: list(v) for k, v in d.get("streak", {}).items()}
         return r
+
+
+def next_streak(previous: list[Any] | None, held: bool | None, time_s: float) -> list[Any]:
+    """A rule's streak after a report: absent data leaves it as it is, false ends it."""
+    count, first = previous if previous else (0, None)
+    if held is None:
+        return [count, first]
+    if not held:
+        return [0, None]
+    return [count + 1, first if count else time_s]
 
 
 def _number(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
     return float(x)
-
-
-def extract(result: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Per-layer and scalar signals of a Tune result (``health`` block + top-level numbers)."""
-    health = unflatten_health(result)
-    layers = {layer: {k: float(v) for k, v in sig.items() if _number(v) is not None}
-              for layer, sig in (health.get("layers") or {}).items()}
-    scalars = {k: float(v) for k, v in (health.get("model") or {}).items()
-               if _number(v) is not None}
-    for k, v in result.items():
-        if _number(v) is not None and k not in scalars and not k.startswith("health/"):
-            scalars[k] = float(v)
-    return layers, scalars
 
 
 def fmt(value: Value) -> str:
@@ -122,20 +144,39 @@ class TrialState:
     def __init__(self) -> None:
         self.reports: list[Record] = []
         self.killed: dict[str, Any] | None = None
+        self.first: dict[str, int] = {}  # rule -> first iteration it still sees
+
+    def view(self, rule: str, keep: int) -> list[Record]:
+        """The reports ``rule`` sees now (call once per report): its last ``keep``, never
+        from before the first it still had, exactly as if it were the only rule."""
+        reports = self.reports[-keep:]
+        first = self.first.get(rule)
+        if first is not None:
+            i = bisect_left(reports, first, key=lambda r: r.iteration)
+            reports = reports[i:] or reports[-1:]  # its reports were all replaced: start anew
+        self.first[rule] = reports[0].iteration
+        return reports
 
 
 class RuleEngine:
     """Evaluates ``rules`` on every report of every trial."""
 
     def __init__(self, rules: list[Rule], experiment: str = "", budget: int | None = None,
-                 shadow: bool = False) -> None:
+                 shadow: bool = False, vocabulary: Vocabulary | None = None) -> None:
         if budget is not None and budget < 1:
             raise ValueError(f"budget must be a positive number of iterations, got {budget}")
         self.rules = rules
         self.experiment = experiment
         self.budget = budget
         self.shadow = shadow
-        self.keep = max([r.window for r in rules] + [1]) + EXTRA_HISTORY
+        self.vocabulary = vocabulary or Vocabulary()
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rule names must be unique, got {sorted(names)}")
+        # Reports each rule sees: its windows and evidence, plus replays after a restore.
+        self.keeps = {r.name: max(WINDOW_SHOWN, r.window) + EXTRA_HISTORY for r in rules}
+        self.keep = max([*self.keeps.values(), WINDOW_SHOWN + EXTRA_HISTORY])
+        self.layer_signals, self.scalar_signals = read_signals(rules)
         self.trials: dict[str, TrialState] = {}
 
     def killed(self, trial: str) -> dict[str, Any] | None:
@@ -148,22 +189,28 @@ class RuleEngine:
         state = self.trials.setdefault(trial, TrialState())
         if state.killed is not None:
             return []
-        iteration = int(result.get("training_iteration", len(state.reports) + 1))
+        last = state.reports[-1].iteration if state.reports else 0
+        iteration = int(result.get("training_iteration", last + 1))
         time_s = float(result.get("time_total_s", 0.0))
         while state.reports and state.reports[-1].iteration >= iteration:
             state.reports.pop()  # a restored trial replays iterations after its checkpoint
-        layers, scalars = extract(result)
+        obs = observe(result, self.vocabulary, iteration)
+        layers = {layer: kept for layer, signals in obs.layers.items()
+                  if (kept := {k: v for k, v in signals.items() if k in self.layer_signals})}
+        scalars = {k: v for k, v in obs.scalars().items() if k in self.scalar_signals}
         record = Record(iteration, time_s, layers, scalars)
         state.reports.append(record)
         del state.reports[:-self.keep]
-        history = state.reports
         budget = self.budget or _number(result.get("max_iterations")) or None
         budget = int(budget) if budget else None
         verdicts = []
         for rule in self.rules:
-            held = truth(evaluate(rule.tree, history))
+            history = state.view(rule.name, self.keeps[rule.name])
+            held = truth(evaluate(rule.tree, history, rule.name))
             record.held[rule.name] = held
-            streak, first_time = self._streak(rule, history)
+            previous = history[-2].streak.get(rule.name) if len(history) > 1 else None
+            record.streak[rule.name] = next_streak(previous, held, time_s)
+            streak, first_time = record.streak[rule.name]
             if rule.hold.seconds is not None:
                 satisfied = streak >= 1 and time_s - first_time >= rule.hold.seconds
             else:
@@ -183,34 +230,21 @@ class RuleEngine:
             verdicts = [verdicts[0]] + [v for v in verdicts[1:] if not v.stops]
         return verdicts
 
-    @staticmethod
-    def _streak(rule: Rule, history: list[Record]) -> tuple[int, float]:
-        count, first_time = 0, history[-1].time_s
-        for r in reversed(history):
-            held = r.held.get(rule.name)
-            if held is None:
-                continue
-            if not held:
-                break
-            count += 1
-            first_time = r.time_s
-        return count, first_time
-
     def _verdict(self, rule: Rule, trial: str, history: list[Record], streak: int,
                  budget: int | None, shadow: bool, wall_time: float | None) -> Verdict:
         now = history[-1]
         operand = threshold_operand(rule.tree)
-        value = evaluate(operand, history) if operand is not None else None
+        value = evaluate(operand, history, rule.name) if operand is not None else None
         values: dict[str, Value] = {}
         window: dict[str, list[list[Any]]] = {}
         for sig in signals_of(rule.tree):
             label = sig.label()
             if label in values:
                 continue
-            values[label] = evaluate(sig, history)
+            values[label] = evaluate(sig, history, rule.name)
             shown = history[-max(WINDOW_SHOWN, rule.window):]
             start = len(history) - len(shown)
-            window[label] = [[r.iteration, evaluate(sig, history[:start + i + 1])]
+            window[label] = [[r.iteration, evaluate(sig, history[:start + i + 1], rule.name)]
                              for i, r in enumerate(shown)]
         context = {"$value": fmt(value), "$trial": trial, "$iteration": str(now.iteration),
                    "$rule": rule.name, "$for": rule.hold.describe(),
@@ -230,19 +264,52 @@ class RuleEngine:
                 "trials": {t: self.trial_state(t) for t in self.trials}}
 
     def trial_state(self, trial: str) -> dict[str, Any]:
+        """The whole state of ``trial`` (JSON-serialisable; NaN needs ``allow_nan``)."""
         s = self.trials[trial]
-        return {"reports": [r.to_dict() for r in s.reports], "killed": s.killed}
+        return {"reports": [r.to_dict() for r in s.reports], "killed": s.killed,
+                "first": dict(s.first)}
+
+    def last_record(self, trial: str) -> dict[str, Any]:
+        """The newest record of ``trial`` (what the last ``observe`` added) and the small
+        per-trial part of its state, for a store that appends one record per result.
+
+        Such a store keeps records by (trial, iteration): a record replaces every stored one
+        of its trial with an iteration >= its own (a restored trial replays iterations), and
+        only the last ``keep`` records are needed. ``load_trial_state({"reports": records in
+        iteration order, "killed": ..., "first": ...})`` restores the trial.
+        """
+        s = self.trials[trial]
+        return {"record": s.reports[-1].to_dict(), "killed": s.killed, "first": dict(s.first)}
 
     def load_trial_state(self, trial: str, data: dict[str, Any]) -> None:
         s = TrialState()
         s.reports = [Record.from_dict(r) for r in data["reports"]]
+        s.reports.sort(key=lambda r: r.iteration)
+        del s.reports[:-self.keep]
         s.killed = data.get("killed")
+        s.first = {k: int(v) for k, v in (data.get("first") or {}).items()}
+        if any(not r.streak for r in s.reports):  # an older format: streaks from ``held``
+            for i, r in enumerate(s.reports):
+                for rule, held in r.held.items():
+                    previous = s.reports[i - 1].streak.get(rule) if i else None
+                    r.streak[rule] = next_streak(previous, held, r.time_s)
         self.trials[trial] = s
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trials = {}
         for trial, data in state.get("trials", {}).items():
             self.load_trial_state(trial, data)
+
+
+def read_signals(rules: list[Rule]) -> tuple[set[str], set[str]]:
+    """The per-layer signals and the scalar keys ``rules`` read (all a record needs)."""
+    layers, scalars = set(), set()
+    for rule in rules:
+        for sig in signals_of(rule.tree):
+            (layers if sig.name in LAYER_SIGNALS else scalars).add(sig.name)
+        scalars.update(n.args[0] for n in walk(rule.tree)
+                       if isinstance(n, Call) and n.fn == "result")
+    return layers, scalars
 
 
 def fill(template: str, context: dict[str, str], labels: dict[str, str],

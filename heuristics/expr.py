@@ -12,6 +12,11 @@ Grammar (lowest precedence first)::
     primary    := NUMBER | "(" expr ")" | NAME "(" args ")" | NAME selector?
     selector   := "{" "layer" ("=" | "=~"...) STRING "}"      layer glob, e.g. {layer="blocks.*"}
 
+A NAME is a per-layer health signal (``dead_ratio``...), a model signal (``power_ratio_db``...),
+a declared role (``train_loss``, ``generator_loss``, ``discriminator_loss``, ``validation``...:
+the experiment's ``Vocabulary`` says which reported key plays it), or any other key the training
+reports. ``result("key")`` reads keys that are not identifiers.
+
 Values are numbers or *layer vectors* (one number per activation layer). Arithmetic and
 comparisons work element-wise and broadcast numbers over vectors; comparisons give 1 or 0.
 
@@ -31,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from heuristics.vocabulary import ROLES
+
 Value = float | dict[str, float] | None
 
 LAYER_SIGNALS = {
@@ -47,16 +54,7 @@ MODEL_SIGNALS = {
     "power_loss": "Parallel WaveNet power loss",
     "power_ratio_db": "output over target spectral power (dB)",
 }
-METRIC_SIGNALS = {
-    "loss": "student training loss", "loss_g": "generator loss", "loss_d": "discriminator loss",
-    "loss_adv": "generator adversarial loss", "loss_fm": "feature-matching loss",
-    "loss_power": "power loss term", "loss_spectral": "spectral reconstruction loss",
-    "loss_wave": "waveform L1 loss", "grad_norm": "gradient norm before clipping",
-    "val_logmel": "validation log-mel distance to the truth",
-    "val_power_ratio_db": "validation output/target power (dB)",
-    "val_teacher_logmel": "student: validation log-mel distance to the master",
-    "step_time_s": "wall time per training step",
-}
+METRIC_SIGNALS = ROLES  # declared per experiment (heuristics.vocabulary)
 SIGNALS = {**LAYER_SIGNALS, **MODEL_SIGNALS, **METRIC_SIGNALS}
 
 REDUCTIONS = {"max", "min", "mean", "sum", "count", "fraction", "any", "all"}
@@ -64,6 +62,14 @@ WINDOWS = {"avg_over", "min_over", "max_over", "change"}  # (expr, N reports)
 HISTORY = {"min_ever", "max_ever"}  # over every report of the trial so far
 ELEMENTWISE = {"abs", "nonfinite", "log10"}
 FUNCTIONS = REDUCTIONS | WINDOWS | HISTORY | ELEMENTWISE | {"result"}
+
+# Limits, checked when a rule is loaded, so that a rule that loads also evaluates and pickles
+# (a deeper or larger tree hits Python's recursion limit in the evaluator or in pickle).
+MAX_CHARS = 4000  # characters of one expression
+MAX_DEPTH = 32  # nesting: parentheses, calls, prefix operators, and each operator of a chain
+MAX_NODES = 256  # nodes of the tree
+MAX_NUMBER_CHARS = 64  # characters of one number
+MAX_WINDOW = 10_000  # reports of a window function
 
 
 class ExprError(ValueError):
@@ -155,6 +161,15 @@ class Parser:
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
+        self.depth = 0  # current nesting, bounded by MAX_DEPTH while parsing
+
+    def nest(self, tok: Token) -> None:
+        """One more level of nesting at ``tok``; refuse beyond ``MAX_DEPTH``."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ExprError(f"nested more than {MAX_DEPTH} levels deep at column {tok.pos + 1}; "
+                            f"expected at most {MAX_DEPTH} (split the condition into several "
+                            "rules)", tok.pos)
 
     def peek(self) -> Token:
         return self.tokens[self.i]
@@ -173,6 +188,7 @@ class Parser:
         if self.peek().kind != "end":
             tok = self.peek()
             raise ExprError(f"unexpected {tok.text!r} at column {tok.pos + 1}", tok.pos)
+        check_size(node)
         for i, n in enumerate(walk(node)):
             n.id = i
             if isinstance(n, Call) and n.fn in WINDOWS:
@@ -196,8 +212,11 @@ class Parser:
     def prefix(self, op: str, operand: Callable[[], Node]) -> Node:
         """``op op ... operand``: a right-nested run of a prefix operator."""
         if self.peek().text == op:
-            pos = self.take().pos
-            return Unary(pos=pos, op=op, arg=self.prefix(op, operand))
+            tok = self.take()
+            self.nest(tok)
+            node = Unary(pos=tok.pos, op=op, arg=self.prefix(op, operand))
+            self.depth -= 1
+            return node
         return operand()
 
     def not_expr(self) -> Node:
@@ -226,11 +245,13 @@ class Parser:
         tok = self.peek()
         if tok.kind == "num":
             self.take()
-            return Num(pos=tok.pos, value=float(tok.text))
+            return Num(pos=tok.pos, value=number(tok))
         if tok.text == "(":
             self.take()
+            self.nest(tok)
             node = self.expr()
             self.take(")")
+            self.depth -= 1
             return node
         if tok.kind == "name" and tok.text not in KEYWORDS:
             self.take()
@@ -242,10 +263,8 @@ class Parser:
                         f"got {got}", tok.pos)
 
     def signal(self, tok: Token) -> Signal:
-        if tok.text not in SIGNALS:
-            raise ExprError(f"unknown signal {tok.text!r} at column {tok.pos + 1}; known: "
-                            f"{', '.join(sorted(SIGNALS))} (or result(\"key\") for any other "
-                            "reported number)", tok.pos)
+        # A name that is no health signal or declared role is a key the training reports
+        # itself (checked against the experiment's vocabulary and reports, not here).
         layer = None
         if self.peek().text == "{":
             self.take("{")
@@ -271,22 +290,67 @@ class Parser:
             key = self.take(kind="str").text[1:-1]
             self.take(")")
             return Call(pos=tok.pos, fn=fn, args=[key])
+        self.nest(tok)
         args: list[Any] = [self.expr()]
+        self.depth -= 1
         if fn in WINDOWS:
             self.take(",")
             n = self.take(kind="num")
-            if not re.fullmatch(r"\d+", n.text) or int(n.text) < 1:
-                raise ExprError(f"{fn}: the window must be a whole number of reports >= 1, got "
-                                f"{n.text} at column {n.pos + 1}", n.pos)
+            number(n)
+            if not re.fullmatch(r"\d+", n.text) or not 1 <= int(n.text) <= MAX_WINDOW:
+                raise ExprError(f"{fn}: the window must be a whole number of reports from 1 to "
+                                f"{MAX_WINDOW}, got {n.text} at column {n.pos + 1}", n.pos)
             args.append(int(n.text))
         self.take(")")
         return Call(pos=tok.pos, fn=fn, args=args)
+
+
+def number(tok: Token) -> float:
+    """The value of a number token; refuse numbers too long to read or beyond a float."""
+    if len(tok.text) > MAX_NUMBER_CHARS:
+        raise ExprError(f"a number of {len(tok.text)} characters at column {tok.pos + 1}; "
+                        f"expected at most {MAX_NUMBER_CHARS}", tok.pos)
+    value = float(tok.text)
+    if not math.isfinite(value):
+        raise ExprError(f"the number at column {tok.pos + 1} is beyond the float range; "
+                        "expected a finite number (use nonfinite(x) to test for NaN/Inf)", tok.pos)
+    return value
+
+
+def check_size(node: Node) -> None:
+    """Refuse trees deeper than ``MAX_DEPTH`` or larger than ``MAX_NODES`` (iteratively: a
+    chain of operators is deep without any parenthesis)."""
+    stack, count = [(node, 1)], 0
+    while stack:
+        n, depth = stack.pop()
+        count += 1
+        if depth > MAX_DEPTH:
+            raise ExprError(f"nested more than {MAX_DEPTH} levels deep at column {n.pos + 1} "
+                            "(each operator of an and/or/+ chain is one level); expected at "
+                            f"most {MAX_DEPTH} (split the condition into several rules)", n.pos)
+        if count > MAX_NODES:
+            raise ExprError(f"more than {MAX_NODES} terms and operators; expected at most "
+                            f"{MAX_NODES} (split the condition into several rules)", n.pos)
+        stack.extend((child, depth + 1) for child in children(node=n))
+
+
+def children(node: Node) -> list[Node]:
+    if isinstance(node, Unary):
+        return [node.arg]
+    if isinstance(node, Binary):
+        return [node.left, node.right]
+    if isinstance(node, Call):
+        return [a for a in node.args if isinstance(a, Node)]
+    return []
 
 
 def parse(text: str) -> Node:
     """Parse an expression; raises ``ExprError`` with a column on any problem."""
     if not isinstance(text, str) or not text.strip():
         raise ExprError("expected a non-empty expression string")
+    if len(text) > MAX_CHARS:
+        raise ExprError(f"{len(text)} characters; expected an expression of at most {MAX_CHARS} "
+                        "(split the condition into several rules)")
     return Parser(text).parse()
 
 
@@ -321,27 +385,51 @@ def threshold_operand(node: Node) -> Node | None:
 
 
 # -- evaluation ---------------------------------------------------------------------------------
+STATE_VERSION = 2  # of Report.to_dict: caches keyed by scope (rule), then node id
+
+
 class Report:
-    """One reported result as the evaluator sees it."""
+    """One reported result as the evaluator sees it.
+
+    ``cache`` and ``ever`` hold the state of window and history functions, keyed by *scope*
+    and node id. Node ids are unique only within one tree, so every tree evaluated over the
+    same reports needs a scope of its own (the engine uses the rule's name): two rules never
+    read each other's slots.
+    """
 
     def __init__(self, iteration: int, time_s: float, layers: dict[str, dict[str, float]],
                  scalars: dict[str, float]) -> None:
         self.iteration, self.time_s = iteration, time_s
         self.layers, self.scalars = layers, scalars
-        self.cache: dict[int, Value] = {}  # node id -> value at this report (window inputs)
-        self.ever: dict[int, Value] = {}  # node id -> running min/max up to this report
+        # scope -> node id -> value at this report (window inputs)
+        self.cache: dict[str, dict[int, Value]] = {}
+        # scope -> node id -> running min/max up to this report
+        self.ever: dict[str, dict[int, Value]] = {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"iteration": self.iteration, "time_s": self.time_s, "layers": self.layers,
-                "scalars": self.scalars, "cache": {str(k): v for k, v in self.cache.items()},
-                "ever": {str(k): v for k, v in self.ever.items()}}
+        return {"v": STATE_VERSION, "iteration": self.iteration, "time_s": self.time_s,
+                "layers": self.layers, "scalars": self.scalars,
+                "cache": _slots_out(self.cache), "ever": _slots_out(self.ever)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Report:
         r = cls(d["iteration"], d["time_s"], d["layers"], d["scalars"])
-        r.cache = {int(k): v for k, v in d["cache"].items()}
-        r.ever = {int(k): v for k, v in d["ever"].items()}
+        r.load_slots(d)
         return r
+
+    def load_slots(self, d: dict[str, Any]) -> None:
+        """Caches of a ``to_dict``; those of an older format (ids shared by every rule, which
+        mixed rules' values) are dropped."""
+        if d.get("v") == STATE_VERSION:
+            self.cache, self.ever = _slots_in(d["cache"]), _slots_in(d["ever"])
+
+
+def _slots_out(slots: dict[str, dict[int, Value]]) -> dict[str, dict[str, Value]]:
+    return {scope: {str(k): v for k, v in values.items()} for scope, values in slots.items()}
+
+
+def _slots_in(data: dict[str, dict[str, Value]]) -> dict[str, dict[int, Value]]:
+    return {scope: {int(k): v for k, v in values.items()} for scope, values in data.items()}
 
 
 def _nan_safe(values: list[float]) -> list[float]:
@@ -426,15 +514,19 @@ def _combine_ever(fn: str, previous: Value, current: Value) -> Value:
     return _zip(f, previous, current)
 
 
-def evaluate(node: Node, history: list[Report]) -> Value:
-    """Value of ``node`` at the last report of ``history`` (earlier reports hold caches)."""
-    value = _eval(node, history)
+def evaluate(node: Node, history: list[Report], scope: str = "") -> Value:
+    """Value of ``node`` at the last report of ``history`` (earlier reports hold caches).
+
+    ``scope`` names the tree's slots in the reports' caches: trees evaluated over the same
+    reports need different scopes (see ``Report``).
+    """
+    value = _eval(node, history, scope)
     if node.cached:
-        history[-1].cache[node.id] = value
+        history[-1].cache.setdefault(scope, {})[node.id] = value
     return value
 
 
-def _eval(node: Node, history: list[Report]) -> Value:
+def _eval(node: Node, history: list[Report], scope: str) -> Value:
     now = history[-1]
     if isinstance(node, Num):
         return node.value
@@ -446,12 +538,12 @@ def _eval(node: Node, history: list[Report]) -> Value:
             return vec or None
         return now.scalars.get(node.name)
     if isinstance(node, Unary):
-        arg = evaluate(node.arg, history)
+        arg = evaluate(node.arg, history, scope)
         if node.op == "-":
             return _map(lambda x: -x, arg)
         return _map(lambda x: float(not _truth(x)), arg)
     if isinstance(node, Binary):
-        a, b = evaluate(node.left, history), evaluate(node.right, history)
+        a, b = evaluate(node.left, history, scope), evaluate(node.right, history, scope)
         if node.op in ARITH:
             return _zip(ARITH[node.op], a, b)
         if node.op in COMPARE:
@@ -466,7 +558,7 @@ def _eval(node: Node, history: list[Report]) -> Value:
     fn = node.fn
     if fn == "result":
         return now.scalars.get(node.args[0])
-    inner = evaluate(node.args[0], history)
+    inner = evaluate(node.args[0], history, scope)
     if fn in REDUCTIONS:
         return _reduce(fn, inner)
     if fn == "abs":
@@ -477,17 +569,19 @@ def _eval(node: Node, history: list[Report]) -> Value:
     if fn == "nonfinite":
         return _map(lambda x: float(not math.isfinite(x)), inner)
     if fn in HISTORY:
-        previous = history[-2].ever.get(node.id) if len(history) > 1 else None
+        previous = history[-2].ever.get(scope, {}).get(node.id) if len(history) > 1 else None
         value = _combine_ever(fn, previous, inner)
-        now.ever[node.id] = value
+        now.ever.setdefault(scope, {})[node.id] = value
         return value
     n = node.args[1]
     inner_id = node.args[0].id
     if fn == "change":  # now minus n reports ago
         if len(history) < n + 1:
             return None
-        return _zip(lambda a, b: a - b, inner, history[-n - 1].cache.get(inner_id))
-    past = [p for p in (r.cache.get(inner_id) for r in history[-n:]) if p is not None]
+        return _zip(lambda a, b: a - b, inner,
+                    history[-n - 1].cache.get(scope, {}).get(inner_id))
+    past = [p for p in (r.cache.get(scope, {}).get(inner_id) for r in history[-n:])
+            if p is not None]
     if not past:
         return None
     if fn == "avg_over":

@@ -1,16 +1,29 @@
-"""Reading the health block of Tune results, nested or flattened."""
+"""The one place that turns a reported result into signals.
+
+A result is what a training reports once per iteration: its own metrics at the top level and
+the monitor's ``health`` block (``HealthMonitor.collect()``: ``layers`` and ``model``). Ray Tune
+hands schedulers *flattened* results (``health/layers/<layer>/<signal>``) and callbacks nested
+ones; both are read here. Tune's bookkeeping keys (``pid``, ``timestamp``...) are never signals.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Any
+
+from heuristics.vocabulary import BOOKKEEPING, Vocabulary
+
+
+def _number(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x)
 
 
 def unflatten_health(result: dict[str, Any]) -> dict[str, Any]:
-    """The ``health`` block of a result, nested again if Tune flattened it.
-
-    Tune hands schedulers *flattened* results (``health/layers/<layer>/<signal>``) and callbacks
-    nested ones; layer names never contain "/".
-    """
+    """The ``health`` block of a result, nested again if Tune flattened it (layer names never
+    contain "/")."""
     if isinstance(result.get("health"), dict):
         return result["health"]
     health: dict[str, Any] = {"layers": {}, "model": {}}
@@ -25,3 +38,48 @@ def unflatten_health(result: dict[str, Any]) -> dict[str, Any]:
         elif len(parts) == 2:
             health[parts[1]] = value
     return health
+
+
+@dataclass
+class Observation:
+    """The signals of one result.
+
+    ``layers``: per-layer health signals; ``model``: model-level health signals (power);
+    ``metrics``: every other number the training reported, by its own key; ``roles``: the
+    declared roles (``train_loss``, ``validation``...) with their values.
+    """
+
+    iteration: int
+    time_s: float
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    model: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    roles: dict[str, float] = field(default_factory=dict)
+    role: str = "trial"
+
+    def scalars(self) -> dict[str, float]:
+        """Every scalar a rule can name: model signals, roles, then the training's own keys."""
+        return {**self.metrics, **self.model, **self.roles}
+
+
+def observe(result: dict[str, Any], vocabulary: Vocabulary | None = None,
+            default_iteration: int = 0) -> Observation:
+    """The ``Observation`` of one result under ``vocabulary`` (no roles without one)."""
+    vocabulary = vocabulary or Vocabulary()
+    health = unflatten_health(result)
+    layers = {str(layer): {k: float(v) for k, v in sig.items() if _number(v) is not None}
+              for layer, sig in (health.get("layers") or {}).items() if isinstance(sig, dict)}
+    model = {k: float(v) for k, v in (health.get("model") or {}).items()
+             if _number(v) is not None}
+    metrics = {k: float(v) for k, v in result.items()
+               if _number(v) is not None and "/" not in k and k not in BOOKKEEPING}
+    roles = {role: metrics[key] for role, key in vocabulary.keys().items() if key in metrics}
+    iteration = _number(result.get("training_iteration"))
+    time_s = _number(result.get("time_total_s"))
+    role = result.get("role")
+    return Observation(
+        iteration=int(iteration) if iteration is not None and math.isfinite(iteration)
+        else default_iteration,
+        time_s=time_s if time_s is not None else 0.0,
+        layers=layers, model=model, metrics=metrics, roles=roles,
+        role=str(role) if isinstance(role, str) and role else vocabulary.role)

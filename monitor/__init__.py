@@ -1,0 +1,40 @@
+"""Training-health monitor and early kill for PyTorch trainings, under Ray Tune or in a plain loop.
+
+The public API:
+
+* in the training: ``attach(model)`` -> ``HealthMonitor`` (``step()`` after each optimiser
+  step, ``paused()`` around validation, ``observe_output(output, target)`` for audio power,
+  ``collect()`` for the health block to report as ``"health"``);
+* under Ray Tune: ``TuneMonitor`` (scheduler and callbacks for ``tune.Tuner``);
+* in a plain loop: ``LoopMonitor`` (``report(...)`` returns a ``Decision``);
+* ``Vocabulary``: which reported keys are the training loss, GAN losses and validation metric.
+
+Layers (enforced by import-linter): ``trainers`` and ``bench`` use ``monitor``, which uses
+``heuristics`` (rules, engine, vocabulary) and ``dashboards``; never the other way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from heuristics.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from monitor.hooks import HealthMonitor, attach
+    from monitor.loop import Decision, LoopMonitor
+    from monitor.tuning import TuneMonitor
+
+__all__ = ["Decision", "HealthMonitor", "LoopMonitor", "TuneMonitor", "Vocabulary", "attach"]
+
+_LAZY = {"HealthMonitor": "monitor.hooks", "attach": "monitor.hooks",
+         "LoopMonitor": "monitor.loop", "Decision": "monitor.loop",
+         "TuneMonitor": "monitor.tuning"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import torch and Ray only when their part of the API is used."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'monitor' has no attribute {name!r}")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from heuristics.vocabulary import Vocabulary
 from monitor.exporter import Exporter
+from monitor.recording import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -74,87 +75,39 @@ class HealthExporterCallback(tune.Callback):
 
 
 class RunStoreCallback(tune.Callback):
-    """Writes trials and their signal samples to the run store (``monitor.store``).
+    """Writes trials and their signal samples to the run store (``monitor.recording``).
 
-    Samples are batched: flushed when a batch fills, at most ``flush_s`` seconds after the
-    previous flush, and when a trial ends. Trial outcomes: a killed trial carries the failure its
-    rule predicted; a trial that ran to its end is ``healthy`` or ``failed`` by its final metric
-    against ``healthy_threshold`` (when the experiment sets one).
+    A trial's name is its config's ``variant.name`` when there is one, else Tune's experiment
+    tag (``3_lr=0.1``).
     """
 
-    def __init__(self, run_dir: str | Path, experiment: str, run: str, metric: str, mode: str,
-                 budget: int, healthy_threshold: float | None = None,
-                 flush_s: float = 2.0) -> None:
-        self.run_dir = Path(run_dir)
-        self.experiment, self.run = experiment, run
-        self.metric, self.mode, self.budget = metric, mode, budget
-        self.healthy_threshold = healthy_threshold
-        self.flush_s = flush_s
-        self.store = None
-        self._last_flush = 0.0
+    def __init__(self, run_dir: str | Path, experiment: str, run: str,
+                 vocabulary: Vocabulary | None = None, budget: int | None = None,
+                 healthy_threshold: float | None = None, flush_s: float = 2.0) -> None:
+        self.writer = StoreWriter(run_dir, experiment, run, vocabulary, budget,
+                                  healthy_threshold, flush_s)
 
-    def _store(self):
-        if self.store is None:
-            from monitor.store import RunStore
-
-            self.store = RunStore(self.run_dir)
-            self.store.set_meta(experiment=self.experiment, run=self.run, metric=self.metric,
-                                mode=self.mode, budget=self.budget,
-                                healthy_threshold=self.healthy_threshold)
-        return self.store
+    @property
+    def failed(self) -> str | None:
+        return self.writer.failed
 
     def setup(self, **info: Any) -> None:
-        self._store()
+        self.writer.open()
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         config = dict(trial.config)
-        variant = (config.get("variant") or {}).get("name")
-        self._store().upsert_trial(trial.trial_id, experiment=self.experiment, run=self.run,
-                                   variant=variant, config=config, status="RUNNING",
-                                   budget=self.budget, started=time.time())
+        variant = config.get("variant") if isinstance(config.get("variant"), dict) else {}
+        name = variant.get("name") or getattr(trial, "experiment_tag", None) or trial.trial_id
+        self.writer.start(trial.trial_id, str(name), config)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        store = self._store()
-        store.add_result(trial.trial_id, result)
-        store.upsert_trial(trial.trial_id, role=str(result.get("role", "")),
-                           iterations=int(result.get("training_iteration", 0)),
-                           time_total_s=float(result.get("time_total_s", 0.0)))
-        if time.time() - self._last_flush > self.flush_s:
-            store.flush()
-            self._last_flush = time.time()
-
-    def _end(self, trial, status: str) -> None:
-        store = self._store()
-        store.flush()
-        last = trial.last_result or {}
-        metric = last.get(self.metric)
-        kill = next((v for v in store.verdicts("kill")
-                     if v["trial"] == trial.trial_id and not v.get("shadow")), None)
-        outcome = source = None
-        if kill:
-            outcome, source, status = kill["failure"], "rule", "KILLED"
-        elif status == "ERROR":
-            outcome, source = "error", "error"
-        elif self.healthy_threshold is not None and isinstance(metric, (int, float)):
-            good = (metric <= self.healthy_threshold if self.mode == "min"
-                    else metric >= self.healthy_threshold)
-            outcome, source = ("healthy" if good else "failed"), "quality"
-        store.upsert_trial(trial.trial_id, status=status, ended=time.time(),
-                           final_metric=metric if isinstance(metric, (int, float)) else None,
-                           outcome=outcome, outcome_source=source)
+        self.writer.add(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._end(trial, "TERMINATED")
+        self.writer.end(trial.trial_id, "TERMINATED", trial.last_result)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._end(trial, "ERROR")
+        self.writer.end(trial.trial_id, "ERROR", trial.last_result)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["store"] = None  # a database connection is not part of the saved state
-        return state
+        self.writer.close()

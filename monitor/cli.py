@@ -10,48 +10,67 @@ from pathlib import Path
 from rich.table import Table
 
 from monitor.console import console, print_error
+from monitor.paths import runs_dir
+from monitor.summary import plain
 
 
-def _experiments(args: argparse.Namespace) -> int:
-    from heuristics.yamlfile import ConfigError
-    from trainers import experiment
+def _experiment_file(path: str):
+    """Rule sources, vocabulary and base directory of an experiment YAML file: its
+    ``heuristics:`` list and ``signals:`` mapping (any file with these keys will do)."""
+    from pydantic import ValidationError
 
-    table = Table(title="Experiments (trainers/experiments)")
-    for col in ("name", "trainer", "trials", "iterations", "description"):
-        table.add_column(col)
-    for name in experiment.available():
-        try:
-            exp = experiment.load(name)
-        except ConfigError as exc:
-            table.add_row(name, "-", "-", "-", f"[red]{exc}[/red]")
-            continue
-        table.add_row(name, exp.trainer, str(len(exp.variants) * exp.samples),
-                      str(exp.max_iterations), exp.description)
-    console.print(table)
-    return 0
+    from heuristics.vocabulary import Vocabulary
+    from heuristics.yamlfile import ConfigError, line_of, load_yaml
+
+    file = Path(path)
+    data, lines = load_yaml(file)
+    if not isinstance(data, dict):
+        raise ConfigError(file, 1, "expected a mapping with 'heuristics' and 'signals'")
+    sources = data.get("heuristics", ["builtin", "custom"])
+    if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+        raise ConfigError(file, line_of(lines, ("heuristics",)), "heuristics: expected a list "
+                          "of rule sources")
+    signals = dict(data.get("signals") or {})
+    if "metric" in data:
+        signals.setdefault("validation", data["metric"])
+    if "mode" in data:
+        signals.setdefault("mode", data["mode"])
+    try:
+        vocabulary = Vocabulary.from_mapping(signals)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(file, line_of(lines, ("signals", *first["loc"])),
+                          f"signals.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return sources, vocabulary, file.parent
 
 
-def _tune(args: argparse.Namespace) -> int:
-    from trainers import tune
+def _declaration_warnings(rules, vocabulary, experiment: str) -> int:
+    from heuristics.coverage import undeclared
 
-    argv = [args.experiment, *(["--max-iterations", str(args.max_iterations)]
-                                if args.max_iterations else [])]
-    if args.address:
-        argv += ["--address", args.address]
-    return tune.main(argv)
+    notices = undeclared(rules, vocabulary, experiment)
+    for n in notices:
+        print_error(f"warning: {n.message}")
+    return len(notices)
 
 
 def _rules_check(args: argparse.Namespace) -> int:
     from heuristics.rules import RuleErrors, load_rules
+    from heuristics.yamlfile import ConfigError
 
     try:
         rules = load_rules(args.paths)
+        declared = _experiment_file(args.experiment) if args.experiment else None
     except RuleErrors as exc:
         for error in exc.errors:
             print_error(str(error))
         console.print(f"{len(exc.errors)} error(s) in {', '.join(args.paths)}")
         return 1
+    except ConfigError as exc:
+        print_error(str(exc))
+        return 2
     console.print(f"OK: {len(rules)} rules in {', '.join(args.paths)}")
+    if declared:
+        _declaration_warnings(rules, declared[1], Path(args.experiment).stem)
     return 0
 
 
@@ -59,19 +78,15 @@ def _rules_list(args: argparse.Namespace) -> int:
     from heuristics.rules import RuleErrors, load_rules
     from heuristics.yamlfile import ConfigError
 
-    sources = ["builtin", *args.rules]
-    base = None
-    if args.experiment:
-        from trainers import experiment
-
-        try:
-            exp = experiment.load(args.experiment)
-        except ConfigError as exc:
-            print_error(str(exc))
-            return 2
-        sources, base = [*exp.heuristics, *args.rules], exp.path.parent
+    sources, base, vocabulary = ["builtin", *args.rules], None, None
     try:
+        if args.experiment:
+            declared, vocabulary, base = _experiment_file(args.experiment)
+            sources = [*declared, *args.rules]
         rules = load_rules(sources, base=base)
+    except ConfigError as exc:
+        print_error(str(exc))
+        return 2
     except RuleErrors as exc:
         for error in exc.errors:
             print_error(str(error))
@@ -83,15 +98,17 @@ def _rules_list(args: argparse.Namespace) -> int:
                            "labels": r.labels, "annotations": r.annotations,
                            "source": f"{r.source}:{r.line}"} for r in rules], indent=2))
         return 0
-    table = Table(title=f"Effective rules ({', '.join(sources)})")
+    table = Table(title=plain(f"Effective rules ({', '.join(sources)})"))
     for col in ("rule", "action", "failure", "expression", "for", "grace", "source"):
         table.add_column(col, overflow="fold")
     for r in rules:
         grace = (f"{100 * r.grace.fraction:g}%" if r.grace.fraction is not None
                  else str(r.grace.iterations))
-        table.add_row(r.name, r.action, r.failure, r.expr, r.hold.describe(), grace,
-                      f"{Path(r.source).name}:{r.line}")
+        table.add_row(plain(r.name), r.action, plain(r.failure), plain(r.expr),
+                      r.hold.describe(), grace, plain(f"{Path(r.source).name}:{r.line}"))
     console.print(table)
+    if vocabulary is not None:
+        _declaration_warnings(rules, vocabulary, Path(args.experiment).stem)
     return 0
 
 
@@ -241,17 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="monitor", description="Training-health monitor and "
                                      "early-kill scheduler for Ray Tune")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("tune", help="run an experiment under Ray Tune (as `make tune`)")
-    p.add_argument("experiment")
-    p.add_argument("--max-iterations", type=int)
-    p.add_argument("--address", help="an existing Ray cluster (default: start a local one)")
-    p.set_defaults(func=_tune)
-    p = sub.add_parser("experiments", help="list the available experiments")
-    p.set_defaults(func=_experiments)
     p = sub.add_parser("kill-report", help="what was killed, why, and the compute it saved")
     p.add_argument("experiment", nargs="?", help="experiment name or run directory "
                    "(default: the latest run)")
-    p.add_argument("--storage", type=Path, default=Path("runs"))
+    p.add_argument("--storage", type=Path, default=runs_dir(),
+                   help="where runs are (default: $MONITOR_RUNS_DIR or ./runs)")
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     p.add_argument("--html", type=Path, help="also write a self-contained HTML report")
     p.set_defaults(func=_kill_report)
@@ -260,18 +271,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("trial", help="trial id (or its unique suffix)")
     p.add_argument("--failure")
     p.add_argument("--healthy", action="store_true")
-    p.add_argument("--storage", type=Path, default=Path("runs"))
+    p.add_argument("--storage", type=Path, default=runs_dir(),
+                   help="where runs are (default: $MONITOR_RUNS_DIR or ./runs)")
     p.set_defaults(func=_label)
     p = sub.add_parser("replay", help="evaluate a rule set over recorded runs")
     p.add_argument("experiments", nargs="*", help="experiment names or run directories "
                    "(default: the latest run)")
     p.add_argument("--rules", nargs="+", default=["builtin", "custom"])
-    p.add_argument("--storage", type=Path, default=Path("runs"))
+    p.add_argument("--storage", type=Path, default=runs_dir(),
+                   help="where runs are (default: $MONITOR_RUNS_DIR or ./runs)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_replay)
     p = sub.add_parser("calibrate", help="correlate signals with known failures; suggest rules")
     p.add_argument("experiments", nargs="*", help="experiment names or run directories")
-    p.add_argument("--storage", type=Path, default=Path("runs"))
+    p.add_argument("--storage", type=Path, default=runs_dir(),
+                   help="where runs are (default: $MONITOR_RUNS_DIR or ./runs)")
     p.add_argument("--output", type=Path, default=Path("calibrated_rules.yaml"))
     p.add_argument("--top", type=int, default=15)
     p.set_defaults(func=_calibrate)
@@ -288,10 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         dest="rules_command", required=True)
     p = rules.add_parser("check", help="validate rule files; every error with file and line")
     p.add_argument("paths", nargs="+", help="rule files, directories, or 'builtin'")
+    p.add_argument("--experiment", help="an experiment YAML file: warn about rules over "
+                   "signals its `signals:` section does not declare")
     p.set_defaults(func=_rules_check)
     p = rules.add_parser("list", help="the effective rule set (built-in plus custom)")
     p.add_argument("--rules", nargs="*", default=[], help="extra rule files or directories")
-    p.add_argument("--experiment", help="show the rules this experiment uses")
+    p.add_argument("--experiment", help="an experiment YAML file: show the rules its "
+                   "`heuristics:` list uses, and warn about undeclared signals")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_rules_list)
     args = parser.parse_args(argv)

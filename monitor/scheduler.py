@@ -1,15 +1,16 @@
 """The early-kill scheduler: evaluates heuristic rules on every Tune result.
 
 ``HeuristicScheduler`` subclasses ``FIFOScheduler``. On each result it asks the rule engine
-for verdicts, appends them to ``<run dir>/heuristics/verdicts.jsonl`` (flushed and fsynced
-*before* STOP is returned), counts them in the exporter, and returns STOP for a kill. With no
-kill it delegates to a wrapped scheduler (e.g. ASHA) if one is given. In shadow mode it records
-every would-be kill and stops nothing.
+for verdicts and records them durably (run store, then the fsynced verdict log:
+``monitor.verdicts``) *before* it saves the rule state and returns STOP for a kill; it counts
+them in the exporter. With no kill it delegates to a wrapped scheduler (e.g. ASHA) if one is
+given. In shadow mode it records every would-be kill and stops nothing.
 
 Ray Tune pickles a scheduler once, when the experiment starts, and does not save its state.
 This one keeps its rule state in ``<run dir>/heuristics/trials/<trial>.json`` (written
-atomically after every result) and its verdicts in the log; after ``Tuner.restore`` it reloads
-both on its first call, so no kill is forgotten or repeated and ``for`` streaks continue.
+atomically after every result, after the verdicts) and its verdicts in the store and log;
+after ``Tuner.restore`` it reconciles both on its first call, so no kill is forgotten, lost or
+repeated and ``for`` streaks continue.
 """
 
 from __future__ import annotations
@@ -22,42 +23,15 @@ from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from heuristics.coverage import SignalCoverage, undeclared
 from heuristics.engine import RuleEngine, TrialState, Verdict
 from heuristics.rules import Rule
+from heuristics.vocabulary import Vocabulary
 from monitor.exporter import Exporter
 from monitor.grafana import KillAnnotator
+from monitor.verdicts import VerdictRecorder
 
 log = logging.getLogger(__name__)
-
-
-class VerdictLog:
-    """Append-only JSON-lines file of verdicts; every append is fsynced."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def append(self, verdict: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(verdict, allow_nan=True, default=str)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def read(self) -> list[dict[str, Any]]:
-        """Every complete verdict; a torn last line (crash mid-write) is skipped with a warning."""
-        if not self.path.exists():
-            return []
-        out = []
-        lines = self.path.read_text().splitlines()
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s:%d: skipped an incomplete verdict line", self.path, i)
-        return out
 
 
 class HeuristicScheduler(FIFOScheduler):
@@ -75,14 +49,16 @@ class HeuristicScheduler(FIFOScheduler):
 
     def __init__(self, rules: list[Rule], run_dir: str | Path, experiment: str = "",
                  budget: int | None = None, shadow: bool = False,
-                 scheduler: TrialScheduler | None = None, run: str | None = None) -> None:
+                 scheduler: TrialScheduler | None = None, run: str | None = None,
+                 vocabulary: Vocabulary | None = None) -> None:
         super().__init__()
-        self.engine = RuleEngine(rules, experiment, budget, shadow)
+        self.vocabulary = vocabulary or Vocabulary()
+        self.engine = RuleEngine(rules, experiment, budget, shadow, self.vocabulary)
+        self.coverage = SignalCoverage(rules, self.vocabulary)
         self.run_dir = Path(run_dir)
         self.run = run
         self.wrapped = scheduler
-        self.log = VerdictLog(self.run_dir / "heuristics" / "verdicts.jsonl")
-        self.store = None  # the run store, opened on first use (not pickled)
+        self.recorder = VerdictRecorder(self.run_dir)
         self.annotator = KillAnnotator()  # posts kills to Grafana when GRAFANA_URL is set
         self._loaded = False
         self._supports_buffered_results = False  # act on every result as it arrives
@@ -90,6 +66,13 @@ class HeuristicScheduler(FIFOScheduler):
     @property
     def state_dir(self) -> Path:
         return self.run_dir / "heuristics" / "trials"
+
+    def declaration_notices(self) -> list[str]:
+        """Rules naming roles the vocabulary leaves undeclared (recorded, and returned)."""
+        notices = undeclared(self.engine.rules, self.vocabulary, self.engine.experiment)
+        for n in notices:
+            self.recorder.note(n.rule, n.signal, n.message)
+        return [n.message for n in notices]
 
     # -- state that survives a restore ------------------------------------------------------
     def _load(self) -> None:
@@ -100,7 +83,7 @@ class HeuristicScheduler(FIFOScheduler):
             for path in sorted(self.state_dir.glob("*.json")):
                 try:
                     self.engine.load_trial_state(path.stem, json.loads(path.read_text()))
-                except (json.JSONDecodeError, KeyError) as exc:
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                     log.warning("%s: rule state unreadable (%s); starting it afresh", path, exc)
         exporter = Exporter.for_run(self.run) if self.run else None
         if exporter:
@@ -109,7 +92,7 @@ class HeuristicScheduler(FIFOScheduler):
                      and not self.engine.shadow]
             others = [(r.name, r.failure) for r in rules if (r.name, r.failure) not in stops]
             exporter.snapshot.declare(self.engine.experiment, stops, others)
-        for v in self.log.read():  # the log is the truth about kills
+        for v in self.recorder.reconcile():  # the recorded verdicts are the truth about kills
             state = self.engine.trials.get(v["trial"])
             stops = v["action"] == "kill" and not v.get("shadow")
             if stops:
@@ -129,22 +112,16 @@ class HeuristicScheduler(FIFOScheduler):
         os.replace(tmp, path)
 
     def _record(self, verdict: Verdict) -> None:
-        if self.store is None:
-            from monitor.store import RunStore
-
-            self.store = RunStore(self.run_dir)
-        self.store.add_verdict(verdict.to_dict())  # committed synchronously
-        self.log.append(verdict.to_dict())
+        data = verdict.to_dict()
+        self.recorder.record(data)  # store and log, durable before anything acts on it
         exporter = Exporter.for_run(self.run) if self.run else None
         if exporter:
-            if verdict.stops:
-                exporter.snapshot.count_kill(verdict.experiment, verdict.rule, verdict.failure)
-            else:
-                exporter.snapshot.count_warning(verdict.experiment, verdict.rule,
-                                                verdict.failure)
+            count = (exporter.snapshot.count_kill if verdict.stops
+                     else exporter.snapshot.count_warning)
+            count(verdict.experiment, verdict.rule, verdict.failure)
         (log.warning if verdict.stops else log.info)(verdict.reason)
         if verdict.stops:
-            self.annotator.post(verdict.to_dict())
+            self.annotator.post(data)
 
     # -- Tune scheduler interface -----------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -163,9 +140,12 @@ class HeuristicScheduler(FIFOScheduler):
         if self.engine.killed(trial.trial_id) is not None:
             return TrialScheduler.STOP  # killed before a restart: never resumed, never twice
         verdicts = self.engine.observe(trial.trial_id, result)
-        self._save(trial.trial_id)
         for verdict in verdicts:
-            self._record(verdict)  # durable before STOP is returned
+            self._record(verdict)  # durable before the state says killed and before STOP
+        self._save(trial.trial_id)
+        last = self.engine.trials[trial.trial_id].reports[-1]
+        for notice in self.coverage.observe(trial.trial_id, last.layers, last.scalars):
+            self.recorder.note(notice.rule, notice.signal, notice.message)
         if any(v.stops for v in verdicts):
             if self.wrapped is not None:
                 self.wrapped.on_trial_remove(tune_controller, trial)
@@ -191,11 +171,6 @@ class HeuristicScheduler(FIFOScheduler):
         if self.wrapped is not None:
             return self.wrapped.choose_trial_to_run(tune_controller)
         return super().choose_trial_to_run(tune_controller)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["store"] = None
-        return state
 
     def debug_string(self) -> str:
         mode = "shadow mode, " if self.engine.shadow else ""

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from monitor.scheduler import VerdictLog
 from monitor.store import RunStore
+from monitor.verdicts import VerdictLog
 from trainers import experiment
 from trainers import tune as runner
 

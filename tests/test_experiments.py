@@ -60,12 +60,24 @@ def test_cli_reports_error_before_ray_starts(tmp_path):
     assert "ray" not in proc.stderr.lower()
 
 
-def test_monitor_command_lists_experiments(capsys):
-    from monitor.cli import main
+def test_tune_command_lists_experiments(capsys):
+    from trainers.tune import main
 
-    assert main(["experiments"]) == 0
+    assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "master_v464" in out and "student_v464" in out and "smoke" in out
+
+
+def test_trainers_declare_their_vocabulary(tmp_path):
+    master, student = experiment.load("master_v464"), experiment.load("student_v464")
+    assert master.vocabulary.generator_loss == "loss_g"
+    assert master.vocabulary.discriminator_loss == "loss_d"
+    assert master.vocabulary.validation == master.metric == "val_logmel"
+    assert student.vocabulary.train_loss == "loss"
+    assert student.vocabulary.validation == "val_teacher_logmel"
+    path = write(tmp_path, "trainer: student\nsignals:\n  train_loss: my_loss\n  mode: up\n")
+    with pytest.raises(ConfigError, match=r"exp\.yaml:4: signals\.mode"):
+        experiment.load(str(path))
 
 
 def test_student_experiment_names_its_master_experiment(tmp_path):

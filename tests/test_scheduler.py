@@ -13,7 +13,8 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from heuristics.rules import load_rules
 from monitor.exporter import Exporter
-from monitor.scheduler import HeuristicScheduler, VerdictLog
+from monitor.scheduler import HeuristicScheduler
+from monitor.verdicts import VerdictLog
 
 RULES = """\
 groups:

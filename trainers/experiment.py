@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from heuristics.vocabulary import Vocabulary
 from heuristics.yamlfile import ConfigError, line_of, load_yaml
 from trainers.config import ConfigKeyError, merge_config
 from trainers.master import MASTER_DEFAULTS
@@ -16,9 +19,28 @@ from trainers.student import STUDENT_DEFAULTS
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 DEFAULTS = {"master": MASTER_DEFAULTS, "student": STUDENT_DEFAULTS}
+# What each trainer reports (its metrics and validation), for checks before Ray starts.
+REPORTED = {
+    "master": {"loss_g", "loss_d", "loss_adv", "loss_fm", "loss_power", "loss_spectral",
+               "loss_wave", "grad_norm", "val_logmel", "val_power_ratio_db", "step_time_s",
+               "steps"},
+    "student": {"loss", "loss_wave", "loss_spectral", "grad_norm", "val_teacher_logmel",
+                "val_logmel", "master_val_logmel", "n_parameters", "rtf", "master_rtf",
+                "step_time_s", "steps"},
+}
+# The trainers' own metric names, declared as the monitor's roles (an experiment's `signals:`
+# section overrides any of them).
+VOCABULARIES = {
+    "master": {"generator_loss": "loss_g", "discriminator_loss": "loss_d",
+               "adversarial_loss": "loss_adv", "validation": "val_logmel", "mode": "min",
+               "grad_norm": "grad_norm", "step_time_s": "step_time_s", "gan_loss": "lsgan",
+               "role": "master"},
+    "student": {"train_loss": "loss", "validation": "val_logmel", "mode": "min",
+                "grad_norm": "grad_norm", "step_time_s": "step_time_s", "role": "student"},
+}
 TOP_KEYS = {"description", "trainer", "metric", "mode", "samples", "max_iterations",
             "resources", "max_concurrent", "heuristics", "config", "variants", "search_space",
-            "healthy_threshold", "master_experiment"}
+            "healthy_threshold", "master_experiment", "signals"}
 DISTRIBUTIONS = {"choice", "grid", "uniform", "loguniform", "randint"}
 
 
@@ -40,6 +62,24 @@ class Experiment:
     description: str = ""
     healthy_threshold: float | None = None  # final metric that counts as a healthy outcome
     master_experiment: str | None = None  # students: distil from this experiment's latest run
+    vocabulary: Vocabulary = field(default_factory=Vocabulary)
+
+
+def _distribution_problem(kind: str, args: Any) -> str | None:
+    """What is wrong with a distribution's arguments, or ``None``."""
+    if kind in ("choice", "grid"):
+        return None if isinstance(args, list) and args else "expected a non-empty list of values"
+    if not (isinstance(args, list) and len(args) == 2
+            and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
+        return "expected [low, high], two numbers"
+    low, high = args
+    if not low < high:
+        return f"expected low < high, got [{low}, {high}]"
+    if kind == "loguniform" and low <= 0:
+        return f"expected low > 0 for a log-uniform range, got {low}"
+    if kind == "randint" and not (isinstance(low, int) and isinstance(high, int)):
+        return f"expected two integers, got [{low}, {high}]"
+    return None
 
 
 def available() -> list[str]:
@@ -115,6 +155,13 @@ def load(name_or_path: str) -> Experiment:
             raise fail(("search_space", key),
                        f"search_space.{key}: expected one of {sorted(DISTRIBUTIONS)} "
                        f"with its arguments, got {dist!r}")
+        kind, args = next(iter(dist.items()))
+        message = _distribution_problem(kind, args)
+        if message is None and kind in ("choice", "grid"):
+            for value in args:
+                check_config({key: value}, ("search_space", key, kind), f"search_space.{key}")
+        if message:
+            raise fail(("search_space", key, kind), f"search_space.{key}.{kind}: {message}")
     resources = data.get("resources", {"cpu": 1})
     if (not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"}
             or not all(isinstance(x, (int, float)) and x >= 0 for x in resources.values())):
@@ -141,12 +188,33 @@ def load(name_or_path: str) -> Experiment:
                        f"{available()}, got {master_experiment!r}")
     elif master_experiment is not None:
         raise fail(("master_experiment",), "master_experiment: only for trainer: student")
+    declared = dict(VOCABULARIES[trainer])
+    if "metric" in data:
+        declared["validation"] = data["metric"]
+    declared["mode"] = mode
+    signals = data.get("signals", {}) or {}
+    if not isinstance(signals, dict):
+        raise fail(("signals",), "signals: expected a mapping of role: reported key "
+                   "(train_loss, generator_loss, discriminator_loss, validation, ...)")
+    try:
+        vocabulary = Vocabulary.from_mapping({**declared, **signals})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ("signals", *first["loc"]) if first["loc"] else ("signals",)
+        raise fail(where, f"signals.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    for role, key in vocabulary.keys().items():
+        if key not in REPORTED[trainer]:
+            where = ("signals", role) if role in signals else (
+                ("metric",) if role == "validation" else ("signals",))
+            raise fail(where, f"{'metric' if where == ('metric',) else 'signals.' + role}: the "
+                       f"{trainer} trainer reports no {key!r}; expected one of "
+                       f"{sorted(REPORTED[trainer])}")
     return Experiment(
-        name=path.stem, path=path, trainer=trainer, metric=str(data.get("metric", "val_logmel")),
-        mode=mode, samples=positive_int("samples", 1),
+        name=path.stem, path=path, trainer=trainer, metric=str(vocabulary.validation),
+        mode=vocabulary.mode, samples=positive_int("samples", 1),
         max_iterations=positive_int("max_iterations", defaults["max_iterations"]),
         resources={"cpu": 1, **resources}, max_concurrent=max_concurrent, heuristics=heuristics,
         config=config, variants=variants, search_space=space,
         description=str(data.get("description", "")), healthy_threshold=threshold,
-        master_experiment=master_experiment,
+        master_experiment=master_experiment, vocabulary=vocabulary,
     )

@@ -1,14 +1,14 @@
 """Run an experiment under Ray Tune: ``python -m trainers.tune EXP`` (what ``make tune`` calls).
 
-Results go to ``runs/<EXP>_<timestamp>/`` (Ray Tune's experiment directory); a ``summary.json``
-there lists every trial's variant, status, last metrics and checkpoint, and the best trial.
+Experiment-file handling on top of the public API (``monitor.TuneMonitor``): results go to
+``runs/<EXP>_<timestamp>_<hex>/`` (Ray Tune's experiment directory); a ``summary.json`` there
+lists every trial's variant, status, last metrics and checkpoint, and the best trial.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -19,14 +19,12 @@ from typing import Any
 from rich.table import Table
 
 from heuristics.rules import RuleErrors
-from monitor.callback import HealthExporterCallback, RunStoreCallback
+from heuristics.yamlfile import ConfigError
 from monitor.console import console, print_error
 from monitor.exporter import ExporterError
-from heuristics.yamlfile import ConfigError
+from monitor.paths import runs_dir
 from trainers import experiment as experiments
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_STORAGE = REPO / "runs"
 EXTRA_COLUMNS = ("val_logmel", "val_power_ratio_db", "n_parameters", "rtf")
 
 
@@ -102,155 +100,129 @@ def make_wrapped(name: str | None, exp: experiments.Experiment, iterations: int)
     raise ValueError(f"wrap must be one of none, asha, median; got {name!r}")
 
 
-def run(exp: experiments.Experiment, storage: Path = DEFAULT_STORAGE,
+def init_ray(address: str | None) -> None:
+    """Connect to ``address`` (a running cluster) or start a local Ray, once."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, include_dashboard=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+
+
+def check_resources(exp: experiments.Experiment) -> None:
+    """A trial that asks for more than the cluster has would wait forever: refuse it now."""
+    import ray
+
+    have = ray.cluster_resources()
+    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
+        want = exp.resources.get(key, 0)
+        if want > have.get(ray_key, 0):
+            raise ConfigError(exp.path, None, f"resources.{key}: each trial asks for {want:g} "
+                              f"but the Ray cluster has {have.get(ray_key, 0):g}; no trial "
+                              "could ever start")
+
+
+def run(exp: experiments.Experiment, storage: Path | None = None,
         max_iterations: int | None = None, address: str | None = None,
         callbacks: list | None = None, shadow: bool = False, wrap: str | None = None,
         resume: Path | None = None, tune_storage: str | None = None,
         verbose: int = 1) -> dict[str, Any]:
-    """Run ``exp`` on Ray Tune with the early-kill scheduler; return (and write) the summary.
+    """Run ``exp`` on Ray Tune through the public API (``monitor.TuneMonitor``); return (and
+    write) the summary.
 
-    ``storage``: the driver-local directory for the monitor's files (run store, verdicts, rule
-    state, file_sd, summary). ``tune_storage``: where Ray Tune keeps trial results and
-    checkpoints, any path or URI it accepts (shared storage on a cluster); by default the same
-    directory. ``resume``: the directory of an interrupted run of ``exp`` to restore and finish.
+    ``storage``: the driver-local directory for the monitor's files (default
+    ``$MONITOR_RUNS_DIR`` or ``./runs``). ``tune_storage``: where Ray Tune keeps trial results
+    and checkpoints, any path or URI it accepts (shared storage on a cluster). ``resume``: the
+    directory of an interrupted run of ``exp`` to restore and finish.
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table
-    import ray
     from ray import tune
 
-    from monitor.scheduler import HeuristicScheduler
+    from monitor import TuneMonitor
+    from monitor.summary import summarise
     from trainers.trainables import TRAINABLES
 
-    storage = storage.resolve()
+    storage = (storage or runs_dir()).resolve()
     rules = load_experiment_rules(exp)
     resolve_master_checkpoint(exp, storage)
     iterations = max_iterations or exp.max_iterations
-    name = resume.name if resume else f"{exp.name}_{time.strftime('%Y%m%d-%H%M%S')}"
-    if resume:
-        storage = resume.resolve().parent
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, include_dashboard=False)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     trainable = tune.with_resources(TRAINABLES[exp.trainer], dict(exp.resources))
     started = time.time()
-    tune_root = tune_storage.rstrip("/") if tune_storage else str(storage)
     if resume:  # Tune restores its pickled scheduler and callbacks; they reload their state
-        tuner = tune.Tuner.restore(f"{tune_root}/{name}", trainable, resume_errored=True)
-        results = tuner.fit()
-        return summarise(exp, name, storage, results, started)
-    exporter = HealthExporterCallback(exp.name, name, sd_dir=storage / "file_sd")
+        init_ray(address)
+        resume = resume.resolve()
+        tune_root = tune_storage.rstrip("/") if tune_storage else str(resume.parent)
+        tuner = tune.Tuner.restore(f"{tune_root}/{resume.name}", trainable, resume_errored=True)
+        return summarise(resume, exp.name, exp.vocabulary, tuner.fit(), started)
+    mon = TuneMonitor(exp.name, signals=exp.vocabulary, rules=rules, budget=iterations,
+                      scheduler=make_wrapped(wrap, exp, iterations), storage=storage,
+                      shadow=shadow, healthy_threshold=exp.healthy_threshold,
+                      tune_storage=tune_storage)
     try:
-        exporter.start()
-    except ExporterError as exc:
-        raise ConfigError("exporter", None, str(exc)) from None
-    console.print(f"Health metrics of {name}: {exporter.exporter.url} "
-                  f"(file_sd: {exporter.exporter.sd_file})")
-    console.print(f"Early kill: {len(rules)} rules from {', '.join(exp.heuristics) or 'none'}"
-                  f"{' (shadow mode: nothing is stopped)' if shadow else ''}")
-    store = RunStoreCallback(storage / name, exp.name, name, exp.metric, exp.mode, iterations,
-                             exp.healthy_threshold)
-    scheduler = HeuristicScheduler(rules, storage / name, exp.name, iterations, shadow=shadow,
-                                   scheduler=make_wrapped(wrap, exp, iterations), run=name)
+        init_ray(address)
+        check_resources(exp)
+    except ConfigError:
+        mon.close()
+        raise
+    mon.announce()
     reporter = tune.CLIReporter(
         metric_columns={"training_iteration": "iter", exp.metric: exp.metric,
-                        "loss_d": "loss_d", "time_total_s": "time (s)"},
+                        "time_total_s": "time (s)"},
         parameter_columns={"variant/name": "variant"}, max_report_frequency=30)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space(exp, iterations),
-        tune_config=tune.TuneConfig(metric=exp.metric, mode=exp.mode, num_samples=exp.samples,
-                                    scheduler=scheduler,
+        tune_config=mon.tune_config(num_samples=exp.samples,
                                     max_concurrent_trials=exp.max_concurrent),
-        run_config=tune.RunConfig(name=name, storage_path=tune_root,
-                                  callbacks=[exporter, store, *(callbacks or [])],
-                                  verbose=verbose, progress_reporter=reporter if verbose else None,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+        run_config=mon.run_config(callbacks=callbacks, verbose=verbose,
+                                  progress_reporter=reporter if verbose else None),
     )
     try:
         results = tuner.fit()
     finally:
-        exporter.close()
-    return summarise(exp, name, storage, results, started)
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def summarise(exp, name: str, storage: Path, results, started: float) -> dict[str, Any]:
-    """The run's summary from Tune's results and the verdict log; also written to
-    ``<storage>/<name>/summary.json``."""
-    from monitor.scheduler import VerdictLog
-
-    verdicts = VerdictLog(storage / name / "heuristics" / "verdicts.jsonl").read()
-    kills = {v["trial"]: v for v in verdicts if v["action"] == "kill" and not v.get("shadow")}
-    trials = []
-    for r in results:
-        m = r.metrics or {}
-        cfg = r.config or {}
-        trials.append({
-            "trial_id": m.get("trial_id") or Path(r.path).name,
-            "variant": cfg.get("variant", {}).get("name"),
-            "seed": cfg.get("seed"),
-            "iterations": m.get("training_iteration", 0),
-            "metric": m.get(exp.metric),
-            "error": str(r.error) if r.error else None,
-            "checkpoint": (str(Path(r.checkpoint.path) / "model.pt") if r.checkpoint else None),
-            "path": r.path,
-            "last": {k: v for k, v in m.items() if isinstance(v, (int, float, str))},
-        })
-        trial_id = trials[-1]["trial_id"]
-        if trial_id in kills:
-            v = kills[trial_id]
-            trials[-1]["killed"] = {k: v[k] for k in ("rule", "failure", "iteration", "reason")}
-    sign = 1 if exp.mode == "min" else -1
-    ranked = sorted((t for t in trials if _finite(t["metric"]) and t["checkpoint"]),
-                    key=lambda t: sign * t["metric"])
-    summary = {"name": name, "experiment": exp.name, "trainer": exp.trainer,
-               "metric": exp.metric, "mode": exp.mode, "verdicts": len(verdicts),
-               "warnings": sum(v["action"] == "warn" or bool(v.get("shadow")) for v in verdicts),
-               "storage": str(storage / name), "started": started, "finished": time.time(),
-               "trials": trials, "best": ranked[0] if ranked else None}
-    (storage / name / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+        mon.close()
+    return mon.summary(results)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    table = Table(title=f"{summary['name']}: {len(summary['trials'])} trials "
-                  f"({summary['metric']}, {summary['mode']})")
-    extra = [k for k in EXTRA_COLUMNS if k != summary["metric"]
-             and any(k in t["last"] for t in summary["trials"])]
-    for col in ("trial", "variant", "iterations", summary["metric"], *extra, "status"):
-        table.add_column(col)
+    from monitor.summary import print_summary as show
 
-    def fmt(x: Any) -> str:
-        return f"{x:.3g}" if isinstance(x, float) else ("-" if x is None else str(x))
-
-    for t in summary["trials"]:
-        status = "error" if t["error"] else "done"
-        if t.get("killed"):
-            status = f"killed: {t['killed']['rule']} @{t['killed']['iteration']}"
-        table.add_row(t["trial_id"], str(t["variant"]), str(t["iterations"]), fmt(t["metric"]),
-                      *(fmt(t["last"].get(k)) for k in extra), status)
-    console.print(table)
-    master_rtf = [t["last"]["master_rtf"] for t in summary["trials"] if "master_rtf" in t["last"]]
+    show(summary, console, EXTRA_COLUMNS)
+    master_rtf = [t["last"]["master_rtf"] for t in summary["trials"]
+                  if "master_rtf" in t.get("last", {})]
     if master_rtf:
         params = summary["trials"][0]["last"].get("master_parameters")
         console.print(f"Master: {params} parameters, real-time factor "
                       f"{statistics.median(master_rtf):.3g} (median over trials)")
-    if summary["best"]:
-        console.print(f"Best: {summary['best']['trial_id']} ({summary['best']['variant']}), "
-                      f"checkpoint {summary['best']['checkpoint']}")
-    console.print(f"Results: {summary['storage']}")
+
+
+def list_experiments() -> None:
+    from monitor.summary import plain
+
+    table = Table(title="Experiments (trainers/experiments)")
+    for col in ("name", "trainer", "trials", "iterations", "description"):
+        table.add_column(col, overflow="fold")
+    for name in experiments.available():
+        try:
+            exp = experiments.load(name)
+        except ConfigError as exc:
+            table.add_row(name, "-", "-", "-", plain(exc))
+            continue
+        table.add_row(name, exp.trainer, str(len(exp.variants) * exp.samples),
+                      str(exp.max_iterations), plain(exp.description))
+    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.tune", description=__doc__)
-    parser.add_argument("experiment", help="experiment name (trainers/experiments/<name>.yaml) "
-                        "or path to a YAML file")
-    parser.add_argument("--storage", type=Path, default=DEFAULT_STORAGE)
+    parser.add_argument("experiment", nargs="?", help="experiment name "
+                        "(trainers/experiments/<name>.yaml) or path to a YAML file")
+    parser.add_argument("--list", action="store_true", help="list the available experiments")
+    parser.add_argument("--storage", type=Path, default=None,
+                        help="where runs go (default: $MONITOR_RUNS_DIR or ./runs)")
     parser.add_argument("--max-iterations", type=int, default=None)
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None)
     parser.add_argument("--shadow", action="store_true",
@@ -263,19 +235,42 @@ def main(argv: list[str] | None = None) -> int:
                         help="where Ray Tune keeps results and checkpoints (a path or URI, e.g. "
                         "shared storage on a cluster); default: --storage")
     args = parser.parse_args(argv)
+    if args.list:
+        list_experiments()
+        return 0
+    if not args.experiment:
+        parser.error("give an experiment name (see --list)")
+    storage = (args.storage or runs_dir()).resolve()
     try:
         exp = experiments.load(args.experiment)
         load_experiment_rules(exp)
-        resolve_master_checkpoint(exp, args.storage.resolve())
+        resolve_master_checkpoint(exp, storage)
+        if args.resume and not (args.resume / "heuristics").is_dir() \
+                and not (args.resume / "tuner.pkl").exists():
+            raise ConfigError(args.resume, None, "--resume: expected the directory of an "
+                              "interrupted run (with tuner.pkl), found none there")
+        if args.max_iterations is not None and args.max_iterations < 1:
+            raise ConfigError("--max-iterations", None, f"expected a positive number, got "
+                              f"{args.max_iterations}")
     except ConfigError as exc:
         print_error(str(exc))
         return 2
     except RuleErrors as exc:
         print_error(f"the experiment's rules do not load; no trial was started:\n{exc}")
         return 2
-    summary = run(exp, args.storage, args.max_iterations, args.address, shadow=args.shadow,
-                  wrap=args.wrap, resume=args.resume, tune_storage=args.tune_storage)
+    try:
+        summary = run(exp, storage, args.max_iterations, args.address, shadow=args.shadow,
+                      wrap=args.wrap, resume=args.resume, tune_storage=args.tune_storage)
+    except (ExporterError, ConfigError) as exc:
+        print_error(str(exc))
+        return 2
     print_summary(summary)
+    errors = [t for t in summary["trials"] if t.get("error")]
+    if errors:
+        first = errors[0]["error"].strip().splitlines()[-1][:300]
+        print_error(f"{len(errors)} of {len(summary['trials'])} trials failed with an error "
+                    f"(first: {first}); see their error.txt under {summary['storage']}")
+        return 1
     return 0
 
 

@@ -1,0 +1,125 @@
+"""Rules over signals that never come: said out loud, never a silent no-op.
+
+Two checks. ``undeclared(rules, vocabulary)`` at run start: a rule naming a role
+(``discriminator_loss``...) that the experiment's vocabulary does not map to a reported key.
+``SignalCoverage`` while trials run: once a trial has made ``after`` reports, every signal a
+rule names that the trial never reported (a misspelled key, another team's loss name, power
+without ``observe_output``) is reported once per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from heuristics.expr import LAYER_SIGNALS, MODEL_SIGNALS, Call, Signal, walk
+from heuristics.rules import BUILTIN_DIR, Rule
+from heuristics.vocabulary import ROLES, Vocabulary
+
+HINTS = {
+    **{s: "measured by monitor.attach(model) on activation layers" for s in LAYER_SIGNALS},
+    **{s: "measured only when the training calls observe_output(output, target) or "
+          "observe_power(...)" for s in MODEL_SIGNALS},
+}
+
+
+def rule_signals(rule: Rule) -> list[str]:
+    """The names a rule reads: signals, roles, reported keys and ``result("key")`` keys."""
+    names: list[str] = []
+    for node in walk(rule.tree):
+        name = node.name if isinstance(node, Signal) else (
+            node.args[0] if isinstance(node, Call) and node.fn == "result" else None)
+        if name is not None and name not in names:
+            names.append(name)
+    return names
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A rule that cannot see one of its signals."""
+
+    rule: str
+    signal: str
+    message: str
+
+
+def undeclared(rules: Iterable[Rule], vocabulary: Vocabulary, experiment: str) -> list[Notice]:
+    """Rules naming a role that ``vocabulary`` leaves undeclared.
+
+    A user's rule gets a notice for every such role (likely a mistake). A built-in rule gets
+    one only when it can never fire (a GAN rule on a training without a discriminator is
+    expected; its other arms still work).
+    """
+    out = []
+    for rule in rules:
+        names = rule_signals(rule)
+        missing = [s for s in names if s in ROLES and not vocabulary.declares(s)]
+        if not missing:
+            continue
+        never = len(missing) == len([s for s in names if s not in LAYER_SIGNALS
+                                     and s not in MODEL_SIGNALS]) and not _reads_health(rule)
+        if _builtin(rule):
+            if never:
+                out.append(Notice(rule.name, ",".join(missing), (
+                    f"built-in rule {rule.name} cannot fire: experiment {experiment} declares "
+                    f"none of {', '.join(missing)}.")))
+            continue
+        effect = "it can never fire" if never else \
+            "the parts of it that read this signal never hold"
+        for signal in missing:
+            out.append(Notice(rule.name, signal, (
+                f"rule {rule.name} refers to signal {signal!r} ({ROLES[signal]}), which "
+                f"experiment {experiment} does not declare: {effect}. Declare it (e.g. "
+                f"Vocabulary({signal}=\"<your metric key>\")) or leave the rule out.")))
+    return out
+
+
+def _builtin(rule: Rule) -> bool:
+    return rule.source.startswith(str(BUILTIN_DIR))
+
+
+def _reads_health(rule: Rule) -> bool:
+    return any(s in LAYER_SIGNALS or s in MODEL_SIGNALS for s in rule_signals(rule))
+
+
+class SignalCoverage:
+    """Tracks which signals each trial has reported; names the ones rules wait for in vain."""
+
+    def __init__(self, rules: Iterable[Rule], vocabulary: Vocabulary, after: int = 5) -> None:
+        if after < 1:
+            raise ValueError(f"after must be a positive number of reports, got {after}")
+        self.after = after
+        self.vocabulary = vocabulary
+        # Built-in rules over audio power are opt-in (observe_output): no notice for those.
+        self.wanted = {r.name: [s for s in rule_signals(r)
+                                if (s not in ROLES or vocabulary.declares(s))
+                                and not (_builtin(r) and s in MODEL_SIGNALS)] for r in rules}
+        self._seen: dict[str, set[str]] = {}
+        self._reports: dict[str, int] = {}
+        self._said: set[tuple[str, str]] = set()
+
+    def observe(self, trial: str, layers: dict[str, dict[str, float]],
+                scalars: Iterable[str]) -> list[Notice]:
+        """Take one report's signals (``Observation.layers`` and ``.scalars()``); after the
+        ``after``-th report of a trial, the new notices."""
+        seen = self._seen.setdefault(trial, set())
+        for signals in layers.values():
+            seen.update(signals)
+        seen.update(scalars)
+        n = self._reports[trial] = self._reports.get(trial, 0) + 1
+        if n != self.after:
+            return []
+        out = []
+        for rule, signals in self.wanted.items():
+            for signal in signals:
+                if signal in seen or (rule, signal) in self._said:
+                    continue
+                self._said.add((rule, signal))
+                key = self.vocabulary.keys().get(signal)
+                what = f"signal {signal!r}" + (f" (reported key {key!r})" if key else "")
+                hint = HINTS.get(signal, "check the spelling against the keys the training "
+                                 "reports")
+                out.append(Notice(rule, signal, (
+                    f"rule {rule} refers to {what}, which trial {trial} has not reported in "
+                    f"its first {n} reports ({hint}); the rule cannot fire on it.")))
+        return out

@@ -1,0 +1,165 @@
+"""Health monitoring and early kill for a training that does not run under Ray Tune.
+
+::
+
+    health = monitor.attach(model)
+    run = monitor.LoopMonitor("my_training", signals=monitor.Vocabulary(
+        train_loss="loss", validation="val_loss"), budget=100)
+    for iteration in range(100):
+        ...                                   # train; health.step() after each optimiser step
+        decision = run.report({"loss": loss, "val_loss": val}, health=health)
+        if decision.stop:
+            print(decision.reason)
+            break
+    run.close()
+
+The same rules, engine, run store, verdict log (and, on request, Prometheus metrics) as under
+Tune, so ``monitor kill-report``, ``replay`` and ``calibrate`` work on its runs too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heuristics.coverage import SignalCoverage, undeclared
+from heuristics.engine import RuleEngine
+from heuristics.vocabulary import Vocabulary
+from monitor.console import console
+from monitor.recording import StoreWriter
+from monitor.run import RuleSources, RunSpec
+from monitor.summary import plain, print_summary, summarise
+from monitor.verdicts import VerdictRecorder
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the rules say after one report: ``stop`` and, if so, why (a full sentence)."""
+
+    stop: bool
+    reason: str | None = None
+    rule: str | None = None
+    failure: str | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+class LoopMonitor:
+    """Evaluates the rules on every report of one or more trainings in this process.
+
+    Args: as ``monitor.TuneMonitor`` (experiment, signals, rules, budget, storage, shadow,
+    healthy_threshold); ``exporter=True`` serves Prometheus metrics while it runs.
+    """
+
+    def __init__(self, experiment: str, *, signals: Vocabulary | dict[str, Any] | None = None,
+                 rules: RuleSources = ("builtin", "custom"), budget: int | None = None,
+                 storage: str | Path | None = None, shadow: bool = False,
+                 exporter: bool = False, healthy_threshold: float | None = None) -> None:
+        self.spec = spec = RunSpec.create(experiment, rules=rules, signals=signals,
+                                          budget=budget, storage=storage, shadow=shadow,
+                                          healthy_threshold=healthy_threshold)
+        self.engine = RuleEngine(spec.rules, experiment, budget, shadow, spec.vocabulary)
+        self.coverage = SignalCoverage(spec.rules, spec.vocabulary)
+        self.recorder = VerdictRecorder(spec.run_dir)
+        self.writer = StoreWriter(spec.run_dir, experiment, spec.name, spec.vocabulary, budget,
+                                  healthy_threshold)
+        self.exporter = None
+        if exporter:
+            from monitor.exporter import Exporter
+
+            self.exporter = Exporter(experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd")
+            self.exporter.start()
+            self.exporter.snapshot.declare(
+                experiment, [(r.name, r.failure) for r in spec.rules if r.action == "kill"],
+                [(r.name, r.failure) for r in spec.rules if r.action != "kill"])
+        self._trials: dict[str, dict[str, Any]] = {}  # trial -> {"n", "started", "last"}
+        self._closed = False
+        for n in undeclared(spec.rules, spec.vocabulary, experiment):
+            self.recorder.note(n.rule, n.signal, n.message)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.spec.run_dir
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def report(self, metrics: dict[str, Any], *, health: Any = None, trial: str = "main",
+               iteration: int | None = None) -> Decision:
+        """Take one report of ``trial`` (its metrics, and the health block: a
+        ``HealthMonitor`` to collect from, or what its ``collect()`` returned); return the
+        decision. A killed trial's later reports are ignored and keep saying stop."""
+        if self._closed:
+            raise RuntimeError(f"LoopMonitor {self.name} is closed; create a new one")
+        state = self._trials.get(trial)
+        if state is None:
+            state = self._trials[trial] = {"n": 0, "started": time.time(), "last": {}}
+            self.writer.start(trial, trial, {})
+        killed = self.engine.killed(trial)
+        if killed is not None:
+            return Decision(True, killed["reason"], killed["rule"], killed["failure"])
+        state["n"] += 1
+        result = dict(metrics)
+        if health is not None:
+            result["health"] = health.collect() if hasattr(health, "collect") else health
+        result["training_iteration"] = iteration if iteration is not None else state["n"]
+        result.setdefault("time_total_s", time.time() - state["started"])
+        state["last"] = result
+        self.writer.add(trial, result)
+        if self.exporter is not None:
+            self.exporter.snapshot.update(self.spec.experiment, trial, result)
+        verdicts = self.engine.observe(trial, result)
+        warnings = []
+        for v in verdicts:
+            self.recorder.record(v.to_dict())  # durable before the caller acts on it
+            if self.exporter is not None:
+                count = (self.exporter.snapshot.count_kill if v.stops
+                         else self.exporter.snapshot.count_warning)
+                count(v.experiment, v.rule, v.failure)
+            if not v.stops:
+                warnings.append(v.reason)
+        last = self.engine.trials[trial].reports[-1]
+        for n in self.coverage.observe(trial, last.layers, last.scalars):
+            if self.recorder.note(n.rule, n.signal, n.message):
+                console.print(plain(f"Warning: {n.message}"))
+        kill = next((v for v in verdicts if v.stops), None)
+        if kill is not None:
+            self.end(trial)
+            return Decision(True, kill.reason, kill.rule, kill.failure, tuple(warnings))
+        return Decision(False, warnings=tuple(warnings))
+
+    def end(self, trial: str = "main", status: str = "TERMINATED") -> None:
+        """Mark ``trial`` as finished (``close()`` ends every trial still running)."""
+        state = self._trials.get(trial)
+        if state is None or state.get("ended"):
+            return
+        state["ended"] = True
+        self.writer.end(trial, status, state["last"])
+        if self.exporter is not None:
+            self.exporter.snapshot.end(trial)
+
+    def close(self) -> dict[str, Any]:
+        """End every trial, flush the store, stop the exporter; return the run's summary."""
+        if not self._closed:
+            for trial in list(self._trials):
+                self.end(trial)
+            self.writer.close()
+            self.recorder.close()
+            if self.exporter is not None:
+                self.exporter.stop()
+            self._closed = True
+        return summarise(self.run_dir, self.spec.experiment, self.spec.vocabulary,
+                         started=self.spec.started, store_failed=self.writer.failed)
+
+    def print_summary(self) -> dict[str, Any]:
+        summary = self.close()
+        print_summary(summary, console)
+        return summary
+
+    def __enter__(self) -> LoopMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,129 @@
+"""Writes a run's trials and samples to its run store, for any driver (Tune callback, loop).
+
+Samples are batched: flushed when a batch fills, at most ``flush_s`` seconds after the previous
+flush, and when a trial ends. Outcomes: a killed trial carries the failure its rule predicted;
+a trial that ran to its end is ``healthy`` or ``failed`` by its final validation metric against
+``healthy_threshold`` (when one is given).
+
+A store that cannot be written (full disk, read-only, permissions) is reported once and
+skipped: trainings and kills go on, and ``failed`` says why for the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from heuristics.vocabulary import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+class StoreWriter:
+    def __init__(self, run_dir: str | Path, experiment: str, run: str,
+                 vocabulary: Vocabulary | None = None, budget: int | None = None,
+                 healthy_threshold: float | None = None, flush_s: float = 2.0) -> None:
+        self.run_dir = Path(run_dir)
+        self.experiment, self.run = experiment, run
+        self.vocabulary = vocabulary or Vocabulary()
+        self.budget = budget
+        self.healthy_threshold = healthy_threshold
+        self.flush_s = flush_s
+        self.store = None
+        self.failed: str | None = None
+        self._last_flush = 0.0
+
+    @property
+    def metric(self) -> str | None:
+        return self.vocabulary.validation
+
+    def _open(self):
+        if self.store is None and self.failed is None:
+            from monitor.store import RunStore
+
+            try:
+                self.store = RunStore(self.run_dir)
+                self.store.set_meta(experiment=self.experiment, run=self.run,
+                                    metric=self.metric, mode=self.vocabulary.mode,
+                                    budget=self.budget, healthy_threshold=self.healthy_threshold,
+                                    vocabulary=self.vocabulary.model_dump())
+            except (OSError, sqlite3.Error) as exc:
+                self._fault(exc)
+        return self.store
+
+    def _fault(self, exc: BaseException) -> None:
+        self.failed = f"{type(exc).__name__}: {exc}"
+        log.warning("run store in %s cannot be written (%s); trainings and kills go on, "
+                    "samples are not recorded from here on", self.run_dir, self.failed)
+        self.store = None
+
+    def _write(self, action: Callable[[Any], None]) -> None:
+        store = self._open()
+        if store is None:
+            return
+        try:
+            action(store)
+        except (OSError, sqlite3.Error) as exc:
+            self._fault(exc)
+
+    def open(self) -> None:
+        self._open()
+
+    def start(self, trial: str, name: str, config: dict[str, Any]) -> None:
+        self._write(lambda s: s.upsert_trial(
+            trial, experiment=self.experiment, run=self.run, variant=name, config=config,
+            status="RUNNING", budget=self.budget, started=time.time()))
+
+    def add(self, trial: str, result: dict[str, Any]) -> None:
+        role = result.get("role")
+
+        def write(store) -> None:
+            store.add_result(trial, result)
+            store.upsert_trial(trial,
+                               role=role if isinstance(role, str) else self.vocabulary.role,
+                               iterations=int(result.get("training_iteration", 0)),
+                               time_total_s=float(result.get("time_total_s", 0.0)))
+            if time.time() - self._last_flush > self.flush_s:
+                store.flush()
+                self._last_flush = time.time()
+
+        self._write(write)
+
+    def end(self, trial: str, status: str, last: dict[str, Any] | None) -> None:
+        def write(store) -> None:
+            store.flush()
+            metric = (last or {}).get(self.metric) if self.metric else None
+            kill = next((v for v in store.verdicts("kill")
+                         if v["trial"] == trial and not v.get("shadow")), None)
+            outcome = source = None
+            final = status
+            if kill:
+                outcome, source, final = kill["failure"], "rule", "KILLED"
+            elif status == "ERROR":
+                outcome, source = "error", "error"
+            elif self.healthy_threshold is not None and isinstance(metric, (int, float)):
+                good = (metric == self.healthy_threshold
+                        or self.vocabulary.better(metric, self.healthy_threshold))
+                outcome, source = ("healthy" if good else "failed"), "quality"
+            store.upsert_trial(trial, status=final, ended=time.time(),
+                               final_metric=metric if isinstance(metric, (int, float)) else None,
+                               outcome=outcome, outcome_source=source)
+
+        self._write(write)
+
+    def close(self) -> None:
+        if self.store is not None:
+            try:
+                self.store.close()
+            except (OSError, sqlite3.Error) as exc:
+                self._fault(exc)
+            self.store = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["store"] = None  # a database connection is not part of the saved state
+        return state

@@ -1,0 +1,148 @@
+"""A run's summary: every trial's name, status, last metrics and verdict, and the best trial.
+
+Built from what the run recorded (the run store and the verdict log, reconciled) plus, for Tune
+runs, Tune's own results (checkpoints, errors); written to ``<run dir>/summary.json`` and shown
+as a table that stays readable at 80 columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from heuristics.vocabulary import Vocabulary
+from monitor.verdicts import VerdictRecorder, read_notices
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(value: Any) -> Text:
+    """User-supplied text for a table cell: never read as markup, control characters shown
+    as ``?``."""
+    return Text(CONTROL.sub("?", str(value)))
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _stored_trials(run_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
+    from monitor.store import STORE_FILE, RunStore
+
+    if not (run_dir / STORE_FILE).exists():
+        return [], "no run store was written"
+    try:
+        with RunStore(run_dir, create=False) as store:
+            return store.trials(), None
+    except (OSError, sqlite3.Error, ValueError) as exc:
+        return [], f"the run store could not be read ({type(exc).__name__}: {exc})"
+
+
+def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
+              results: Any = None, started: float | None = None,
+              store_failed: str | None = None) -> dict[str, Any]:
+    """The summary of the run in ``run_dir``; ``results``: Tune's ``ResultGrid``, if any."""
+    run_dir = Path(run_dir)
+    recorder = VerdictRecorder(run_dir)
+    verdicts = recorder.reconcile()
+    store_failed = store_failed or recorder.store_failed
+    recorder.close()
+    kills = {v["trial"]: v for v in verdicts if v["action"] == "kill" and not v.get("shadow")}
+    stored, unreadable = _stored_trials(run_dir)
+    metric = vocabulary.validation
+    trials: dict[str, dict[str, Any]] = {}
+    for t in stored:
+        trials[t["trial_id"]] = {
+            "trial_id": t["trial_id"], "variant": t.get("variant"),
+            "iterations": t.get("iterations") or 0, "metric": t.get("final_metric"),
+            "status": t.get("status"), "error": None, "checkpoint": None, "path": None,
+            "last": {}}
+    for r in results or []:
+        m = r.metrics or {}
+        cfg = r.config or {}
+        trial_id = m.get("trial_id") or Path(r.path).name
+        variant = cfg.get("variant", {}).get("name") if isinstance(cfg.get("variant"), dict) \
+            else None
+        t = trials.setdefault(trial_id, {"trial_id": trial_id, "variant": variant})
+        t.update({
+            "variant": t.get("variant") or variant, "seed": cfg.get("seed"),
+            "iterations": m.get("training_iteration", t.get("iterations", 0)),
+            "metric": m.get(metric) if metric else None,
+            "status": t.get("status") or ("ERROR" if r.error else "TERMINATED"),
+            "error": str(r.error) if r.error else None,
+            "checkpoint": (str(Path(r.checkpoint.path) / "model.pt") if r.checkpoint else None),
+            "path": r.path,
+            "last": {k: v for k, v in m.items() if isinstance(v, (int, float, str))}})
+    for trial_id, t in trials.items():
+        if trial_id in kills:
+            v = kills[trial_id]
+            t["killed"] = {k: v[k] for k in ("rule", "failure", "iteration", "reason")}
+            t["status"] = "KILLED"
+    sign = 1 if vocabulary.mode == "min" else -1
+    ranked = sorted((t for t in trials.values() if _finite(t.get("metric"))
+                     and not t.get("killed") and not t.get("error")),
+                    key=lambda t: sign * t["metric"])
+    not_recorded = [x for x in (store_failed, unreadable) if x]
+    summary = {"name": run_dir.name, "experiment": experiment, "metric": metric,
+               "mode": vocabulary.mode, "verdicts": len(verdicts),
+               "kills": len(kills),
+               "warnings": sum(v["action"] == "warn" or bool(v.get("shadow")) for v in verdicts),
+               "notices": [n["message"] for n in read_notices(run_dir)],
+               "not_recorded": not_recorded,
+               "storage": str(run_dir), "started": started, "finished": time.time(),
+               "trials": list(trials.values()), "best": ranked[0] if ranked else None}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.3g}" if isinstance(x, float) else ("-" if x is None else str(x))
+
+
+def print_summary(summary: dict[str, Any], console: Console,
+                  extra_columns: tuple[str, ...] = ()) -> None:
+    """The run table: trial, variant, iterations, metric, status (killed: rule @iteration);
+    ``extra_columns`` (last reported values) only where the terminal is wide enough."""
+    metric = summary.get("metric") or "metric"
+    table = Table(title=plain(f"{summary['name']}: {len(summary['trials'])} trials "
+                              f"({metric}, {summary['mode']})"), expand=False)
+    table.add_column("trial", overflow="fold")
+    table.add_column("variant", overflow="fold")
+    table.add_column("it", justify="right")
+    table.add_column(plain(metric), justify="right", overflow="fold")
+    extra = [k for k in extra_columns if k != metric
+             and any(k in t.get("last", {}) for t in summary["trials"])]
+    extra = extra[:max(0, (console.width - 80) // 12)]
+    for k in extra:
+        table.add_column(plain(k), justify="right", overflow="fold")
+    table.add_column("status", overflow="fold")
+    for t in summary["trials"]:
+        status = "error" if t.get("error") else "done"
+        if t.get("killed"):
+            status = f"killed: {t['killed']['rule']} @{t['killed']['iteration']}"
+        elif t.get("status") == "RUNNING":
+            status = "running"
+        table.add_row(plain(t["trial_id"]), plain(t.get("variant")), str(t.get("iterations")),
+                      _fmt(t.get("metric")), *(_fmt(t.get("last", {}).get(k)) for k in extra),
+                      plain(status))
+    console.print(table)
+    for notice in summary.get("notices", []):
+        console.print(plain(f"Warning: {notice}"))
+    for gap in summary.get("not_recorded", []):
+        console.print(plain(f"Not recorded: {gap}; the verdict log "
+                            f"{summary['storage']}/heuristics/verdicts.jsonl holds every verdict"))
+    if summary.get("best"):
+        best = summary["best"]
+        where = f", checkpoint {best['checkpoint']}" if best.get("checkpoint") else ""
+        console.print(plain(f"Best: {best['trial_id']} ({best.get('variant')}){where}"))
+    console.print(plain(f"Results: {summary['storage']}"))

@@ -1,0 +1,154 @@
+"""Health monitoring and early kill for any Ray Tune run, in a few lines.
+
+::
+
+    mon = monitor.TuneMonitor("mlp_sweep", signals=monitor.Vocabulary(
+        train_loss="loss", validation="val_loss", mode="min"), budget=20)
+    tuner = tune.Tuner(train, param_space=space,
+                       tune_config=mon.tune_config(num_samples=4),
+                       run_config=mon.run_config())
+    mon.print_summary(tuner.fit())
+
+Inside the trainable: ``health = monitor.attach(model)``, ``health.step()`` after each
+optimiser step, and ``tune.report({..., "health": health.collect()})``.
+
+``TuneMonitor`` builds the scheduler (``HeuristicScheduler``, wrapping any other Tune
+scheduler) and the callbacks (Prometheus exporter, run store) from one run directory, one run
+name, one rule set, one vocabulary and one budget, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from heuristics.vocabulary import Vocabulary
+from monitor.callback import HealthExporterCallback, RunStoreCallback
+from monitor.console import console
+from monitor.run import RuleSources, RunSpec
+from monitor.scheduler import HeuristicScheduler
+from monitor.summary import plain, print_summary, summarise
+
+log = logging.getLogger(__name__)
+
+
+class TuneMonitor:
+    """The scheduler and callbacks of one monitored Tune run, consistent with each other.
+
+    Args:
+        experiment: a name for the experiment (labels metrics; prefixes the run directory).
+        signals: which reported keys are the training loss, GAN losses, validation metric
+            (and its direction): a ``Vocabulary`` or a mapping.
+        rules: rule sources (``builtin``, ``custom``, YAML files, directories) or ``Rule``s.
+        budget: the iterations a trial may run (for ``grace: 10%`` and "% of budget").
+        scheduler: another Tune scheduler (ASHA, PBT, MedianStoppingRule...) to defer to when
+            no rule kills.
+        storage: the directory runs go to (default ``$MONITOR_RUNS_DIR`` or ``./runs``).
+        shadow: record would-be kills, stop nothing.
+        exporter: serve Prometheus metrics (host/port from ``MONITOR_EXPORTER_HOST``/``_PORT``).
+        healthy_threshold: a final validation value at least this good counts as healthy
+            (outcomes for ``monitor calibrate``); without it, finished trials stay unlabelled.
+        tune_storage: where Tune keeps results and checkpoints (a path or URI); default
+            ``storage``.
+    """
+
+    def __init__(self, experiment: str, *, signals: Vocabulary | dict[str, Any] | None = None,
+                 rules: RuleSources = ("builtin", "custom"), budget: int | None = None,
+                 scheduler: Any = None, storage: str | Path | None = None,
+                 shadow: bool = False, exporter: bool = True,
+                 healthy_threshold: float | None = None, tune_storage: str | None = None,
+                 rules_base: Path | None = None) -> None:
+        self.spec = RunSpec.create(experiment, rules=rules, signals=signals, budget=budget,
+                                   storage=storage, shadow=shadow,
+                                   healthy_threshold=healthy_threshold, rules_base=rules_base)
+        spec = self.spec
+        self.tune_storage = tune_storage.rstrip("/") if tune_storage else str(
+            spec.run_dir.parent)
+        self.scheduler = HeuristicScheduler(
+            spec.rules, spec.run_dir, experiment, budget, shadow=shadow, scheduler=scheduler,
+            run=spec.name, vocabulary=spec.vocabulary)
+        self.store_callback = RunStoreCallback(spec.run_dir, experiment, spec.name,
+                                               spec.vocabulary, budget, healthy_threshold)
+        self.exporter_callback = None
+        if exporter:
+            self.exporter_callback = HealthExporterCallback(
+                experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd")
+            self.exporter_callback.start()  # a taken port fails here, before Tune starts
+        self.notices = self.scheduler.declaration_notices()
+
+    # -- what a Tuner needs ---------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The run's name: Tune's experiment name and the run directory's name."""
+        return self.spec.name
+
+    @property
+    def run_dir(self) -> Path:
+        return self.spec.run_dir
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.spec.vocabulary
+
+    @property
+    def callbacks(self) -> list[Any]:
+        return [c for c in (self.exporter_callback, self.store_callback) if c is not None]
+
+    @property
+    def url(self) -> str | None:
+        """Where Prometheus scrapes this run, if an exporter serves it."""
+        exp = self.exporter_callback.exporter if self.exporter_callback else None
+        return exp.url if exp else None
+
+    def tune_config(self, **kwargs: Any):
+        """``tune.TuneConfig`` with this run's scheduler and the declared validation metric and
+        mode; other arguments pass through."""
+        from ray import tune
+
+        v = self.spec.vocabulary
+        if v.validation:
+            kwargs.setdefault("metric", v.validation)
+            kwargs.setdefault("mode", v.mode)
+        return tune.TuneConfig(scheduler=self.scheduler, **kwargs)
+
+    def run_config(self, **kwargs: Any):
+        """``tune.RunConfig`` with this run's name, storage and callbacks; other arguments
+        (``stop``, ``checkpoint_config``, more ``callbacks``...) pass through."""
+        from ray import tune
+
+        callbacks = [*self.callbacks, *(kwargs.pop("callbacks", None) or [])]
+        kwargs.setdefault("failure_config", tune.FailureConfig(max_failures=0))
+        return tune.RunConfig(name=self.name, storage_path=self.tune_storage,
+                              callbacks=callbacks, **kwargs)
+
+    def announce(self) -> None:
+        """Say where the metrics are, which rules run, and what they cannot see."""
+        if self.url:
+            console.print(plain(f"Health metrics of {self.name}: {self.url}"))
+        mode = " (shadow mode: nothing is stopped)" if self.spec.shadow else ""
+        console.print(plain(f"Early kill: {len(self.spec.rules)} rules{mode}; run directory "
+                            f"{self.run_dir}"))
+        for notice in self.notices:
+            console.print(plain(f"Warning: {notice}"))
+
+    # -- after the run -------------------------------------------------------------------------
+    def summary(self, results: Any = None) -> dict[str, Any]:
+        """The run's summary (also ``<run dir>/summary.json``); ``results``: ``tuner.fit()``'s
+        ``ResultGrid``."""
+        self.close()
+        return summarise(self.run_dir, self.spec.experiment, self.spec.vocabulary, results,
+                         self.spec.started, store_failed=self.store_callback.failed)
+
+    def print_summary(self, results: Any = None,
+                      extra_columns: tuple[str, ...] = ()) -> dict[str, Any]:
+        """``summary(results)``, shown as a table (killed trials with rule and iteration)."""
+        summary = self.summary(results)
+        print_summary(summary, console, extra_columns)
+        return summary
+
+    def close(self) -> None:
+        """Stop the exporter (after a final scrape, if Prometheus is scraping it)."""
+        if self.exporter_callback is not None:
+            self.exporter_callback.close()
+

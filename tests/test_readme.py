@@ -1,0 +1,75 @@
+"""The README's "Monitor your own training" blocks, run verbatim in a fresh directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = "## Monitor your own training"
+
+
+def readme_blocks() -> list[str]:
+    """The python blocks of the README section, in order."""
+    text = README.read_text()
+    start = text.index(SECTION)
+    end = text.index("\n## ", start + len(SECTION))
+    return re.findall(r"```python\n(.*?)```", text[start:end], re.S)
+
+
+def run_block(code: str, cwd: Path, python: str = sys.executable) -> str:
+    """Run ``code`` as a script in ``cwd``; return its output (fails on a non-zero exit)."""
+    script = cwd / "example.py"
+    script.write_text(code)
+    env = {k: v for k, v in os.environ.items() if k not in ("MONITOR_RUNS_DIR", "PYTHONPATH")}
+    env.update(COLUMNS="100", RAY_memory_monitor_refresh_ms="0", MONITOR_EXPORTER_PORT="0")
+    proc = subprocess.run([python, str(script)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def check_run(cwd: Path, experiment: str) -> dict:
+    """The one run the example wrote: a healthy trial done, the absurd one killed."""
+    runs = list((cwd / "runs").glob(f"{experiment}_*/summary.json"))
+    assert len(runs) == 1, runs
+    summary = json.loads(runs[0].read_text())
+    statuses = sorted(t["status"] for t in summary["trials"])
+    assert statuses == ["KILLED", "TERMINATED"], summary["trials"]
+    killed = next(t for t in summary["trials"] if t["status"] == "KILLED")
+    healthy = next(t for t in summary["trials"] if t["status"] == "TERMINATED")
+    assert killed["killed"]["rule"] == "divergence"
+    assert "stopped at iteration" in killed["killed"]["reason"]
+    assert healthy["iterations"] == 12 and healthy["metric"] < 0.2
+    return summary
+
+
+def test_readme_has_both_examples():
+    blocks = readme_blocks()
+    assert len(blocks) == 2
+    assert "TuneMonitor" in blocks[0] and "LoopMonitor" in blocks[1]
+
+
+@pytest.mark.slow
+def test_readme_plain_loop_example(tmp_path):
+    out = run_block(readme_blocks()[1], tmp_path)
+    assert "Trial absurd_lr stopped at iteration" in out and "by rule divergence" in out
+    summary = check_run(tmp_path, "mlp_loop")
+    assert any("discriminator_overpowering cannot fire" in n for n in summary["notices"])
+    from monitor.cli import main
+
+    assert main(["kill-report", summary["storage"], "--format", "json"]) == 0
+
+
+@pytest.mark.slow
+def test_readme_tune_example(tmp_path):
+    out = run_block(readme_blocks()[0], tmp_path)
+    assert "killed: divergence @1" in out
+    check_run(tmp_path, "mlp_sweep")
