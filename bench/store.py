@@ -1,58 +1,79 @@
-"""Run-store write rate: ``make bench-store`` -> ``bench/results/store.json``.
+"""Run-store write rate and size: ``make bench-store`` -> ``bench/results/store.json``.
 
-Writes synthetic results shaped like the master trainer's (5 activation layers x 6 signals,
-4 model signals, about 20 scalars) through ``RunStore.add_result`` with the default batching,
-and one verdict every 50 results, as the driver does; reports the sustained rate.
+Writes synthetic results shaped like a large trainer's (``--layers`` activation layers x 6
+signals, 4 model signals, about 20 scalars and Tune's bookkeeping keys) from 16 trials through
+``RunStore.add_result`` with the default batching, one verdict every 50 results, as the driver
+does; reports the sustained rate and the database size per stored sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.overhead import device_description
 from monitor.store import RunStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "store.json"
+SIGNALS = ("dead_ratio", "evergreen_ratio", "healthy_ratio", "activation_std",
+           "activation_mean", "nonfinite_count")
 
 
-def synthetic(i: int) -> dict:
-    layers = {f"blocks.{k}.act": {s: 0.1 * k + i * 1e-4 for s in (
-        "dead_ratio", "evergreen_ratio", "healthy_ratio", "activation_std", "activation_mean",
-        "nonfinite_count")} for k in range(5)}
+def synthetic(i: int, layers: int = 50) -> dict[str, Any]:
+    """One Tune result (nested, as callbacks get it) of iteration ``i``."""
+    health = {f"blocks.{k}.act": {s: 0.1 * k + i * 1e-4 + j * 1e-3 for j, s in enumerate(SIGNALS)}
+              for k in range(layers)}
     scalars = {f"loss_{n}": 1.0 / (i + 1) for n in ("g", "d", "adv", "fm", "power", "spectral")}
-    scalars.update({f"metric_{n}": float(n) for n in range(14)})
+    scalars.update({f"metric_{n}": float(n) + 1.0 / (i + 1) for n in range(14)})
+    bookkeeping = {"timestamp": 1.7e9 + i, "time_this_iter_s": 1.0, "pid": 4242,
+                   "time_since_restore": float(i), "iterations_since_restore": i,
+                   "done": False, "hostname": "vm", "trial_id": "t"}
     return {"training_iteration": i, "time_total_s": float(i),
-            "health": {"layers": layers, "model": {"power_ratio_db": -3.0, "power_loss": 1.0,
+            "health": {"layers": health, "model": {"power_ratio_db": -3.0, "power_loss": 1.0,
                                                    "output_power_db": -1.0,
-                                                   "target_power_db": 2.0}}, **scalars}
+                                                   "target_power_db": 2.0}},
+            **scalars, **bookkeeping}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--results", type=int, default=20000)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+def measure(results: int, layers: int, store_cls: type = RunStore) -> dict[str, Any]:
+    """Write ``results`` results from 16 trials; the rate and the size per sample."""
+    payload = [synthetic(i // 16 + 1, layers) for i in range(0, results, 16)]
     with tempfile.TemporaryDirectory() as d:
-        store = RunStore(d)
-        rows = len(synthetic(0).keys()) + 34
+        store = store_cls(d)
         start = time.perf_counter()
-        for i in range(args.results):
-            store.add_result(f"trial_{i % 16}", synthetic(i // 16 + 1))
+        for i in range(results):
+            store.add_result(f"trial_{i % 16}", payload[i // 16])
             if i % 50 == 49:
                 store.add_verdict({"trial": f"trial_{i % 16}", "iteration": i, "wall_time": 0.0,
                                    "rule": "r", "failure": "f", "action": "warn",
                                    "shadow": False, "reason": "x"})
         store.close()
         elapsed = time.perf_counter() - start
-        with RunStore(d, create=False) as check:
+        path = Path(d) / "monitor.sqlite"
+        with sqlite3.connect(path) as db:  # fold the WAL in, then measure the file
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with store_cls(d, create=False) as check:
             samples = check.db.execute("SELECT count(*) FROM samples").fetchone()[0]
-    result = {"device": device_description(), "results": args.results, "samples": samples,
-              "seconds": elapsed, "results_per_s": args.results / elapsed,
-              "samples_per_s": samples / elapsed, "approx_rows_per_result": rows,
+        size = path.stat().st_size
+    return {"results": results, "layers": layers, "samples": samples,
+            "samples_per_result": samples / results, "seconds": elapsed,
+            "results_per_s": results / elapsed, "samples_per_s": samples / elapsed,
+            "bytes": size, "bytes_per_sample": size / samples}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", type=int, default=20000)
+    parser.add_argument("--layers", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    result = {"device": device_description(), **measure(args.results, args.layers),
+              "goals": {"results_per_s": 5000, "bytes_per_sample": 25},
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

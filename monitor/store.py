@@ -1,10 +1,20 @@
 """The run store: one SQLite database (WAL mode) per experiment run, written from the driver.
 
-Tables: ``trials`` (config, role, status, budget, final quality, outcome), ``samples`` (trial,
-iteration, time, signal, layer, value) and ``verdicts`` (kills and warnings with their evidence).
+Tables: ``trials`` (config, role, status, budget, final quality, outcome), ``verdicts`` (kills
+and warnings with their evidence) and the samples of every result, stored compactly:
 
-NaN is stored as NULL (SQLite has no NaN) and read back as NaN. Samples are buffered and
-written in batches (one transaction per batch), so the driver keeps
+- ``names`` interns signal and layer names, ``series`` a (signal, layer) pair, ``trial_keys``
+  a trial id, each as a small integer;
+- ``layouts`` lists, in order, the series a result carries (a trial's results share one);
+- ``results`` holds one row per (trial, iteration), ``WITHOUT ROWID``: the time, the layout and
+  the values as one blob of little-endian float64 (NaN kept as NaN), about 8 bytes a sample.
+
+The view ``samples`` (trial_id, iteration, time_s, signal, layer, value) shows one row per
+sample, NaN as NULL, on connections opened by ``RunStore`` (it unpacks values with the SQL
+function ``f64``). Tune's bookkeeping keys (``pid``, ``timestamp``...) are not recorded:
+``training_iteration`` and ``time_total_s`` are the row's key and time.
+
+Results are buffered and written in batches (one transaction per batch), so the driver keeps
 up; verdicts are committed on their own, synchronously, before the scheduler acts on them. A
 crash of the driver loses at most the samples of the last unflushed batch, never a verdict.
 """
@@ -14,26 +24,49 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import struct
+import sys
+from array import array
 from pathlib import Path
 from typing import Any
 
 from heuristics.results import unflatten_health
+from heuristics.vocabulary import BOOKKEEPING
 
 STORE_FILE = "monitor.sqlite"
+SCHEMA_VERSION = 2
+PAGE_SIZE = 16384
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS trials (
     trial_id TEXT PRIMARY KEY, experiment TEXT, run TEXT, variant TEXT, role TEXT,
     config TEXT, status TEXT, budget INTEGER, iterations INTEGER, time_total_s REAL,
     final_metric REAL, outcome TEXT, outcome_source TEXT, started REAL, ended REAL);
-CREATE TABLE IF NOT EXISTS samples (
-    trial_id TEXT, iteration INTEGER, time_s REAL, signal TEXT, layer TEXT, value REAL,
-    PRIMARY KEY (trial_id, iteration, signal, layer)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY, signal INTEGER NOT NULL, layer INTEGER NOT NULL,
+    UNIQUE (signal, layer));
+CREATE TABLE IF NOT EXISTS trial_keys (id INTEGER PRIMARY KEY, trial_id TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS layouts (id INTEGER PRIMARY KEY, series BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS layout_series (
+    layout INTEGER, pos INTEGER, series INTEGER, PRIMARY KEY (layout, pos)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS results (
+    trial INTEGER, iteration INTEGER, time_s REAL, layout INTEGER, vals BLOB,
+    PRIMARY KEY (trial, iteration)) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS samples AS
+    SELECT k.trial_id AS trial_id, r.iteration AS iteration, r.time_s AS time_s,
+           sn.name AS signal, ln.name AS layer, f64(r.vals, ls.pos) AS value
+    FROM results r JOIN trial_keys k ON k.id = r.trial
+    JOIN layout_series ls ON ls.layout = r.layout JOIN series s ON s.id = ls.series
+    JOIN names sn ON sn.id = s.signal JOIN names ln ON ln.id = s.layer;
 CREATE TABLE IF NOT EXISTS verdicts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, trial_id TEXT, iteration INTEGER, wall_time REAL,
     rule TEXT, failure TEXT, action TEXT, shadow INTEGER, reason TEXT, data TEXT,
     UNIQUE (trial_id, rule, iteration, action, shadow));
 """
+MODEL_SIGNALS = {"output_power_db", "target_power_db", "power_loss", "power_ratio_db",
+                 "sampled_steps"}
+_LE = sys.byteorder == "little"
 
 
 class StoreError(RuntimeError):
@@ -46,48 +79,177 @@ def _num(x: Any) -> float | None:
     return float(x)
 
 
+def _f64(blob: bytes | None, pos: int) -> float | None:
+    """SQL ``f64(vals, pos)``: one value of a result blob (NaN as NULL, as SQLite has no NaN)."""
+    if blob is None or not 0 <= pos < len(blob) // 8:
+        return None
+    value = struct.unpack_from("<d", blob, 8 * pos)[0]
+    return None if value != value else value
+
+
+def _float(x: Any) -> float:
+    try:
+        return float(x)
+    except OverflowError:  # an integer beyond float range
+        return math.inf if x > 0 else -math.inf
+
+
+def _pack(values: list[Any]) -> bytes:
+    try:
+        a = array("d", values)
+    except OverflowError:
+        a = array("d", map(_float, values))
+    if not _LE:
+        a.byteswap()
+    return a.tobytes()
+
+
+def _unpack(blob: bytes) -> array:
+    a = array("d")
+    a.frombytes(blob)
+    if not _LE:
+        a.byteswap()
+    return a
+
+
+_NUMBERS = (float, int)
+_NUMBER_TYPES = set(_NUMBERS)
+Layout = tuple  # (((layer, (signal, ...)), ...), (model signal, ...), (result key, ...))
+
+
+def _numbers(d: dict[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
+    """Names and values of the numbers in ``d`` (fast path: every value a plain number)."""
+    values = list(d.values())
+    if set(map(type, values)) <= _NUMBER_TYPES:
+        return tuple(d), values
+    pairs = [(k, v) for k, v in d.items() if _num(v) is not None]
+    return tuple(k for k, _ in pairs), [v for _, v in pairs]
+
+
+def result_samples(result: dict[str, Any]) -> tuple[Layout, list[Any]]:
+    """The samples of one Tune result: its layout (which series, in order; see
+    ``layout_keys``) and their values. Per-layer health signals, model signals, and every other
+    top-level number that is not Tune bookkeeping."""
+    health = unflatten_health(result)
+    layers = health.get("layers") or {}
+    values = [v for signals in layers.values() for v in signals.values()]
+    if set(map(type, values)) <= _NUMBER_TYPES:  # the usual case: one C-level pass
+        structure = tuple(zip(layers, map(tuple, layers.values())))
+    else:
+        numbers = [(str(layer), _numbers(signals)) for layer, signals in layers.items()
+                   if isinstance(signals, dict)]
+        structure = tuple((layer, names) for layer, (names, _) in numbers)
+        values = [v for _, (_, vs) in numbers for v in vs]
+    model, model_values = _numbers(health.get("model") or {})
+    scalars = [(k, v) for k, v in result.items()
+               if (type(v) in _NUMBERS or _num(v) is not None) and "/" not in k
+               and k not in BOOKKEEPING]
+    values += model_values
+    values += [v for _, v in scalars]
+    return (structure, model, tuple(k for k, _ in scalars)), values
+
+
+def layout_keys(layout: Layout) -> list[tuple[str, str]]:
+    """``[(signal, layer or "")]`` of a layout, in the order of its values."""
+    layers, model, scalars = layout
+    keys = [(signal, layer) for layer, signals in layers for signal in signals]
+    return keys + [(s, "") for s in model] + [(k, "") for k in scalars]
+
+
 def result_rows(trial: str, result: dict[str, Any]) -> list[tuple]:
-    """Sample rows of one Tune result: per-layer health signals and every top-level number."""
+    """``(trial, iteration, time_s, signal, layer, value)`` per sample of one result."""
     iteration = int(result.get("training_iteration", 0))
     time_s = _num(result.get("time_total_s")) or 0.0
-    health = unflatten_health(result)
-    rows = []
-    for layer, signals in (health.get("layers") or {}).items():
-        for signal, value in signals.items():
-            if _num(value) is not None:
-                rows.append((trial, iteration, time_s, signal, layer, float(value)))
-    for signal, value in (health.get("model") or {}).items():
-        if _num(value) is not None:
-            rows.append((trial, iteration, time_s, signal, "", float(value)))
-    for key, value in result.items():
-        if _num(value) is not None and not key.startswith("health/") and "/" not in key:
-            rows.append((trial, iteration, time_s, key, "", float(value)))
-    return rows
+    layout, values = result_samples(result)
+    return [(trial, iteration, time_s, s, layer, float(v))
+            for (s, layer), v in zip(layout_keys(layout), values)]
 
 
 class RunStore:
     """Reads and writes ``<run dir>/monitor.sqlite``."""
 
-    def __init__(self, path: str | Path, batch_size: int = 2000, create: bool = True) -> None:
+    def __init__(self, path: str | Path, batch_size: int = 100000, create: bool = True) -> None:
         self.path = Path(path)
         if self.path.is_dir() or self.path.suffix != ".sqlite":
             self.path = self.path / STORE_FILE
         if not create and not self.path.exists():
             raise StoreError(f"{self.path}: no run store here (was the experiment run with "
                              "this version?)")
-        self.batch_size = batch_size
-        self._pending: list[tuple] = []
+        self.batch_size = batch_size  # samples per write transaction
+        self._pending: list[tuple] = []  # (trial, iteration, time, layout, blob)
+        self._pending_samples = 0
+        self._names: dict[str, int] = {}
+        self._series: dict[tuple[str, str], int] = {}
+        self._trial_keys: dict[str, int] = {}
+        self._layouts: dict[Layout, int] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self.db.create_function("f64", 2, _f64, deterministic=True)
+            self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a new file only: rows of ~3 KB
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # verdicts switch to FULL
+            kinds = dict(self.db.execute("SELECT name, type FROM sqlite_master WHERE name IN "
+                                         "('samples', 'results')").fetchall())
+            if kinds.get("samples") == "table":
+                raise StoreError(f"{self.path}: a run store of an older format (one row per "
+                                 "sample); record the run again with this version")
             if create:
                 self.db.executescript(SCHEMA)
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                                (json.dumps(SCHEMA_VERSION),))
+                self.db.commit()
             else:
                 self.db.execute("SELECT count(*) FROM trials").fetchone()
+                self.db.execute("SELECT count(*) FROM results").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: damaged or not a run store ({exc})") from None
+
+    # -- interning ---------------------------------------------------------------------------
+    def _key(self, table: dict, key: Any, select: str, insert: str, args: tuple) -> int:
+        """The integer id of ``key`` in an intern table, created if new (in the caller's
+        transaction)."""
+        found = table.get(key)
+        if found is None:
+            row = self.db.execute(select, args).fetchone()
+            if row is None:
+                row = (self.db.execute(insert, args).lastrowid,)
+            found = table[key] = row[0]
+        return found
+
+    def _name(self, name: str) -> int:
+        return self._key(self._names, name, "SELECT id FROM names WHERE name = ?",
+                         "INSERT INTO names (name) VALUES (?)", (name,))
+
+    def _trial(self, trial: str) -> int:
+        return self._key(self._trial_keys, trial, "SELECT id FROM trial_keys WHERE trial_id = ?",
+                         "INSERT INTO trial_keys (trial_id) VALUES (?)", (trial,))
+
+    def _layout(self, layout: Layout) -> int:
+        found = self._layouts.get(layout)
+        if found is not None:
+            return found
+        ids = []
+        for signal, layer in layout_keys(layout):
+            pair = (signal, layer)
+            sid = self._series.get(pair)
+            if sid is None:
+                args = (self._name(signal), self._name(layer))
+                sid = self._key(self._series, pair,
+                                "SELECT id FROM series WHERE signal = ? AND layer = ?",
+                                "INSERT INTO series (signal, layer) VALUES (?, ?)", args)
+            ids.append(sid)
+        blob = array("q", ids).tobytes()
+        row = self.db.execute("SELECT id FROM layouts WHERE series = ?", (blob,)).fetchone()
+        if row is None:
+            layout_id = self.db.execute("INSERT INTO layouts (series) VALUES (?)",
+                                        (blob,)).lastrowid
+            self.db.executemany("INSERT INTO layout_series VALUES (?, ?, ?)",
+                                [(layout_id, pos, sid) for pos, sid in enumerate(ids)])
+        else:
+            layout_id = row[0]
+        self._layouts[layout] = layout_id
+        return layout_id
 
     # -- writing ----------------------------------------------------------------------------
     def set_meta(self, **values: Any) -> None:
@@ -107,30 +269,40 @@ class RunStore:
                             (trial, *fields.values()))
 
     def add_result(self, trial: str, result: dict[str, Any]) -> None:
-        """Buffer the samples of one result; flushes when the batch is full."""
-        self._pending.extend(result_rows(trial, result))
-        if len(self._pending) >= self.batch_size:
+        """Buffer the samples of one result; flushes when ``batch_size`` samples wait."""
+        layout, values = result_samples(result)
+        iteration = int(result.get("training_iteration", 0))
+        time_s = _num(result.get("time_total_s")) or 0.0
+        self._pending.append((trial, iteration, time_s, layout, _pack(values)))
+        self._pending_samples += len(values)
+        if self._pending_samples >= self.batch_size:
             self.flush()
 
     def flush(self) -> int:
-        """Write the buffered samples in one transaction; return how many."""
-        rows, self._pending = self._pending, []
-        if rows:
+        """Write the buffered results in one transaction; return how many samples."""
+        pending, self._pending = self._pending, []
+        count, self._pending_samples = self._pending_samples, 0
+        if pending:
             with self.db:
-                self.db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?)",
-                                    rows)
-        return len(rows)
+                rows = [(self._trial(trial), iteration, time_s, self._layout(layout), blob)
+                        for trial, iteration, time_s, layout, blob in pending]
+                self.db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)", rows)
+        return count
 
     def add_verdict(self, verdict: dict[str, Any]) -> None:
         """Commit one verdict now (before the scheduler acts on it); idempotent."""
         data = json.dumps(verdict, default=str, allow_nan=True)
-        with self.db:
-            self.db.execute(
-                "INSERT OR IGNORE INTO verdicts (trial_id, iteration, wall_time, rule, failure, "
-                "action, shadow, reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (verdict["trial"], verdict["iteration"], verdict["wall_time"], verdict["rule"],
-                 verdict["failure"], verdict["action"], int(bool(verdict.get("shadow"))),
-                 verdict["reason"], data))
+        self.db.execute("PRAGMA synchronous=FULL")  # this commit reaches the disk (fsync)
+        try:
+            with self.db:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO verdicts (trial_id, iteration, wall_time, rule, "
+                    "failure, action, shadow, reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (verdict["trial"], verdict["iteration"], verdict["wall_time"],
+                     verdict["rule"], verdict["failure"], verdict["action"],
+                     int(bool(verdict.get("shadow"))), verdict["reason"], data))
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
 
     def close(self) -> None:
         self.flush()
@@ -144,7 +316,8 @@ class RunStore:
 
     # -- reading ----------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
+        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")
+                if k != "schema_version"}
 
     def trials(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT * FROM trials ORDER BY trial_id")
@@ -164,32 +337,52 @@ class RunStore:
             args = (action,)
         return [json.loads(d) for (d,) in self.db.execute(query + " ORDER BY id", args)]
 
+    def _layout_keys(self) -> dict[int, list[tuple[str, str]]]:
+        """``{layout id: [(signal, layer)]}`` of every stored layout."""
+        out: dict[int, list[tuple[str, str]]] = {}
+        for layout, signal, layer in self.db.execute(
+                "SELECT ls.layout, sn.name, ln.name FROM layout_series ls "
+                "JOIN series s ON s.id = ls.series JOIN names sn ON sn.id = s.signal "
+                "JOIN names ln ON ln.id = s.layer ORDER BY ls.layout, ls.pos"):
+            out.setdefault(layout, []).append((signal, layer))
+        return out
+
+    def _rows(self, trial: str):
+        return self.db.execute(
+            "SELECT r.iteration, r.time_s, r.layout, r.vals FROM results r "
+            "JOIN trial_keys k ON k.id = r.trial WHERE k.trial_id = ? ORDER BY r.iteration",
+            (trial,))
+
+    def samples(self, trial: str) -> list[tuple[int, str, str, float]]:
+        """``[(iteration, signal, layer or "", value)]`` of one trial, by iteration."""
+        layouts = self._layout_keys()
+        return [(iteration, signal, layer, value)
+                for iteration, _, layout, blob in self._rows(trial)
+                for (signal, layer), value in zip(layouts[layout], _unpack(blob))]
+
     def results(self, trial: str) -> list[dict[str, Any]]:
         """The recorded results of ``trial`` rebuilt in Tune's flattened form, by iteration."""
-        by_iteration: dict[int, dict[str, Any]] = {}
-        for iteration, time_s, signal, layer, value in self.db.execute(
-                "SELECT iteration, time_s, signal, layer, value FROM samples WHERE trial_id = ? "
-                "ORDER BY iteration", (trial,)):
-            r = by_iteration.setdefault(iteration, {"training_iteration": iteration,
-                                                    "time_total_s": time_s})
-            value = math.nan if value is None else value  # SQLite stores NaN as NULL
-            if layer:
-                r[f"health/layers/{layer}/{signal}"] = value
-            elif signal in MODEL_SIGNALS:
-                r[f"health/model/{signal}"] = value
-            else:
-                r[signal] = value
-        return [by_iteration[i] for i in sorted(by_iteration)]
+        layouts = self._layout_keys()
+        out = []
+        for iteration, time_s, layout, blob in self._rows(trial):
+            r: dict[str, Any] = {"training_iteration": iteration, "time_total_s": time_s}
+            for (signal, layer), value in zip(layouts[layout], _unpack(blob)):
+                if layer:
+                    r[f"health/layers/{layer}/{signal}"] = value
+                elif signal in MODEL_SIGNALS:
+                    r[f"health/model/{signal}"] = value
+                else:
+                    r[signal] = value
+            out.append(r)
+        return out
 
     def series(self, trial: str, signal: str) -> dict[str, list[tuple[int, float]]]:
         """``{layer or "": [(iteration, value)]}`` for one signal of one trial."""
+        layouts = {k: [(pos, layer) for pos, (s, layer) in enumerate(keys) if s == signal]
+                   for k, keys in self._layout_keys().items()}
         out: dict[str, list[tuple[int, float]]] = {}
-        for layer, iteration, value in self.db.execute(
-                "SELECT layer, iteration, value FROM samples WHERE trial_id = ? AND signal = ? "
-                "ORDER BY iteration", (trial, signal)):
-            out.setdefault(layer, []).append((iteration, math.nan if value is None else value))
+        for iteration, _, layout, blob in self._rows(trial):
+            values = _unpack(blob)
+            for pos, layer in layouts[layout]:
+                out.setdefault(layer, []).append((iteration, values[pos]))
         return out
-
-
-MODEL_SIGNALS = {"output_power_db", "target_power_db", "power_loss", "power_ratio_db",
-                 "sampled_steps"}
