@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from heuristics.vocabulary import Vocabulary
+from monitor.store import StoreError
 
 log = logging.getLogger(__name__)
+STORE_FAULTS = (OSError, sqlite3.Error, StoreError)  # full disk, read-only, damaged
 
 
 class StoreWriter:
@@ -51,7 +53,7 @@ class StoreWriter:
                                     metric=self.metric, mode=self.vocabulary.mode,
                                     budget=self.budget, healthy_threshold=self.healthy_threshold,
                                     vocabulary=self.vocabulary.model_dump())
-            except (OSError, sqlite3.Error) as exc:
+            except STORE_FAULTS as exc:
                 self._fault(exc)
         return self.store
 
@@ -67,7 +69,7 @@ class StoreWriter:
             return
         try:
             action(store)
-        except (OSError, sqlite3.Error) as exc:
+        except STORE_FAULTS as exc:
             self._fault(exc)
 
     def open(self) -> None:
@@ -119,7 +121,7 @@ class StoreWriter:
         if self.store is not None:
             try:
                 self.store.close()
-            except (OSError, sqlite3.Error) as exc:
+            except STORE_FAULTS as exc:
                 self._fault(exc)
             self.store = None
 

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from heuristics.coverage import SignalCoverage, undeclared
@@ -28,6 +29,7 @@ from heuristics.engine import RuleEngine, TrialState, Verdict
 from heuristics.rules import Rule
 from heuristics.vocabulary import Vocabulary
 from monitor.exporter import Exporter
+from monitor.faults import crash_point
 from monitor.grafana import KillAnnotator
 from monitor.verdicts import VerdictRecorder
 
@@ -143,6 +145,8 @@ class HeuristicScheduler(FIFOScheduler):
         for verdict in verdicts:
             self._record(verdict)  # durable before the state says killed and before STOP
         self._save(trial.trial_id)
+        if any(v.stops for v in verdicts):
+            crash_point("kill:after-state")
         last = self.engine.trials[trial.trial_id].reports[-1]
         for notice in self.coverage.observe(trial.trial_id, last.layers, last.scalars):
             self.recorder.note(notice.rule, notice.signal, notice.message)
@@ -168,6 +172,10 @@ class HeuristicScheduler(FIFOScheduler):
 
     def choose_trial_to_run(self, tune_controller):
         self._load()
+        for trial in tune_controller.get_trials():  # killed before a crash: never relaunched
+            if trial.status in (Trial.PENDING, Trial.PAUSED) \
+                    and self.engine.killed(trial.trial_id) is not None:
+                tune_controller.stop_trial(trial)
         if self.wrapped is not None:
             return self.wrapped.choose_trial_to_run(tune_controller)
         return super().choose_trial_to_run(tune_controller)

@@ -36,14 +36,14 @@ def _finite(x: Any) -> bool:
 
 
 def _stored_trials(run_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
-    from monitor.store import STORE_FILE, RunStore
+    from monitor.store import STORE_FILE, RunStore, StoreError
 
     if not (run_dir / STORE_FILE).exists():
         return [], "no run store was written"
     try:
         with RunStore(run_dir, create=False) as store:
             return store.trials(), None
-    except (OSError, sqlite3.Error, ValueError) as exc:
+    except (OSError, sqlite3.Error, StoreError) as exc:
         return [], f"the run store could not be read ({type(exc).__name__}: {exc})"
 
 

@@ -18,7 +18,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from monitor.faults import crash_point
+from monitor.store import StoreError
+
 log = logging.getLogger(__name__)
+STORE_FAULTS = (OSError, sqlite3.Error, StoreError)  # full disk, read-only, damaged
 LOG_FILE = Path("heuristics") / "verdicts.jsonl"
 NOTICES_FILE = Path("heuristics") / "notices.jsonl"
 
@@ -76,7 +80,7 @@ class VerdictRecorder:
 
             try:
                 self._store = RunStore(self.run_dir)
-            except (OSError, sqlite3.Error) as exc:
+            except STORE_FAULTS as exc:
                 self._store_fault(exc)
         return self._store
 
@@ -88,13 +92,20 @@ class VerdictRecorder:
 
     def record(self, verdict: dict[str, Any]) -> None:
         """Store, then log: both durable when this returns (the log at least)."""
+        stops = verdict.get("action") == "kill" and not verdict.get("shadow")
+        if stops:
+            crash_point("kill:before-record")
         store = self._open_store()
         if store is not None:
             try:
                 store.add_verdict(verdict)
-            except (OSError, sqlite3.Error) as exc:
+            except STORE_FAULTS as exc:
                 self._store_fault(exc)
+        if stops:
+            crash_point("kill:after-store")
         self.log.append(verdict)
+        if stops:
+            crash_point("kill:after-log")
 
     def reconcile(self) -> list[dict[str, Any]]:
         """Every verdict of the run, each once; copies one found in only one place into the
@@ -105,7 +116,7 @@ class VerdictRecorder:
         if store is not None:
             try:
                 stored = store.verdicts()
-            except (OSError, sqlite3.Error) as exc:
+            except STORE_FAULTS as exc:
                 self._store_fault(exc)
         in_log = {verdict_key(v) for v in logged}
         in_store = {verdict_key(v) for v in stored}
@@ -118,7 +129,7 @@ class VerdictRecorder:
                 if verdict_key(v) not in in_store:
                     try:
                         store.add_verdict(v)
-                    except (OSError, sqlite3.Error) as exc:
+                    except STORE_FAULTS as exc:
                         self._store_fault(exc)
                         break
         seen: set[tuple] = set()
