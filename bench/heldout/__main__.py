@@ -1,0 +1,128 @@
+"""``python -m bench.heldout``: the held-out kill benchmark.
+
+Runs (or reuses) the held-out population - architecture families the built-in rules were never
+tuned on, healthy at several settings and broken late in known ways - then evaluates the
+stopping policies of ``bench.policies`` on the recorded histories and writes
+``bench/results/heldout/report.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+from rich.table import Table
+
+from bench import policies
+from bench.heldout.analysis import separation
+from bench.heldout.families import FAMILIES
+from bench.heldout.population import BUDGET, RESULTS, History, load_or_run, population
+from bench.heldout.report import markdown
+from monitor.console import console
+
+
+def as_trial(h: History) -> policies.Trial:
+    """A recorded history as a policy trial, under its family's declaration (code, not data)."""
+    vocabulary = dict(FAMILIES[h.family].vocabulary)
+    return policies.Trial(h.name, h.family, h.failure, h.onset, h.budget,
+                          vocabulary["validation"], vocabulary.get("mode", "min"), h.results,
+                          vocabulary)
+
+
+def device() -> str:
+    import os
+
+    import torch
+
+    return (f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch thread)")
+
+
+def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
+        rule_sources: list[str]) -> dict[str, Any]:
+    from heuristics.rules import load_rules
+
+    specs = [s for s in population(budget) if not families or s.family in families]
+    histories: list[History] = []
+    trained = 0
+    with Progress(console=console) as progress:
+        task = progress.add_task("held-out trials", total=len(specs))
+        for spec in specs:
+            progress.update(task, description=f"trial {spec.name}")
+            sub = progress.add_task(f"  {spec.name}", total=spec.budget)
+            h, ran = load_or_run(spec, out / "histories", retrain,
+                                 lambda it, sub=sub: progress.update(sub, completed=it))
+            progress.remove_task(sub)
+            trained += ran
+            histories.append(h)
+            progress.advance(task)
+    trials = [as_trial(h) for h in histories]
+    rules = load_rules(rule_sources)
+    with console.status("evaluating policies"):
+        evaluation = policies.evaluate(trials, policies.POLICIES, rules)
+        firings = policies.rule_firings(trials, rules)
+    return {
+        "device": device(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rules": rule_sources,
+        "budget": budget, "trained_now": trained,
+        "training_seconds": sum(h.seconds for h in histories),
+        "trials": [{"trial": h.name, "family": h.family, "variant": h.variant,
+                    "failure": h.failure, "onset": h.onset, "setting": h.setting,
+                    "seed": h.seed, "metric": h.metric, "mode": h.mode,
+                    "vocabulary": FAMILIES[h.family].vocabulary, "seconds": h.seconds,
+                    **evaluation["truth"][h.name]} for h in histories],
+        "policies": evaluation["policies"],
+        "by_family": {p["policy"]: policies.by_group(p) for p in evaluation["policies"]},
+        "firings": firings,
+        "separation": separation(trials),
+    }
+
+
+def table(report: dict[str, Any]) -> Table:
+    def f(x: Any, spec: str = ".2f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    t = Table(title="Held-out kill benchmark (policies on the same recorded trials)")
+    for col in ("policy", "trial-its", "saved", "recall", "false kills", "premature",
+                "precision", "delay (it)", "delay (% budget)", "lead (reports)"):
+        t.add_column(col, justify="right" if col != "policy" else "left")
+    for p in report["policies"]:
+        t.add_row(p["policy"], str(p["trial_iterations"]), f"{p['saved_pct']:.0f}%",
+                  f"{f(p['recall'])} ({p['caught']}/{p['really_failing']})",
+                  str(p["false_kills"]), str(p["premature_kills"]), f(p["precision"]),
+                  f(p["median_delay_iterations"], ".1f"), f(p["median_delay_pct_budget"], ".1f"),
+                  f(p["median_lead"], ".1f"))
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--retrain", action="store_true",
+                        help="train every trial again instead of reusing recorded histories")
+    parser.add_argument("--families", nargs="+", default=None,
+                        help="only these families (mlp cnn transformer gan timm)")
+    parser.add_argument("--rules", nargs="+", default=["builtin"],
+                        help="rule sources for the heuristic policies (default: builtin)")
+    parser.add_argument("--budget", type=int, default=BUDGET, help="iterations per trial")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    started = time.time()
+    report = run(args.families, args.retrain, args.out, args.budget, args.rules)
+    report["seconds"] = time.time() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (args.out / "report.md").write_text(markdown(report))
+    console.print(table(report))
+    console.print(f"wrote {args.out / 'report.json'} and {args.out / 'report.md'} "
+                  f"({report['seconds']:.0f} s; {report['trained_now']} trials trained now, "
+                  f"{report['training_seconds']:.0f} s of training recorded)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

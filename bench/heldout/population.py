@@ -1,0 +1,183 @@
+"""The held-out population: which trials, how one is run, and its recorded history.
+
+Every trial runs its whole budget (no stopping) in this process with one torch thread; its
+failure, if any, is applied at a known iteration (the *onset*). The full history - one result
+per iteration as Tune would receive it - is written to ``histories/<family>__<variant>.json``
+and reused unless asked to retrain, so that stopping policies are evaluated offline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.heldout.families import FAMILIES
+from monitor.hooks import attach
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "heldout"
+BUDGET = 40  # reported iterations per trial
+
+
+@dataclass(frozen=True)
+class Spec:
+    family: str
+    variant: str
+    setting: dict[str, Any]
+    failure: str = "healthy"
+    onset: int | None = None  # iteration at which the failure is applied
+    seed: int = 0
+    budget: int = BUDGET
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}/{self.variant}"
+
+    @property
+    def file(self) -> str:
+        return f"{self.family}__{self.variant}.json"
+
+
+def _family(family: str, healthy: dict[str, dict[str, Any]],
+            broken: list[tuple[str, str, int, dict[str, Any]]]) -> list[Spec]:
+    """``healthy``: variant -> setting; ``broken``: (failure, base healthy variant, onset,
+    extra setting)."""
+    specs = [Spec(family, v, s, seed=i) for i, (v, s) in enumerate(healthy.items())]
+    for i, (failure, base, onset, extra) in enumerate(broken):
+        specs.append(Spec(family, f"{failure}_{base}", {**healthy[base], **extra}, failure,
+                          onset, seed=10 + i))
+    return specs
+
+
+def population(budget: int = BUDGET) -> list[Spec]:
+    """The held-out trials: per family three healthy settings and three or four late failures
+    (onsets at 30-40 % of the budget)."""
+    k = [round(budget * f) for f in (0.30, 0.35, 0.40)]
+    specs = (
+        _family("mlp", {"adam_b32": {"optimizer": "adam", "lr": 1e-3, "batch_size": 32},
+                        "sgd_b64": {"optimizer": "sgd", "lr": 0.05, "batch_size": 64},
+                        "adam_b128": {"optimizer": "adam", "lr": 3e-3, "batch_size": 128}},
+                [("lr_spike", "adam_b32", k[0], {"spike": 100.0}),
+                 ("bias_shift", "sgd_b64", k[1], {}),
+                 ("nan_input", "adam_b128", k[2], {}),
+                 ("gain_collapse", "sgd_b64", k[0], {})])
+        + _family("cnn", {"sgd_b32": {"optimizer": "sgd", "lr": 0.05, "batch_size": 32},
+                          "adam_b64": {"optimizer": "adam", "lr": 2e-3, "batch_size": 64},
+                          "sgd_b16": {"optimizer": "sgd", "lr": 0.02, "batch_size": 16}},
+                  [("lr_spike", "sgd_b32", k[0], {"spike": 60.0}),
+                   ("bias_shift", "adam_b64", k[1], {}),
+                   ("gain_collapse", "sgd_b32", k[2], {}),
+                   ("nan_input", "sgd_b16", k[1], {})])
+        + _family("transformer",
+                  {"adam_b64": {"optimizer": "adam", "lr": 2e-3, "batch_size": 64},
+                   "adamw_b32": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 32},
+                   "adam_b128": {"optimizer": "adam", "lr": 3e-3, "batch_size": 128}},
+                  [("lr_spike", "adam_b64", k[0], {"spike": 30.0}),
+                   ("nan_input", "adamw_b32", k[1], {}),
+                   ("bias_shift", "adam_b128", k[2], {})])
+        + _family("gan", {"ttur_b32": {"lr_g": 5e-4, "lr_d": 1e-3, "batch_size": 32},
+                          "equal_b32": {"lr_g": 5e-4, "lr_d": 5e-4, "batch_size": 32},
+                          "ttur_b16": {"lr_g": 5e-4, "lr_d": 1e-3, "batch_size": 16}},
+                  [("d_lr_boost", "ttur_b32", k[0], {"boost": 30.0}),
+                   ("gain_collapse", "equal_b32", k[1], {}),
+                   ("lr_spike", "ttur_b16", k[2], {"spike": 20.0})])
+        + _family("timm", {"adamw_b32": {"optimizer": "adamw", "lr": 2e-3, "batch_size": 32},
+                           "adamw_b64": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 64},
+                           "sgd_b32": {"optimizer": "sgd", "lr": 0.02, "batch_size": 32}},
+                  [("lr_spike", "adamw_b32", k[0], {"spike": 50.0}),
+                   ("nan_input", "adamw_b64", k[1], {}),
+                   ("bias_shift", "sgd_b32", k[2], {})])
+    )
+    return [Spec(s.family, s.variant, s.setting, s.failure, s.onset, s.seed, budget)
+            for s in specs]
+
+
+@dataclass
+class History:
+    """One trial's recorded run: its design, every result, and its truth labels."""
+
+    family: str
+    variant: str
+    failure: str
+    onset: int | None
+    budget: int
+    metric: str
+    mode: str
+    vocabulary: dict[str, str]
+    setting: dict[str, Any]
+    seed: int
+    results: list[dict[str, Any]]
+    seconds: float = 0.0
+    labels: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}/{self.variant}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _finite(x: Any) -> float:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else float("nan")
+
+
+def run_trial(spec: Spec, on_iteration: Callable[[int], None] | None = None) -> History:
+    """Train ``spec`` for its whole budget; one result per iteration, as Tune would get it."""
+    torch.set_num_threads(1)
+    family = FAMILIES[spec.family](spec.setting, spec.seed)
+    monitor = attach(family.model(), every=1, **family.monitor_options())
+    family.monitor = monitor if family.observe_output else None
+    results: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    try:
+        for it in range(1, spec.budget + 1):
+            if it == spec.onset:
+                family.intervene(spec.failure)
+            steps: list[dict[str, float]] = []
+            for _ in range(family.steps):
+                monitor.step()
+                steps.append(family.step())
+            if family.per_batch:
+                losses = steps[-1]
+            else:
+                losses = {k: sum(s[k] for s in steps) / len(steps) for k in steps[0]}
+            with monitor.paused():
+                val = family.validate()
+            results.append({"training_iteration": it,
+                            "time_total_s": time.perf_counter() - started,
+                            **losses, **val, "health": monitor.collect()})
+            if on_iteration:
+                on_iteration(it)
+    finally:
+        monitor.close()
+    return History(spec.family, spec.variant, spec.failure, spec.onset, spec.budget,
+                   family.metric, family.mode, dict(family.vocabulary), dict(spec.setting),
+                   spec.seed, results, time.perf_counter() - started)
+
+
+def load_or_run(spec: Spec, directory: Path, retrain: bool = False,
+                on_iteration: Callable[[int], None] | None = None) -> tuple[History, bool]:
+    """The cached history of ``spec`` (same design) or a fresh run; returns (history, ran)."""
+    path = directory / spec.file
+    if path.exists() and not retrain:
+        data = json.loads(path.read_text())
+        same = (data.get("setting") == spec.setting and data.get("failure") == spec.failure
+                and data.get("onset") == spec.onset and data.get("budget") == spec.budget
+                and data.get("seed") == spec.seed)
+        if same:
+            return History.from_dict(data), False
+    history = run_trial(spec, on_iteration)
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(history.to_dict(), indent=1) + "\n")
+    return history, True
