@@ -7,10 +7,12 @@ them all.  Functional calls (``torch.relu(x)``, ``F.relu``, ``x.clamp(min=0)``) 
 ops on tensors run outside a module are *not* seen: use module activations, or name a module
 as a tap.
 
-Hot path: a hook detaches the output at once and only launches device ops that accumulate into
-per-unit tensors; nothing is copied to the host until ``collect()``, which reads every
-statistic of the window with a single transfer.  Sampling follows a schedule: ``step()`` is
-called once per training step and only every ``every``-th step is measured.
+Hot path: a hook detaches the output at once and launches four reductions whose results are
+per unit (``aminmax``, ``var_mean``, and ``isfinite`` + ``sum``): no activation-sized
+temporary, one pass each over the activation. Nothing is copied to the host until
+``collect()``, which combines the window's per-step results and reads every statistic with a
+single transfer.  Sampling follows a schedule: ``step()`` is called once per training step and
+only every ``every``-th step (4 by default) is measured.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from monitor.signals.nonfinite import NonFinite
+from monitor.signals.nonfinite import NonFinite, release_scratch
 from monitor.signals.power import OutputPower, power_spectrum
 from monitor.signals.spread import ActivationMoments
 from monitor.signals.units import UnitClasses
@@ -35,6 +37,7 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
 LAYER_SIGNALS = ("dead_ratio", "evergreen_ratio", "healthy_ratio", "activation_std",
                  "activation_mean", "nonfinite_count")
 MODEL_SIGNALS = ("output_power_db", "target_power_db", "power_loss", "power_ratio_db")
+DEFAULT_EVERY = 4  # sample one training step in four
 
 
 def unit_view(x: torch.Tensor, unit_dim: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -51,31 +54,6 @@ def unit_view(x: torch.Tensor, unit_dim: int) -> tuple[torch.Tensor, tuple[int, 
     return x.movedim(unit_dim, -1).reshape(-1, x.shape[unit_dim]), (0,)
 
 
-class ScratchPool:
-    """Reusable float32 buffers shaped like the activations, shared by every layer.
-
-    Hooks run one layer at a time, so one buffer per activation shape is enough; reusing it
-    avoids allocating activation-sized temporaries at every sampled step.
-    """
-
-    def __init__(self, max_buffers: int = 8) -> None:
-        self.max_buffers = max_buffers
-        self.buffers: dict[tuple, torch.Tensor] = {}
-
-    def get(self, like: torch.Tensor) -> torch.Tensor:
-        key = (tuple(like.shape), like.device)
-        buffer = self.buffers.get(key)
-        if buffer is None:
-            if len(self.buffers) >= self.max_buffers:
-                self.buffers.clear()
-            buffer = self.buffers[key] = torch.empty(like.shape, dtype=torch.float32,
-                                                     device=like.device)
-        return buffer
-
-    def clear(self) -> None:
-        self.buffers.clear()
-
-
 class LayerProbe:
     """Statistics of one hooked module over the current window."""
 
@@ -85,11 +63,10 @@ class LayerProbe:
         self.quantities = (UnitClasses(), ActivationMoments(), NonFinite())
         self.samples = 0
 
-    def update(self, output: torch.Tensor, scratch: ScratchPool) -> None:
+    def update(self, output: torch.Tensor) -> None:
         view, dims = unit_view(output.detach(), self.unit_dim)
-        buffer = scratch.get(view)
         for q in self.quantities:
-            q.update(view, dims, buffer)
+            q.update(view, dims)
         self.samples += 1
 
     def values(self) -> dict[str, torch.Tensor]:
@@ -109,15 +86,16 @@ class HealthMonitor:
 
     Args:
         model: the network to watch.
-        every: measure one step in ``every`` (the first step of each period).
+        every: measure one step in ``every`` (the first step of each period; default 4).
         include: glob patterns of module names to watch (default: every activation module).
         taps: extra module names to watch whatever their type (named output taps).
         unit_dims: glob pattern -> dimension holding the units (default 1: channels of conv
             activations; use -1 for linear layers on [batch, time, features]).
     """
 
-    def __init__(self, model: nn.Module, every: int = 1, include: tuple[str, ...] = ("*",),
-                 taps: tuple[str, ...] = (), unit_dims: dict[str, int] | None = None,
+    def __init__(self, model: nn.Module, every: int = DEFAULT_EVERY,
+                 include: tuple[str, ...] = ("*",), taps: tuple[str, ...] = (),
+                 unit_dims: dict[str, int] | None = None,
                  activation_types: tuple[type[nn.Module], ...] = ACTIVATION_TYPES) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer, got {every!r}")
@@ -125,7 +103,6 @@ class HealthMonitor:
         self.probes: dict[str, LayerProbe] = {}
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.power = OutputPower()
-        self.scratch = ScratchPool()
         self._step = 0
         self._active = False
         self._paused = False
@@ -156,7 +133,7 @@ class HealthMonitor:
     def _hook(self, probe: LayerProbe):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if self._active and not self._paused and isinstance(output, torch.Tensor):
-                probe.update(output, self.scratch)
+                probe.update(output)
         return hook
 
     # -- schedule ---------------------------------------------------------------------------
@@ -230,9 +207,12 @@ class HealthMonitor:
         self.handles.clear()
 
     def close(self) -> None:
-        """Remove every hook this monitor registered and free its buffers."""
+        """Remove every hook this monitor registered and drop the window's statistics."""
         self.remove_hooks()
-        self.scratch.clear()
+        for probe in self.probes.values():
+            probe.reset()
+        self.power.reset()
+        release_scratch()
 
     def __enter__(self) -> HealthMonitor:
         return self

@@ -59,7 +59,7 @@ def check(report: dict, seen: dict, **tol) -> None:
 def test_statistics_match_slow_reference():
     torch.manual_seed(0)
     model = Net()
-    monitor = attach(model)
+    monitor = attach(model, every=1)
     seen, handles = record(model)
     for _ in range(3):
         monitor.step()
@@ -76,7 +76,7 @@ def test_statistics_match_slow_reference():
 
 def test_window_resets_after_collect():
     model = Net()
-    monitor = attach(model)
+    monitor = attach(model, every=1)
     monitor.step()
     model(torch.randn(2, 2, 8))
     monitor.collect()
@@ -105,7 +105,7 @@ def test_sampling_schedule_measures_every_nth_step_only():
 
 def test_no_grad_eval_and_paused():
     model = Net().eval()
-    monitor = attach(model)
+    monitor = attach(model, every=1)
     seen, _ = record(model)
     with torch.no_grad():
         monitor.step()
@@ -118,7 +118,7 @@ def test_no_grad_eval_and_paused():
 
 def test_autocast_bfloat16():
     model = Net()
-    monitor = attach(model)
+    monitor = attach(model, every=1)
     seen, _ = record(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         monitor.step()
@@ -130,7 +130,7 @@ def test_autocast_bfloat16():
 
 def test_nan_inputs_are_counted_not_hidden():
     model = Net()
-    monitor = attach(model)
+    monitor = attach(model, every=1)
     x = torch.randn(2, 2, 8)
     x[0, 0, 3] = float("nan")
     monitor.step()
@@ -143,7 +143,7 @@ def test_nan_inputs_are_counted_not_hidden():
 def test_no_host_sync_in_hooks(monkeypatch):
     """Hooks must not call .item()/.cpu()/.tolist(); only collect() reads values."""
     model = Net()
-    monitor = attach(model)
+    monitor = attach(model, every=1)
     calls = []
     for name in ("item", "cpu", "tolist"):
         original = getattr(torch.Tensor, name)
@@ -168,7 +168,6 @@ def test_close_removes_every_hook():
     assert len(monitor.handles) == 4
     monitor.close()
     assert all(not m._forward_hooks for m in model.modules())
-    assert not monitor.scratch.buffers
 
 
 def test_bad_arguments_are_rejected():
@@ -180,7 +179,7 @@ def test_bad_arguments_are_rejected():
 
 def test_power_signals_match_definition():
     model = Net()
-    monitor = attach(model)
+    monitor = attach(model, every=1)
     out, tgt = torch.randn(3, 2048) * 0.1, torch.randn(3, 2048)
     monitor.step()
     monitor.observe_output(out, tgt)

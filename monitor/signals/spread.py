@@ -1,48 +1,47 @@
 """Activation spread: per-unit standard deviation across batch and time, averaged over units.
 
-Moments are summed about a per-unit shift (the unit's mean in the window's first sampled step)
-so that units with a large mean and a small spread, such as evergreen units, keep their
-variance (no float32 cancellation). Only plain vectorised ops run in the hook: a subtraction,
-a squaring and two sums per sampled step, in a scratch buffer shared by all layers (no
-activation-sized temporaries, which on CPU cost page faults). A non-finite activation makes
-the layer's spread and mean NaN for that window: they are reported as such, not hidden.
+Each sampled step adds its per-unit mean and (population) variance from ``torch.var_mean``: one
+pass over the activation (Welford accumulation, stable for units with a large mean and a small
+spread such as evergreen units), results of one value per unit. The window's steps are combined
+in float64 with the parallel-variance formula (Chan et al.): the window variance is the
+count-weighted mean of the steps' variances plus the spread of their means. A non-finite
+activation makes the layer's spread and mean NaN for that window: they are reported as such.
 """
 
 from __future__ import annotations
 
 import torch
 
+from monitor.signals import Partials
+
+
+def _combine(items: list[tuple]) -> tuple:
+    counts = torch.tensor([float(n) for _, _, n in items], dtype=torch.float64,
+                          device=items[0][0].device).unsqueeze(1)
+    means = torch.stack([m for m, _, _ in items]).double()
+    variances = torch.stack([v for _, v, _ in items]).double()
+    total = counts.sum()
+    mean = (counts * means).sum(0) / total
+    var = (counts * (variances + (means - mean).square())).sum(0) / total
+    return mean, var, int(sum(n for _, _, n in items))
+
 
 class ActivationMoments:
-    """Per-unit sums of shifted values and of their squares over the window."""
+    """Per-unit mean and variance over the window, from per-step ``var_mean``."""
 
     def __init__(self) -> None:
-        self.shift: torch.Tensor | None = None
-        self.sum: torch.Tensor | None = None
-        self.sum_sq: torch.Tensor | None = None
-        self.count = 0  # elements per unit (host-side: known from shapes, no sync)
+        self.partials = Partials(_combine)
 
-    def update(self, view: torch.Tensor, dims: tuple[int, ...], scratch: torch.Tensor) -> None:
-        """``scratch``: a float32 buffer shaped like ``view``, free to overwrite."""
-        if self.shift is None:
-            self.shift = view.mean(dim=dims, keepdim=True, dtype=torch.float32)
-        d = torch.sub(view, self.shift, out=scratch)
-        s = d.sum(dim=dims)
-        sq = d.square_().sum(dim=dims)
-        if self.sum is None:
-            self.sum, self.sum_sq = s, sq
-        else:
-            self.sum += s
-            self.sum_sq += sq
-        self.count += view.numel() // s.numel()
+    def update(self, view: torch.Tensor, dims: tuple[int, ...]) -> None:
+        var, mean = torch.var_mean(view, dim=dims, correction=0)
+        count = view.numel() // max(mean.numel(), 1)  # elements per unit: host-side, no sync
+        self.partials.add(mean, var, count)
 
     def values(self) -> dict[str, torch.Tensor]:
-        assert self.shift is not None and self.sum is not None and self.sum_sq is not None
-        centred = self.sum / self.count
-        std = (self.sum_sq / self.count - centred.square()).clamp_min(0.0).sqrt()
-        mean = centred + self.shift.reshape(-1)
-        return {"activation_std": std.mean(), "activation_mean": mean.mean()}
+        mean, var, _ = self.partials.total()
+        mean, var = mean.double(), var.double()
+        return {"activation_std": var.clamp_min(0.0).sqrt().mean(),
+                "activation_mean": mean.mean()}
 
     def reset(self) -> None:
-        self.shift = self.sum = self.sum_sq = None
-        self.count = 0
+        self.partials.clear()

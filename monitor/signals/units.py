@@ -5,40 +5,51 @@ positive (its maximum is <= 0), *evergreen* when it is always positive (its mini
 nonlinearity does nothing), and *healthy* otherwise. A unit with a NaN output in the window
 counts as neither positive nor evergreen (NaN compares false): the layer's ``nonfinite_count``
 tells such layers apart from really dead ones.
+
+Only the per-unit minimum and maximum are computed (``aminmax``: one pass over the
+activation, results of one value per unit), never a boolean mask of the activation.
 """
 
 from __future__ import annotations
 
 import torch
 
+from monitor.signals import Partials, stack
+
+ONE_PASS_FROM = 1 << 18  # elements: above this, one aminmax pass beats amin + amax
+
 
 def per_unit_min_max(view: torch.Tensor,
                      dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-unit minimum and maximum (plain vectorised reductions, no boolean temporaries)."""
-    return view.amin(dim=dims), view.amax(dim=dims)
+    """Per-unit minimum and maximum over ``dims`` (NaN propagates)."""
+    if len(dims) == 1:
+        return torch.aminmax(view, dim=dims[0])
+    if view.numel() < ONE_PASS_FROM:  # small: two launches instead of three
+        return view.amin(dim=dims), view.amax(dim=dims)
+    lo, hi = torch.aminmax(view, dim=dims[-1])  # [batch, units]: small
+    rest = dims[:-1]
+    return lo.amin(dim=rest), hi.amax(dim=rest)
+
+
+def _combine(items: list[tuple]) -> tuple:
+    return stack(items, 0).amin(0), stack(items, 1).amax(0)
 
 
 class UnitClasses:
     """Accumulates each unit's minimum and maximum over the window."""
 
     def __init__(self) -> None:
-        self.low: torch.Tensor | None = None
-        self.high: torch.Tensor | None = None
+        self.partials = Partials(_combine)
 
-    def update(self, view: torch.Tensor, dims: tuple[int, ...], scratch: torch.Tensor) -> None:
-        lo, hi = per_unit_min_max(view, dims)
-        if self.low is None:
-            self.low, self.high = lo, hi
-        else:
-            self.low = torch.minimum(self.low, lo)
-            self.high = torch.maximum(self.high, hi)
+    def update(self, view: torch.Tensor, dims: tuple[int, ...]) -> None:
+        self.partials.add(*per_unit_min_max(view, dims))
 
     def values(self) -> dict[str, torch.Tensor]:
-        assert self.low is not None and self.high is not None
-        dead = (~(self.high > 0)).float().mean()
-        evergreen = (self.low > 0).float().mean()
+        low, high = self.partials.total()
+        dead = (~(high > 0)).float().mean()
+        evergreen = (low > 0).float().mean()
         return {"dead_ratio": dead, "evergreen_ratio": evergreen,
                 "healthy_ratio": 1.0 - dead - evergreen}
 
     def reset(self) -> None:
-        self.low = self.high = None
+        self.partials.clear()
