@@ -5,22 +5,35 @@ PY     := $(VENV)/bin/python
 EXP    ?= master_v464
 STAMP  := $(VENV)/.installed
 
-.PHONY: tune test lint venv bench-overhead bench-store bench-kill bench-scale prometheus dashboards clean
+.PHONY: tune test lint venv constraints wheel bench-overhead bench-store bench-kill bench-scale prometheus dashboards clean
 
-$(STAMP): pyproject.toml
+# pyproject.toml declares ranges; constraints.txt holds the exact versions the tests run with.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Rewrite constraints.txt from what .venv holds now (after an upgrade that the tests passed).
+constraints: $(STAMP)
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable \
+	  | sed -E 's/^(torch==[^+]*)\+cpu$$/\1/' | grep -iv '^voice.monitor'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	touch $(STAMP)
+
+# The library wheel (monitor, heuristics, dashboards and their data) and the sdist it is built
+# from, in build/dist/ (building from the sdist leaves no stale build/lib in the wheel).
+wheel: $(STAMP)
+	$(PY) -m build --outdir build/dist .
 
 tune: $(STAMP)
 	$(PY) -m trainers.tune $(EXP) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
 
 test: $(STAMP)
-	$(PY) -m ruff check monitor trainers heuristics dashboards tests
+	$(PY) -m ruff check monitor trainers heuristics dashboards bench tests
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -x --durations=15
 
 bench-overhead: $(STAMP)
@@ -42,4 +55,4 @@ bench-scale: $(STAMP)
 	$(PY) -m bench.scale
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs build

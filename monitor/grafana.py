@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "dashboards" / "json"
 
 
 class GrafanaError(RuntimeError):
@@ -50,8 +49,27 @@ def _explain(exc: Exception, url: str) -> GrafanaError:
     return GrafanaError(f"cannot reach Grafana at {url}: {type(exc).__name__}")
 
 
-def load_dashboards(directory: Path = DASHBOARD_DIR) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+def load_dashboards(directory: Path | None = None) -> list[dict[str, Any]]:
+    """The dashboard models in ``directory`` (default: the ``dashboards`` package's JSON, found
+    through importlib.resources, so an installed wheel has them too). None is an error."""
+    if directory is None:
+        import dashboards
+
+        try:
+            paths = dashboards.dashboard_files()
+        except FileNotFoundError as exc:
+            raise GrafanaError(str(exc)) from None
+    else:
+        paths = sorted(Path(directory).glob("*.json"))
+        if not paths:
+            raise GrafanaError(f"{directory}: no dashboard JSON files (expected *.json)")
+    models = []
+    for path in paths:
+        try:
+            models.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise GrafanaError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    return models
 
 
 def push(url: str, token: str | None, dashboards: list[dict[str, Any]] | None = None,
