@@ -14,8 +14,8 @@ import torch
 
 from monitor.signals import Partials
 
-CHUNK = 1 << 20  # elements: one isfinite pass up to this; chunks of this size above
-_SCRATCH: dict[torch.device, torch.Tensor] = {}  # float32 [CHUNK] per device
+CHUNK = 1 << 19  # elements: one isfinite pass up to this; chunks of this size above
+_SCRATCH: dict[torch.device, torch.Tensor] = {}  # float32 [CHUNK] per device (2 MiB)
 
 
 def release_scratch() -> None:

@@ -1,0 +1,141 @@
+"""Hooks at scale: large activations (chunked paths), long windows (folded partials), the
+default sampling, and no activation-sized temporary (peak memory of a real forward pass)."""
+
+from __future__ import annotations
+
+import gc
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from monitor.hooks import DEFAULT_EVERY, HealthMonitor, attach
+from monitor.signals import FOLD_AT
+from tests.test_hooks import Net, check, record
+
+
+def test_attach_samples_one_step_in_four_by_default():
+    monitor = attach(Net())
+    assert monitor.every == DEFAULT_EVERY == 4
+    assert [monitor.step() for _ in range(8)] == [True, False, False, False] * 2
+
+
+def test_long_window_is_folded_and_still_exact():
+    torch.manual_seed(1)
+    model = Net()
+    monitor = attach(model, every=1)
+    seen, _ = record(model)
+    for i in range(FOLD_AT + 9):
+        monitor.step()
+        model(torch.randn(3, 2, 8) * (1 + i % 5) + i % 3)
+    report = monitor.collect()
+    assert report["sampled_steps"] == FOLD_AT + 9
+    check(report, seen, rel=1e-4, abs=1e-6)
+
+
+def reference(x: torch.Tensor, unit_dim: int) -> dict[str, float]:
+    units = x.double().movedim(unit_dim, 0).reshape(x.shape[unit_dim], -1)
+    positive = units > 0
+    return {"dead_ratio": (~positive.any(1)).double().mean().item(),
+            "evergreen_ratio": positive.all(1).double().mean().item(),
+            "activation_std": units.std(1, unbiased=False).mean().item(),
+            "activation_mean": units.mean().item(),
+            "nonfinite_count": float((~torch.isfinite(units)).sum())}
+
+
+def tapped(unit_dims: dict[str, int] | None = None) -> tuple[nn.Module, HealthMonitor]:
+    model = nn.Sequential()
+    model.add_module("act", nn.Identity())
+    return model, HealthMonitor(model, every=1, taps=("act",), unit_dims=unit_dims)
+
+
+LAYOUTS = {  # name -> (activation, unit dim): above the one-pass and chunk thresholds
+    "conv": (lambda: torch.randn(4, 16, 40000), 1),
+    "linear_last": (lambda: torch.randn(2, 5000, 128), -1),
+    "strided": (lambda: torch.randn(16, 20000, 8).transpose(1, 2), 1),  # not contiguous
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_large_activations_match_reference(layout):
+    torch.manual_seed(0)
+    make, unit_dim = LAYOUTS[layout]
+    x = make()
+    units = x.movedim(unit_dim, 1)
+    units[:, 5] = units[:, 5].abs() + 2.0  # an evergreen unit
+    units[:, 6] = -units[:, 6].abs() - 1.0  # a dead unit
+    model, monitor = tapped({"act": unit_dim})
+    for scale in (1.0, 0.5):
+        monitor.step()
+        model(x * scale)
+    report = monitor.collect()["layers"]["act"]
+    expected = reference(torch.cat([x, x * 0.5], 0), unit_dim)
+    for signal, value in expected.items():
+        assert report[signal] == pytest.approx(value, rel=1e-4, abs=1e-6), signal
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_large_activations_count_every_nonfinite_value(layout):
+    make, unit_dim = LAYOUTS[layout]
+    x = make()
+    x[0, 3, 7] = math.nan
+    x[1, 2, 9] = math.inf
+    x[-1, -1, -1] = -math.inf
+    model, monitor = tapped({"act": unit_dim})
+    monitor.step()
+    model(x)
+    report = monitor.collect()["layers"]["act"]
+    assert report["nonfinite_count"] == 3.0
+    assert math.isnan(report["activation_std"])
+
+
+def test_large_bfloat16_activation_matches_reference():
+    torch.manual_seed(0)
+    x = (torch.randn(4, 16, 40000) + torch.linspace(-3, 3, 16).view(1, 16, 1)).bfloat16()
+    model, monitor = tapped()
+    monitor.step()
+    model(x)
+    report = monitor.collect()["layers"]["act"]
+    expected = reference(x, 1)
+    for signal, value in expected.items():
+        assert report[signal] == pytest.approx(value, rel=1e-2, abs=1e-3), signal
+
+
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc peak RSS")
+def test_hooks_add_no_activation_sized_memory():
+    """The peak resident memory of a forward pass over a 128 MiB ReLU output grows by less
+    than 5% of it when the pass is sampled (the old hooks' scratch doubled it)."""
+    model = nn.Sequential(nn.ReLU())
+    monitor = HealthMonitor(model, every=1)
+    monitor.step()
+    model(torch.randn(2, 8, 1 << 17))  # loads every kernel's code once
+    monitor.collect()
+    x = torch.randn(8, 64, 1 << 16)  # 128 MiB
+    mib = x.numel() * 4 / 2**20
+
+    def peak(sampled: bool) -> float:
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak to the current RSS
+        monitor.step()
+        if sampled:
+            y = model(x)
+        else:
+            with monitor.paused():
+                y = model(x)
+        del y
+        return _peak_rss_mib()
+
+    baseline = min(peak(False) for _ in range(2))
+    sampled = max(peak(True) for _ in range(2))
+    monitor.close()
+    assert sampled - baseline < 0.05 * mib, (baseline, sampled)
