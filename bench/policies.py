@@ -389,8 +389,33 @@ def rule_firings(trials: list[Trial], rules: list[Any] | None = None
         for r in t.results:
             for v in engine.observe(t.name, prepare(r), wall_time=0.0):
                 if v.rule not in first:
+                    values = {k: x for k, x in (v.values or {}).items()
+                              if isinstance(x, (int, float))}
                     first[v.rule] = {"rule": v.rule, "action": v.action,
                                      "iteration": v.iteration, "value": v.value,
-                                     "summary": v.summary}
+                                     "values": values, "summary": v.summary}
         out[t.name] = sorted(first.values(), key=lambda f: f["iteration"])
+    return out
+
+
+def trials_from_store(path: Any, group: str, metric: str, mode: str, budget: int,
+                      failure_of: Callable[[dict[str, Any]], str],
+                      onset_of: Callable[[str, list[dict[str, Any]]], int | None],
+                      vocabulary: dict[str, str] | None = None,
+                      name_of: Callable[[dict[str, Any]], str] | None = None) -> list[Trial]:
+    """The trials of a recorded no-stopping run (a ``monitor.store.RunStore`` directory), e.g.
+    the in-sample master/student populations of ``bench.kill``: ``failure_of(trial row)``
+    gives the failure by design (``bench.kill.EXPECTED`` of its variant), ``onset_of(failure,
+    results)`` its onset (``bench.kill.onset``)."""
+    from monitor.store import RunStore
+
+    out = []
+    with RunStore(path, create=False) as store:
+        for row in store.trials():
+            results = store.results(row["trial_id"])
+            failure = failure_of(row)
+            onset = onset_of(failure, results) if failure != "healthy" else None
+            name = name_of(row) if name_of else str(row["trial_id"])
+            out.append(Trial(f"{group}/{name}", group, failure, onset, budget, metric, mode,
+                             results, dict(vocabulary or {})))
     return out

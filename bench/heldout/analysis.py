@@ -4,7 +4,8 @@ For each family and signal (its losses, and per report the largest dead/evergree
 largest and smallest activation spread, the NaN/Inf count and the output power ratio) the
 healthy range is the span of the family's healthy trials' values from iteration 3 on; each
 broken trial is then described by its value just before and after its onset and by the first
-iteration from the onset on at which it leaves that range (and the range of every family's
+iteration from the onset on at which it leaves that range. Each loss also gets its rise over its
+own lowest value so far (``<loss> - min_ever``) (and the range of every family's
 healthy trials together: what a fixed threshold would need).
 """
 
@@ -50,6 +51,25 @@ def signals(result: dict[str, Any], vocabulary: dict[str, str]) -> dict[str, flo
     return out
 
 
+def with_rises(trial: Trial) -> dict[int, dict[str, float]]:
+    """Per iteration, ``signals`` plus each loss's rise over its own lowest value so far
+    (``<loss> - min_ever``: defined whatever the loss's sign)."""
+    out: dict[int, dict[str, float]] = {}
+    lowest: dict[str, float] = {}
+    for r in trial.results:
+        sigs = signals(r, trial.vocabulary)
+        for role in LOSS_ROLES:
+            name = trial.vocabulary.get(role)
+            v = sigs.get(name) if name else None
+            if v is None or not math.isfinite(v):
+                continue
+            if name in lowest:
+                sigs[f"{name} - min_ever"] = v - lowest[name]
+            lowest[name] = min(v, lowest.get(name, v))
+        out[r["training_iteration"]] = sigs
+    return out
+
+
 def _outside(v: float, lo: float, hi: float) -> bool:
     return not math.isfinite(v) or v < lo or v > hi
 
@@ -59,10 +79,10 @@ def healthy_ranges(trials: list[Trial]) -> dict[str, tuple[float, float]]:
     for t in trials:
         if t.failure != "healthy":
             continue
-        for r in t.results:
-            if r["training_iteration"] < SETTLED:
+        for it, sigs in with_rises(t).items():
+            if it < SETTLED:
                 continue
-            for k, v in signals(r, t.vocabulary).items():
+            for k, v in sigs.items():
                 if math.isfinite(v):
                     spans.setdefault(k, []).append(v)
     return {k: (min(v), max(v)) for k, v in spans.items()}
@@ -78,7 +98,7 @@ def separation(trials: list[Trial]) -> list[dict[str, Any]]:
         for t in members:
             if t.failure == "healthy" or t.onset is None:
                 continue
-            series = {r["training_iteration"]: signals(r, t.vocabulary) for r in t.results}
+            series = with_rises(t)
             for sig, (lo, hi) in ranges.items():
                 first = next((it for it in sorted(series) if it >= t.onset and sig in series[it]
                               and _outside(series[it][sig], lo, hi)), None)

@@ -14,6 +14,13 @@ def _f(x: Any, spec: str = ".2f") -> str:
     return format(x, spec)
 
 
+def _values(firing: dict[str, Any]) -> str:
+    """The numbers a firing rule saw: its threshold operand, else every scalar it read."""
+    if isinstance(firing.get("value"), (int, float)):
+        return _f(firing["value"], ".3g")
+    return ", ".join(f"{k}={_f(v, '.3g')}" for k, v in (firing.get("values") or {}).items())
+
+
 def _setting(s: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in s.items())
 
@@ -90,9 +97,7 @@ def markdown(report: dict[str, Any]) -> str:
             "| trial | failure (onset) | rules |", "|---|---|---|"]
     onsets = {t["trial"]: t for t in report["trials"]}
     for trial, fs in report["firings"].items():
-        cell = "; ".join(f"{f['rule']}@{f['iteration']} ({_f(f['value'], '.3g')})"
-                         if not isinstance(f["value"], dict) else f"{f['rule']}@{f['iteration']}"
-                         for f in fs) or "-"
+        cell = "; ".join(f"{f['rule']}@{f['iteration']} ({_values(f)})" for f in fs) or "-"
         t = onsets[trial]
         out.append(f"| {trial} | {t['failure']} ({_f(t['onset'], 'd')}) | {cell} |")
     out += ["", "## Signals that leave the family's healthy range after the onset", "",
