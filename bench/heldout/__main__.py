@@ -53,8 +53,14 @@ def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
         for spec in specs:
             progress.update(task, description=f"trial {spec.name}")
             sub = progress.add_task(f"  {spec.name}", total=spec.budget)
-            h, ran = load_or_run(spec, out / "histories", retrain,
-                                 lambda it, sub=sub: progress.update(sub, completed=it))
+            try:
+                h, ran = load_or_run(spec, out / "histories", retrain,
+                                     lambda it, sub=sub: progress.update(sub, completed=it))
+            except ImportError as exc:  # timm is optional: pip install timm
+                console.print(f"[yellow]skipped {spec.name}: {exc}[/yellow]")
+                progress.remove_task(sub)
+                progress.advance(task)
+                continue
             progress.remove_task(sub)
             trained += ran
             histories.append(h)
@@ -64,6 +70,16 @@ def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
     with console.status("evaluating policies"):
         evaluation = policies.evaluate(trials, policies.POLICIES, rules)
         firings = policies.rule_firings(trials, rules)
+        ablation = []
+        for rule in rules:  # what each rule contributes: the heuristic policy without it
+            others = [r for r in rules if r is not rule]
+            truth = evaluation["truth"]
+            p = policies.score("heuristic", trials,
+                               policies.simulate(policies.make("heuristic", others), trials),
+                               truth)
+            ablation.append({"without": rule.name, **{k: p[k] for k in (
+                "caught", "really_failing", "false_kills", "premature_kills",
+                "killed_recovered", "median_delay_iterations", "saved_pct")}})
     return {
         "device": device(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rules": rule_sources,
         "budget": budget, "trained_now": trained,
@@ -76,6 +92,7 @@ def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
         "policies": evaluation["policies"],
         "by_family": {p["policy"]: policies.by_group(p) for p in evaluation["policies"]},
         "firings": firings,
+        "ablation": ablation,
         "separation": separation(trials),
     }
 

@@ -69,6 +69,14 @@ def markdown(report: dict[str, Any]) -> str:
                            f"{g['false_kills']} | {g['premature']} | "
                            f"{', '.join(map(str, g['delays'])) or '-'} | "
                            f"{', '.join(map(str, g['leads'])) or '-'} |")
+    if report.get("ablation"):
+        out += ["", "## The heuristic policy without one rule (what each rule contributes)", "",
+                "| without | caught | false kills | premature | killed, recovered | "
+                "median delay (it) | saved |", "|---|---|---|---|---|---|---|"]
+        for a in report["ablation"]:
+            out.append(f"| {a['without']} | {a['caught']}/{a['really_failing']} | "
+                       f"{a['false_kills']} | {a['premature_kills']} | {a['killed_recovered']} | "
+                       f"{_f(a['median_delay_iterations'], '.1f')} | {a['saved_pct']:.0f}% |")
     out += ["", "## Trials", "",
             "| trial | setting | failure | onset | final metric | healthy finals | really fails "
             "| quality worse from | heuristic | asha | median |",
