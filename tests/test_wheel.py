@@ -4,7 +4,8 @@ Builds the sdist and, from it, the wheel (as a user's ``python -m build`` would)
 wheel into a fresh virtual environment outside the checkout with the tested versions
 (``-c constraints.txt``), and runs it from an empty directory with ``PYTHONPATH`` unset: the
 built-in rules list and check, the dashboards are found through the installed package, runs
-go to ``./runs`` of the current directory, and an example training is monitored and killed.
+go to ``./runs`` of the current directory, and the README's "Monitor your own training"
+examples (Tune and plain loop) kill the broken trial and let the healthy one finish.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from tests.test_readme import check_run, readme_blocks
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = Path(__file__).with_name("wheel_example.py")
 # Environment that would let the checkout (or a developer's settings) leak into the wheel's run.
 LEAKY_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "MONITOR_RUNS_DIR",
              "MONITOR_CUSTOM_RULES")
@@ -107,12 +109,13 @@ class WheelEnv:
                    **env: str) -> tuple[str, Path]:
         """Run a Python file, or Python source text, with the wheel's interpreter in a fresh
         directory outside the checkout (``PYTHONPATH`` unset); assert it exits 0. Returns its
-        stdout and the directory it ran in."""
+        stdout (then stderr) and the directory it ran in."""
         cwd = self.clean_dir(name)
         script = cwd / f"snippet_{name}.py"  # a name no package shadows
         text = source.read_text() if isinstance(source, Path) else textwrap.dedent(source)
         script.write_text(text)
-        return self.run(self.python, script, cwd=cwd, timeout=timeout, **env).stdout, cwd
+        proc = self.run(self.python, script, cwd=cwd, timeout=timeout, **env)
+        return proc.stdout + proc.stderr, cwd
 
 
 @pytest.fixture(scope="module")
@@ -226,9 +229,14 @@ def test_dashboards_and_provisioning_come_with_the_package(wheel_env):
                                      "datasources/tune-health.yaml"]
 
 
-def test_an_example_training_is_monitored_from_the_wheel(wheel_env):
-    out, cwd = wheel_env.run_python(EXAMPLE, "training")
-    assert "EXAMPLE" in out, out[-3000:]
-    assert (cwd / "runs").is_dir()  # runs went to ./runs of where it ran
-    site_runs = list(wheel_env.root.rglob("runs"))
-    assert not [p for p in site_runs if p.is_dir() and (p / "wheel_example").exists()]
+@pytest.mark.parametrize("block, experiment", [(0, "mlp_sweep"), (1, "mlp_loop")],
+                         ids=["tune", "plain_loop"])
+def test_the_readme_examples_run_from_the_wheel(wheel_env, block, experiment):
+    out, cwd = wheel_env.run_python(readme_blocks()[block], f"readme_{experiment}",
+                                    COLUMNS="100", MONITOR_EXPORTER_PORT="0")
+    summary = check_run(cwd, experiment)  # in ./runs: the healthy trial done, the broken killed
+    assert Path(summary["storage"]).resolve().is_relative_to(cwd.resolve() / "runs")
+    assert ("killed: divergence @1" in out if block == 0
+            else "Trial absurd_lr stopped at iteration" in out), out[-3000:]
+    report = json.loads(wheel_env.monitor("kill-report", "--format", "json", cwd=cwd))
+    assert report, "monitor kill-report found no run under ./runs"
