@@ -20,8 +20,9 @@ would, and each trial is one of its *group*'s (family or experiment) trials:
 
 Truth and scoring (``label``, ``score``):
 
-* a broken trial *really fails* when its final metric is worse than every healthy trial's of its
-  group (NaN is worse than anything); only those count for recall;
+* a broken trial *really fails* when its final metric (the last report's, or the mean of the
+  last ``tail`` reports for noisy metrics) is worse than every healthy trial's of its group
+  (NaN is worse than anything); only those count for recall;
 * a kill is *caught* when it stops a really failing trial at or after its onset; *premature*
   when it stops a broken trial before its onset (the rule fired on something else); a *false
   kill* when it stops a healthy trial;
@@ -123,13 +124,21 @@ def rule_engine(rules: list[Any], trial: Trial, shadow: bool = False
 
 
 # -- truth ---------------------------------------------------------------------------------------
-def final(trial: Trial) -> Any:
-    return trial.results[-1].get(trial.metric) if trial.results else None
+def final(trial: Trial, tail: int = 1) -> Any:
+    """The trial's final quality: the mean of its last ``tail`` metric values (NaN if any of
+    them is not finite; 1: the last report, as Tune's final result)."""
+    values = [r.get(trial.metric) for r in trial.results[-tail:]]
+    if not values:
+        return None
+    if not all(finite(v) for v in values):
+        return float("nan")
+    return sum(values) / len(values)
 
 
-def label(trials: list[Trial]) -> dict[str, dict[str, Any]]:
-    """Per trial: final metric, whether it really fails, and the first report (from its onset on)
-    at which its metric is worse than every healthy trial's of its group."""
+def label(trials: list[Trial], tail: int = 1) -> dict[str, dict[str, Any]]:
+    """Per trial: final metric (``final(trial, tail)``), whether it really fails, and the first
+    report (from its onset on) at which its metric is worse than every healthy trial's of its
+    group."""
     healthy: dict[str, list[Trial]] = {}
     for t in trials:
         if t.failure == "healthy":
@@ -138,7 +147,7 @@ def label(trials: list[Trial]) -> dict[str, dict[str, Any]]:
     for t in trials:
         refs = [h for h in healthy.get(t.group, []) if h is not t]
         fails = (t.failure != "healthy" and bool(refs)
-                 and all(worse(final(t), final(h), t.mode) for h in refs))
+                 and all(worse(final(t, tail), final(h, tail), t.mode) for h in refs))
         quality = None
         if t.failure != "healthy" and refs:
             by_it = [{r["training_iteration"]: r.get(t.metric) for r in h.results} for h in refs]
@@ -150,8 +159,9 @@ def label(trials: list[Trial]) -> dict[str, dict[str, Any]]:
                 if others and all(worse(r.get(t.metric), o, t.mode) for o in others):
                     quality = it
                     break
-        truth[t.name] = {"final": final(t), "really_fails": fails, "quality_iteration": quality,
-                         "healthy_finals": [final(h) for h in refs]}
+        truth[t.name] = {"final": final(t, tail), "really_fails": fails,
+                         "quality_iteration": quality,
+                         "healthy_finals": [final(h, tail) for h in refs]}
     return truth
 
 
@@ -350,9 +360,9 @@ def score(policy: str, trials: list[Trial], decisions: dict[str, Decision],
 
 
 def evaluate(trials: list[Trial], policies: Iterable[str] = POLICIES,
-             rules: list[Any] | None = None) -> dict[str, Any]:
-    """Truth labels and every policy's score on ``trials``."""
-    truth = label(trials)
+             rules: list[Any] | None = None, tail: int = 1) -> dict[str, Any]:
+    """Truth labels (``label(trials, tail)``) and every policy's score on ``trials``."""
+    truth = label(trials, tail)
     return {"truth": truth,
             "policies": [score(p, trials, simulate(make(p, rules), trials), truth)
                          for p in policies]}

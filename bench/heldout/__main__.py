@@ -26,6 +26,12 @@ from bench.heldout.report import markdown
 from monitor.console import console
 
 
+def final_tail(budget: int) -> int:
+    """Reports averaged into a trial's final quality: the last 10 % of the budget (single
+    validation reports of small BatchNorm/GAN models are noisy)."""
+    return max(1, budget // 10)
+
+
 def as_trial(h: History) -> policies.Trial:
     """A recorded history as a policy trial, under its family's declaration (code, not data)."""
     vocabulary = dict(FAMILIES[h.family].vocabulary)
@@ -39,6 +45,21 @@ def device() -> str:
 
     return (f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores, "
             f"one torch thread per trial, shared with other work)")
+
+
+def commit() -> str | None:
+    """The checkout's commit (the rules evaluated), with ``+`` when the tree has changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "heuristics"],
+                               cwd=root, text=True, capture_output=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("+" if dirty else "")
 
 
 def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
@@ -68,7 +89,7 @@ def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
     trials = [as_trial(h) for h in histories]
     rules = load_rules(rule_sources)
     with console.status("evaluating policies"):
-        evaluation = policies.evaluate(trials, policies.POLICIES, rules)
+        evaluation = policies.evaluate(trials, policies.POLICIES, rules, tail=final_tail(budget))
         firings = policies.rule_firings(trials, rules)
         ablation = []
         for rule in rules:  # what each rule contributes: the heuristic policy without it
@@ -81,8 +102,9 @@ def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
                 "caught", "really_failing", "false_kills", "premature_kills",
                 "killed_recovered", "median_delay_iterations", "saved_pct")}})
     return {
-        "device": device(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rules": rule_sources,
-        "budget": budget, "trained_now": trained,
+        "device": device(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rules": rule_sources, "commit": commit(),
+        "budget": budget, "final_tail": final_tail(budget), "trained_now": trained,
         "training_seconds": sum(h.seconds for h in histories),
         "trials": [{"trial": h.name, "family": h.family, "variant": h.variant,
                     "failure": h.failure, "onset": h.onset, "setting": h.setting,

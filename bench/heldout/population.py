@@ -44,11 +44,15 @@ class Spec:
         return f"{self.family}__{self.variant}.json"
 
 
+HEALTHY_SEEDS = 2  # seeds per healthy setting
+
+
 def _family(family: str, healthy: dict[str, dict[str, Any]],
             broken: list[tuple[str, str, int, dict[str, Any]]]) -> list[Spec]:
-    """``healthy``: variant -> setting; ``broken``: (failure, base healthy variant, onset,
-    extra setting)."""
-    specs = [Spec(family, v, s, seed=i) for i, (v, s) in enumerate(healthy.items())]
+    """``healthy``: variant -> setting (each at ``HEALTHY_SEEDS`` seeds); ``broken``: (failure,
+    base healthy variant, onset, extra setting)."""
+    specs = [Spec(family, v if k == 0 else f"{v}_s{k}", s, seed=i + 100 * k)
+             for k in range(HEALTHY_SEEDS) for i, (v, s) in enumerate(healthy.items())]
     for i, (failure, base, onset, extra) in enumerate(broken):
         specs.append(Spec(family, f"{failure}_{base}", {**healthy[base], **extra}, failure,
                           onset, seed=10 + i))
@@ -56,8 +60,8 @@ def _family(family: str, healthy: dict[str, dict[str, Any]],
 
 
 def population(budget: int = BUDGET) -> list[Spec]:
-    """The held-out trials: per family three healthy settings and three or four late failures
-    (onsets at 30-40 % of the budget)."""
+    """The held-out trials: per family three healthy settings (two seeds each) and three or
+    four late failures (onsets at 30-40 % of the budget)."""
     k = [round(budget * f) for f in (0.30, 0.35, 0.40)]
     specs = (
         _family("mlp", {"adam_b32": {"optimizer": "adam", "lr": 1e-3, "batch_size": 32},

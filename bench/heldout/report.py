@@ -46,11 +46,13 @@ def markdown(report: dict[str, Any]) -> str:
     out = [f"Held-out kill benchmark ({n} trials of {len(fams)} families the rules were never "
            f"tuned on, {report['budget']} iterations each, no stopping recorded once and every "
            f"policy replayed on the same results round-robin by iteration; rules: "
-           f"{', '.join(report['rules'])}; {report['device']}; {report['date']}; "
+           f"{', '.join(report['rules'])} at {report.get('commit') or 'unknown commit'}; "
+           f"{report['device']}; {report['date']}; "
            f"{report['training_seconds']:.0f} s of training; `python -m bench.heldout`)", ""]
     out += policy_table(report["policies"])
-    out += ["", "Terms: *recall* over trials that really fail (final metric worse than every "
-            "healthy trial of the family); *premature*: a broken trial stopped before its "
+    out += ["", "Terms: *recall* over trials that really fail (final metric - the mean of "
+            f"the last {report.get('final_tail', 1)} reports - worse than every "
+            "healthy trial's of the family); *premature*: a broken trial stopped before its "
             "onset; *delay* = stop - onset; *lead* = first report (from the onset on) whose "
             "metric is worse than every healthy trial's at that iteration, minus the stop "
             "(positive: the kill came first). The heuristic policy runs the rule engine with "
