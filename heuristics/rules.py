@@ -44,6 +44,8 @@ DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)$")
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 PLACEHOLDER = re.compile(r"\{\{\s*(\$[A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 PLACEHOLDERS = {"$value", "$trial", "$iteration", "$rule", "$for", "$budget"}
+MAX_REPORTS = 1_000_000  # for: and grace: in reports/iterations
+MAX_SECONDS = 365 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -106,40 +108,55 @@ class RuleErrors(ValueError):
         super().__init__("\n".join(str(e) for e in errors))
 
 
+def _shown(value: Any) -> str:
+    """A user's value in a message, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}... ({len(text)} characters)"
+
+
 def parse_hold(value: Any) -> Hold:
+    expected = "for: expected a number of reports or a duration like 90s, 10m, 1h"
     if value is None:
         return Hold()
-    if isinstance(value, bool):
-        raise ValueError(f"for: expected a number of reports or a duration like 90s, 10m, 1h; "
-                         f"got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{expected}; got {_shown(value)}")
+    if isinstance(value, str) and len(value) > 32:
+        raise ValueError(f"{expected} (at most 32 characters); got {_shown(value)}")
+    if isinstance(value, str) and re.fullmatch(r"\d+", value.strip(), re.ASCII):
+        value = int(value)
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"for: expected a number of reports >= 0, got {value}")
+        if not 0 <= value <= MAX_REPORTS:
+            raise ValueError(f"for: expected a number of reports from 0 to {MAX_REPORTS}, got "
+                             f"{_shown(value)}")
         return Hold(reports=max(value, 1))
-    if isinstance(value, str):
-        if value.isdigit():
-            return Hold(reports=max(int(value), 1))
-        m = DURATION.match(value.strip())
-        if m:
-            return Hold(reports=1, seconds=float(m.group(1)) * UNITS[m.group(2)])
-    raise ValueError(f"for: expected a number of reports or a duration like 90s, 10m, 1h; got "
-                     f"{value!r}")
+    m = DURATION.match(value.strip())
+    if m:
+        seconds = float(m.group(1)) * UNITS[m.group(2)]
+        if seconds <= MAX_SECONDS:
+            return Hold(reports=1, seconds=seconds)
+        raise ValueError(f"for: expected a duration of at most {MAX_SECONDS:.0f}s (a year); got "
+                         f"{_shown(value)}")
+    raise ValueError(f"{expected}; got {_shown(value)}")
 
 
 def parse_grace(value: Any) -> Grace:
+    expected = ("grace: expected a whole number of iterations >= 0 or a share of the budget "
+                "like 10%")
     if value is None:
         return Grace()
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if value > MAX_REPORTS:
+            raise ValueError(f"grace: expected at most {MAX_REPORTS} iterations, got "
+                             f"{_shown(value)}")
         return Grace(iterations=value)
-    if isinstance(value, str) and value.strip().endswith("%"):
+    if isinstance(value, str) and len(value) <= 32 and value.strip().endswith("%"):
         try:
             pct = float(value.strip()[:-1])
         except ValueError:
             pct = -1.0
         if 0 <= pct <= 100:
             return Grace(fraction=pct / 100)
-    raise ValueError(f"grace: expected a whole number of iterations >= 0 or a share of the "
-                     f"budget like 10%; got {value!r}")
+    raise ValueError(f"{expected}; got {_shown(value)}")
 
 
 def _load_file(path: Path, errors: list[ConfigError]) -> list[Rule]:
@@ -252,34 +269,49 @@ def _parse_rule(raw: Any, group: str, path: Path, lines: dict, rp: tuple, err) -
                 line=line_of(lines, rp))
 
 
+def _expand(source: str, base: Path | None) -> list[Path]:
+    """The files of one rule source: ``builtin``, ``custom``, a file, or a directory."""
+    if source == "builtin":
+        return sorted(BUILTIN_DIR.glob("*.yaml"))
+    path = custom_dir() if source == "custom" else Path(source)
+    if not path.is_absolute() and base is not None and not path.exists():
+        path = base / path
+    if source == "custom" and not path.is_dir() and "MONITOR_CUSTOM_RULES" not in os.environ:
+        return []  # the default drop-in directory is optional
+    if path.is_dir():
+        return sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+    return [path]
+
+
 def rule_files(sources: list[str] | tuple[str, ...], base: Path | None = None) -> list[Path]:
     """Expand rule sources: ``builtin``, ``custom``, files, and directories (*.yaml, *.yml)."""
-    files: list[Path] = []
-    for source in sources:
-        if source == "builtin":
-            files.extend(sorted(BUILTIN_DIR.glob("*.yaml")))
-            continue
-        path = custom_dir() if source == "custom" else Path(source)
-        if not path.is_absolute() and base is not None and not path.exists():
-            path = base / path
-        if path.is_dir():
-            files.extend(sorted([*path.glob("*.yaml"), *path.glob("*.yml")]))
-        else:
-            files.append(path)
-    return files
+    return [path for source in sources for path in _expand(source, base)]
 
 
 def load_rules(sources: list[str] | tuple[str, ...] = ("builtin",),
                base: Path | None = None) -> list[Rule]:
-    """Load and validate every rule of ``sources``; raise ``RuleErrors`` listing all problems."""
+    """Load and validate every rule of ``sources``; raise ``RuleErrors`` listing all problems.
+
+    A source that yields no rule (an empty directory, a file without rules, ``builtin`` with
+    its files missing) is an error, except the optional ``custom`` drop-in directory.
+    """
     errors: list[ConfigError] = []
     rules: list[Rule] = []
-    for path in rule_files(sources, base):
-        if not path.exists():
-            errors.append(ConfigError(path, None, "rule source not found (expected 'builtin', "
-                                      "a YAML file or a directory)"))
-            continue
-        rules.extend(_load_file(path, errors))
+    for source in sources:
+        found, before = 0, len(errors)
+        for path in _expand(source, base):
+            if not path.exists():
+                errors.append(ConfigError(path, None, "rule source not found (expected "
+                                          "'builtin', a YAML file or a directory)"))
+                continue
+            loaded = _load_file(path, errors)
+            found += len(loaded)
+            rules.extend(loaded)
+        if found == 0 and len(errors) == before and source != "custom":
+            where = BUILTIN_DIR if source == "builtin" else source
+            errors.append(ConfigError(where, None, f"rule source {source!r} holds no rules; "
+                                      "expected at least one rule (groups: [{name, rules: "
+                                      "[...]}]) in *.yaml files"))
     seen: dict[str, Rule] = {}
     for rule in rules:
         if rule.name in seen:

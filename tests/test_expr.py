@@ -94,7 +94,7 @@ def test_missing_signals_make_the_condition_absent():
 
 
 @pytest.mark.parametrize("expr, message", [
-    ("dead_ration > 0.9", "unknown signal 'dead_ration'"),
+    ('max(dead_ratio{layer="x"} > 1', "expected ')'"),
     ("median(dead_ratio)", "unknown function 'median'"),
     ("max(dead_ratio", "expected ')'"),
     ("avg_over(loss_d) < 1", "expected ','"),

@@ -37,7 +37,7 @@ def test_every_error_is_reported_with_file_line_and_rule(tmp_path):
           - name: mine
             rules:
               - name: quiet
-                expr: avg_over(power_ratio_dbx, 3) < -20
+                expr: median(power_ratio_db) < -20
                 for: 3x
                 labels: {action: kill, failure: silence_collapse}
               - name: blowup
@@ -46,23 +46,23 @@ def test_every_error_is_reported_with_file_line_and_rule(tmp_path):
                 labels: {action: stop, failure: divergence}
                 colour: red
               - name: thresholds
-                expr: grad_norm > high
+                expr: grad_norm > > 1
                 labels: {action: warn, failure: divergence}
         """)
     with pytest.raises(RuleErrors) as info:
         load_rules([str(path)])
     found = {(e.line, e.message.split(":")[0]) for e in info.value.errors}
-    assert (5, "rule 'quiet'") in found  # unknown signal
+    assert (5, "rule 'quiet'") in found  # unknown function
     assert (6, "rule 'quiet'") in found  # bad duration
     assert (10, "rule 'blowup'") in found  # bad grace
     assert (11, "rule 'blowup'") in found  # bad action
     assert (12, "rule 'blowup'") in found  # unknown key
-    assert (14, "rule 'thresholds'") in found  # threshold that is not a number
+    assert (14, "rule 'thresholds'") in found  # a syntax error
     text = str(info.value)
     assert all(str(path) in str(e) for e in info.value.errors)
-    for fragment in ("unknown signal 'power_ratio_dbx'", "for: expected a number of reports",
+    for fragment in ("unknown function 'median'", "for: expected a number of reports",
                      "grace: expected", "labels.action: expected one of ['kill', 'warn']",
-                     "unknown key 'colour'", "unknown signal 'high'"):
+                     "unknown key 'colour'", "expected a number, a signal or a function"):
         assert fragment in text
 
 
