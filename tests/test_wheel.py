@@ -240,3 +240,25 @@ def test_the_readme_examples_run_from_the_wheel(wheel_env, block, experiment):
             else "Trial absurd_lr stopped at iteration" in out), out[-3000:]
     report = json.loads(wheel_env.monitor("kill-report", "--format", "json", cwd=cwd))
     assert report, "monitor kill-report found no run under ./runs"
+
+
+def test_runs_dir_is_the_environment_or_runs_of_the_current_directory(tmp_path, monkeypatch):
+    from monitor.paths import runs_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MONITOR_RUNS_DIR", raising=False)
+    assert runs_dir() == tmp_path.resolve() / "runs"
+    monkeypatch.setenv("MONITOR_RUNS_DIR", "elsewhere/runs")
+    assert runs_dir() == tmp_path.resolve() / "elsewhere" / "runs"
+    monkeypatch.setenv("MONITOR_RUNS_DIR", str(tmp_path / "abs"))
+    assert runs_dir() == tmp_path / "abs"
+
+
+def test_pushing_from_a_directory_without_dashboards_is_an_error(tmp_path):
+    from monitor.grafana import GrafanaError, load_dashboards
+
+    with pytest.raises(GrafanaError, match="no dashboard JSON files"):
+        load_dashboards(tmp_path)
+    (tmp_path / "broken.json").write_text("{\n  'uid': 1\n}")
+    with pytest.raises(GrafanaError, match=r"broken\.json:2: not valid JSON"):
+        load_dashboards(tmp_path)
