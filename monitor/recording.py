@@ -38,6 +38,7 @@ class StoreWriter:
         self.store = None
         self.failed: str | None = None
         self._last_flush = 0.0
+        self._iterations: dict[str, int] = {}  # trial -> last iteration recorded
 
     @property
     def metric(self) -> str | None:
@@ -82,6 +83,7 @@ class StoreWriter:
 
     def add(self, trial: str, result: dict[str, Any]) -> None:
         role = result.get("role")
+        self._iterations[trial] = int(result.get("training_iteration", 0))
 
         def write(store) -> None:
             store.add_result(trial, result)
@@ -103,8 +105,11 @@ class StoreWriter:
                          if v["trial"] == trial and not v.get("shadow")), None)
             outcome = source = None
             final = status
+            extra: dict[str, Any] = {}
             if kill:
                 outcome, source, final = kill["failure"], "rule", "KILLED"
+                # A crash between the verdict and this result's callback: the verdict knows.
+                extra["iterations"] = max(self._iterations.get(trial, 0), kill["iteration"])
             elif status == "ERROR":
                 outcome, source = "error", "error"
             elif self.healthy_threshold is not None and isinstance(metric, (int, float)):
@@ -113,7 +118,7 @@ class StoreWriter:
                 outcome, source = ("healthy" if good else "failed"), "quality"
             store.upsert_trial(trial, status=final, ended=time.time(),
                                final_metric=metric if isinstance(metric, (int, float)) else None,
-                               outcome=outcome, outcome_source=source)
+                               outcome=outcome, outcome_source=source, **extra)
 
         self._write(write)
 
