@@ -338,6 +338,13 @@ def score(policy: str, trials: list[Trial], decisions: dict[str, Decision],
     full = sum(r["budget"] for r in rows)
     kills = len(caught) + len(false) + len(premature)
     leads = [r["lead"] for r in caught if "lead" in r]
+    modes = {t.group: t.mode for t in trials}
+    best_kept = 0
+    for group, mode in modes.items():  # did the group's best trial (by final) run to the end?
+        members = [r for r in rows if r["group"] == group and finite(r["final"])]
+        if members:
+            best = (max if mode == "max" else min)(members, key=lambda r: r["final"])
+            best_kept += not best["stopped"]
     return {
         "policy": policy, "trials": rows, "trial_iterations": used, "budget_iterations": full,
         "saved_pct": 100.0 * (full - used) / full if full else 0.0,
@@ -353,6 +360,7 @@ def score(policy: str, trials: list[Trial], decisions: dict[str, Decision],
                                            if "delay_pct_budget" in r),
         "median_lead": _median(leads),
         "kills_before_quality": sum(v > 0 for v in leads),
+        "groups": len(modes), "best_kept": best_kept,
         "false_kill_trials": [f"{r['trial']} ({r['by']} at {r['stop']})" for r in false],
         "premature_trials": [f"{r['trial']} ({r['by']} at {r['stop']}, onset {r['onset']})"
                              for r in premature],

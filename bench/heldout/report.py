@@ -28,15 +28,16 @@ def _setting(s: dict[str, Any]) -> str:
 def policy_table(policies: list[dict[str, Any]]) -> list[str]:
     lines = ["| policy | trial-iterations | saved | recall | false kills | premature kills | "
              "precision | median delay (it) | median delay (% budget) | median lead (reports) | "
-             "kills before quality |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "kills before quality | best trial kept |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in policies:
         lines.append(
             f"| {p['policy']} | {p['trial_iterations']} | {p['saved_pct']:.0f}% | "
             f"{_f(p['recall'])} ({p['caught']}/{p['really_failing']}) | {p['false_kills']} | "
             f"{p['premature_kills']} | {_f(p['precision'])} | "
             f"{_f(p['median_delay_iterations'], '.1f')} | {_f(p['median_delay_pct_budget'], '.1f')}"
-            f" | {_f(p['median_lead'], '.1f')} | {p['kills_before_quality']}/{p['caught']} |")
+            f" | {_f(p['median_lead'], '.1f')} | {p['kills_before_quality']}/{p['caught']} | "
+            f"{p.get('best_kept', '-')}/{p.get('groups', '-')} |")
     return lines
 
 
@@ -55,7 +56,8 @@ def markdown(report: dict[str, Any]) -> str:
             "healthy trial's of the family); *premature*: a broken trial stopped before its "
             "onset; *delay* = stop - onset; *lead* = first report (from the onset on) whose "
             "metric is worse than every healthy trial's at that iteration, minus the stop "
-            "(positive: the kill came first). The heuristic policy runs the rule engine with "
+            "(positive: the kill came first); *best trial kept*: families whose best trial (by "
+            "final quality) ran to the end. The heuristic policy runs the rule engine with "
             "each family's declared vocabulary (which key is the training loss, the generator "
             "and discriminator losses, the GAN loss family, the validation metric).", ""]
     out += ["## Per family", "",
