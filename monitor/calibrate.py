@@ -25,7 +25,9 @@ import yaml
 from scipy import stats
 
 from heuristics.expr import LAYER_SIGNALS, SIGNALS
+from monitor.console import plain, safe
 from monitor.replay import is_failure
+from monitor.report import ReportError, reading
 from monitor.store import RunStore
 
 EXCLUDED = {"val_logmel", "val_power_ratio_db", "val_teacher_logmel", "step_time_s",
@@ -59,7 +61,7 @@ def _series(store: RunStore, trial: str) -> dict[tuple[str, str], dict[int, floa
 def load(run_dirs: list[Path]) -> list[dict[str, Any]]:
     trials = []
     for run_dir in run_dirs:
-        with RunStore(run_dir, create=False) as store:
+        with reading(run_dir) as store:  # read-only; a damaged store is a StoreError
             for t in store.trials():
                 failing = is_failure(t.get("outcome"))
                 if failing is None:
@@ -72,8 +74,10 @@ def load(run_dirs: list[Path]) -> list[dict[str, Any]]:
 def expression(signal: str, where: str) -> str:
     if where in REDUCTIONS:
         return f"{where}({signal})"
-    if where:
-        return f'max({signal}{{layer="{where}"}})'
+    if where:  # a layer name, as a glob that matches only itself, in quotes it cannot close
+        glob = re.sub(r"([*?[])", r"[\1]", where)
+        quote = "'" if '"' in glob else '"'
+        return f"max({signal}{{layer={quote}{glob}{quote}}})"
     return signal
 
 
@@ -160,7 +164,8 @@ def suggest(rows: list[dict[str, Any]], trials: list[dict[str, Any]], top: int =
     for row in rows:
         if row["threshold"] is None or row["recall"] == 0 or len(rules) >= top:
             continue
-        name = f"calibrated_{row['signal']}_{row['where'] or 'value'}".replace(".", "_")
+        name = re.sub(r"\W", "_", f"calibrated_{row['signal']}_{row['where'] or 'value'}",
+                      flags=re.ASCII)
         if name in used:
             continue
         used.add(name)
@@ -182,8 +187,37 @@ def suggest(rows: list[dict[str, Any]], trials: list[dict[str, Any]], top: int =
     return {"groups": [{"name": "calibrated", "rules": rules}]}
 
 
+def print_table(rows: list[dict[str, Any]], trials: list[dict[str, Any]], top: int,
+                console) -> None:
+    """The ranked signals as a table (names from the run printed verbatim)."""
+    from rich.table import Table
+
+    failing = sum(t["failing"] for t in trials)
+    table = Table(title=f"Signals ranked ({failing} failing vs {len(trials) - failing} healthy "
+                  "trials)")
+    for col in ("signal", "direction", "AUC", "r_pb", "first separated", "threshold",
+                "recall", "median detection"):
+        table.add_column(col, overflow="fold")
+    for r in rows[:top]:
+        table.add_row(safe(r["expr"]), r["direction"], f"{r['auc']:.2f}",
+                      f"{r['point_biserial']:.2f}", str(r["first_separated_iteration"]),
+                      f"{r['threshold']:.4g}" if r["threshold"] is not None else "-",
+                      f"{r['recall']:.2f}", str(r["median_detection"]))
+    console.print(table)
+
+
 def write_rules(path: Path, rules: dict[str, Any], sources: list[str]) -> None:
-    header = (f"# Suggested by `monitor calibrate` from {', '.join(sources)}.\n"
+    """Write the suggested rule file; ``ReportError`` (a ``StoreError``) naming the path when
+    it cannot be written."""
+    header = (f"# Suggested by `monitor calibrate` from {plain(', '.join(sources))}.\n"
               "# Thresholds give zero false kills on that history; check with `monitor replay`\n"
               "# on other runs before using them.\n")
-    path.write_text(header + yaml.safe_dump(rules, sort_keys=False, width=100))
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ReportError(f"{path}: cannot write the rules, directory {path.parent} does not "
+                          "exist (create it, or give another --output path)")
+    try:
+        path.write_text(header + yaml.safe_dump(rules, sort_keys=False, width=100),
+                        encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot write the rules ({exc.strerror})") from None

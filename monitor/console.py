@@ -1,15 +1,51 @@
-"""Consoles shared by the commands: tables and progress on stdout, errors on stderr."""
+"""Consoles shared by the commands: tables and progress on stdout, errors on stderr.
+
+Text from users (trial and variant names, rule names and annotations, file paths, messages of
+errors that quote them) goes through ``safe`` before rich prints it as markup, or ``plain``
+where it is printed as is: brackets stay brackets (``killme[/x]``, ``[red]x``), and control
+characters (escape sequences, bells, carriage returns, bidi overrides) are shown as visible
+escapes (``\\x1b``) instead of reaching the terminal.
+"""
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
-console = Console()
+# emoji=False: a name like ":fire:" is printed as typed, never replaced by an emoji.
+console = Console(emoji=False)
 # Errors are never wrapped: a path or a "file:line" must stay greppable on one line.
-error_console = Console(stderr=True, soft_wrap=True, highlight=False)
+error_console = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
+
+# C0 and C1 controls (ESC starts every terminal escape sequence), DEL, line and paragraph
+# separators, and the bidi controls that reorder what the terminal shows.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _visible(m: re.Match) -> str:
+    ch = m.group()
+    if ch in NAMED:
+        return NAMED[ch]
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def plain(text: object) -> str:
+    """``text`` with every control character replaced by a visible escape (one line)."""
+    return CONTROL.sub(_visible, str(text))
+
+
+def safe(text: object) -> str:
+    """``text`` ready for rich markup: control characters made visible, markup escaped, so
+    it prints verbatim."""
+    return escape(plain(text))
 
 
 def print_error(message: str) -> None:
-    """Print ``error: message`` on stderr; the message is plain text, never markup."""
-    error_console.print(Text.assemble(("error:", "red"), " ", message))
+    """Print ``error: message`` on stderr; the message is plain text, never markup (its line
+    breaks are kept, every other control character is made visible)."""
+    text = "\n".join(plain(line) for line in str(message).split("\n"))
+    error_console.print(Text.assemble(("error:", "red"), " ", text))

@@ -13,13 +13,17 @@ with ``--shadow`` (full histories) and labelled outcomes.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import statistics
 from pathlib import Path
 from typing import Any
 
 from heuristics.engine import RuleEngine
 from heuristics.rules import Rule
-from monitor.store import RunStore
+from monitor.console import safe
+from monitor.report import reading
+from monitor.store import RunStore, StoreError
 
 
 def is_failure(outcome: str | None) -> bool | None:
@@ -31,7 +35,7 @@ def is_failure(outcome: str | None) -> bool | None:
 def replay(run_dirs: list[Path], rules: list[Rule]) -> dict[str, Any]:
     trials_out: list[dict[str, Any]] = []
     for run_dir in run_dirs:
-        with RunStore(run_dir, create=False) as store:
+        with reading(run_dir) as store:  # read-only; a damaged store is a StoreError
             meta = store.meta()
             budget = meta.get("budget")
             engine = RuleEngine(rules, meta.get("experiment", ""), budget=budget)
@@ -61,6 +65,33 @@ def replay(run_dirs: list[Path], rules: list[Rule]) -> dict[str, Any]:
             "trials": trials_out, **score(trials_out)}
 
 
+def print_table(result: dict[str, Any], console) -> None:
+    """The replay as a table and a summary line (every name printed verbatim)."""
+    from rich.table import Table
+
+    table = Table(title=f"Replay of {len(result['rules'])} rules over "
+                  f"{safe(', '.join(result['runs']))}")
+    for col in ("trial", "variant", "outcome", "killed by", "at", "saved", "warnings"):
+        table.add_column(col, overflow="fold")
+    for t in result["trials"]:
+        table.add_row(safe(t["trial"]), safe(t["variant"]), safe(t["outcome"]),
+                      safe(t["killed_by"] or "-"),
+                      f"{t['kill_iteration']}/{t['budget']}" if t["kill_iteration"] else "-",
+                      str(t["saved_iterations"]), safe(", ".join(t["warnings"]) or "-"))
+    console.print(table)
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.2f}"
+
+    console.print(f"precision {pct(result['precision'])}, recall {pct(result['recall'])} "
+                  f"({result['true_kills']} true kills, {result['false_kills']} false kills, "
+                  f"{result['missed']} missed, {result['unlabelled']} unlabelled); saved "
+                  f"{result['saved_iterations']}/{result['budget_iterations']} trial-iterations "
+                  f"({result['saved_pct']:.0f}%); median detection at iteration "
+                  f"{result['median_detection_iteration']} "
+                  f"({pct(result['median_detection_pct_of_budget'])}% of budget)")
+
+
 def score(trials: list[dict[str, Any]]) -> dict[str, Any]:
     known = [t for t in trials if t["failing"] is not None]
     tp = [t for t in known if t["failing"] and t["killed_by"]]
@@ -86,10 +117,13 @@ def score(trials: list[dict[str, Any]]) -> dict[str, Any]:
 def label(run_dir: Path, trial: str, outcome: str) -> dict[str, Any]:
     """Set a trial's outcome by hand (``healthy`` or a failure name)."""
     with RunStore(run_dir, create=False) as store:
-        known = {t["trial_id"]: t for t in store.trials()}
-        matches = [k for k in known if k == trial or k.endswith(trial)]
-        if len(matches) != 1:
-            raise KeyError(f"trial {trial!r} {'is ambiguous' if matches else 'not found'} in "
-                           f"{run_dir.name}; trials: {', '.join(sorted(known))}")
-        store.upsert_trial(matches[0], outcome=outcome, outcome_source="label")
+        try:
+            known = {t["trial_id"]: t for t in store.trials()}
+            matches = [k for k in known if k == trial or k.endswith(trial)]
+            if len(matches) != 1:
+                raise KeyError(f"trial {trial!r} {'is ambiguous' if matches else 'not found'} "
+                               f"in {run_dir.name}; trials: {', '.join(sorted(known))}")
+            store.upsert_trial(matches[0], outcome=outcome, outcome_source="label")
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{store.path}: cannot label the trial ({exc})") from None
         return {**known[matches[0]], "outcome": outcome, "outcome_source": "label"}

@@ -1,14 +1,118 @@
-"""``monitor kill-report``: what was killed, why, and how much compute that saved."""
+"""``monitor kill-report``: what was killed, why, and how much compute that saved.
+
+Reports only read: the run store is opened read-only (``open_store``), so a store on
+read-only media or without write permission is read, not reported as damaged, and a damaged
+one gives a ``StoreError`` naming the file, never a traceback. Names from the run (trials,
+variants, rules, layers) are printed verbatim (``monitor.console.safe``).
+"""
 
 from __future__ import annotations
 
 import html
+import inspect
 import json
 import math
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from monitor.console import plain, safe
 from monitor.store import STORE_FILE, RunStore, StoreError
+
+
+class ReportError(StoreError):
+    """A report that cannot be written (missing directory, permissions)."""
+
+
+def store_path(run_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    return path / STORE_FILE if path.is_dir() or path.suffix != ".sqlite" else path
+
+
+def open_store(run_dir: str | Path) -> RunStore:
+    """The run store of ``run_dir`` opened read-only; ``StoreError`` (one line, naming the
+    file) when it is missing, not a regular file, or not a readable store."""
+    path = store_path(run_dir)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no run store here (was the experiment run with this "
+                         "version?)") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the run store ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise StoreError(f"{path}: not a regular file; expected a run store (SQLite database)")
+    if "readonly" in inspect.signature(RunStore).parameters:
+        return RunStore(path, create=False, readonly=True)
+    return _readonly_store(path)
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection: ``mode=ro``; where SQLite cannot create the WAL index next to
+    the file (a read-only directory or medium), ``immutable=1``, which needs no other file."""
+    uri = path.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError as exc:
+        if "unable to open" not in str(exc):
+            raise
+    db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+    db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return db
+
+
+def _readonly_store(path: Path) -> RunStore:
+    """A ``RunStore`` for reading over a read-only connection (until the store module offers
+    one itself)."""
+    from monitor import store as store_module
+
+    try:
+        db = _connect_readonly(path)
+        db.create_function("f64", 2, store_module._f64, deterministic=True)
+        kinds = dict(db.execute("SELECT name, type FROM sqlite_master WHERE name IN "
+                                "('samples', 'results')").fetchall())
+        if kinds.get("samples") == "table":
+            raise StoreError(f"{path}: a run store of an older format (one row per sample); "
+                             "record the run again with this version")
+        db.execute("SELECT count(*) FROM trials").fetchone()
+        db.execute("SELECT count(*) FROM results").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: damaged or not a run store ({exc})") from None
+    store = object.__new__(RunStore)
+    store.__dict__.update(path=path, batch_size=1, _pending=[], _pending_samples=0, _names={},
+                          _series={}, _trial_keys={}, _layouts={}, db=db)
+    return store
+
+
+@contextmanager
+def reading(run_dir: str | Path) -> Iterator[RunStore]:
+    """``with reading(run_dir) as store:`` read-only; a damaged store (SQLite or JSON errors
+    while reading) raises ``StoreError`` naming the file. Keep only reads in the block."""
+    store = open_store(run_dir)
+    try:
+        yield store
+    except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{store.path}: damaged or not a run store ({exc})") from None
+    finally:
+        store.db.close()
+
+
+def write_html(path: str | Path, page: str) -> None:
+    """Write the HTML report; ``ReportError`` (a ``StoreError``) naming the path on failure."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ReportError(f"{path}: cannot write the HTML report, directory {path.parent} does "
+                          "not exist (create it, or give another --html path)")
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot write the HTML report ({exc.strerror})") from None
 
 
 def find_run(storage: Path, experiment: str | None = None) -> Path:
@@ -30,7 +134,7 @@ def find_run(storage: Path, experiment: str | None = None) -> Path:
 
 def build(run_dir: Path) -> dict[str, Any]:
     """The report as data (the JSON format prints exactly this)."""
-    with RunStore(run_dir, create=False) as store:
+    with reading(run_dir) as store:
         meta, trials, verdicts = store.meta(), store.trials(), store.verdicts()
     by_id = {t["trial_id"]: t for t in trials}
     budget_default = meta.get("budget")
@@ -101,8 +205,17 @@ def evidence(kill: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in kill["values"].items() if v is not None)
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}%"
+
+
+def _cell(text: object) -> str:
+    """A markdown table cell: one line, no control characters, ``|`` escaped."""
+    return plain(text).replace("|", "\\|")
+
+
 def to_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Kill report: {report['run']}", "",
+    lines = [f"# Kill report: {plain(report['run'])}", "",
              f"{report['killed']} of {report['trials']} trials killed; "
              f"{report['totals']['saved_iterations']} of "
              f"{report['totals']['budget_iterations']} trial-iterations saved "
@@ -111,20 +224,21 @@ def to_markdown(report: dict[str, Any]) -> str:
              "| trial | variant | rule | failure | iteration | % budget | evidence | "
              "saved iterations | saved hours |", "|---|---|---|---|---|---|---|---|---|"]
     for k in report["kills"]:
-        lines.append(f"| {k['trial']} | {k['variant'] or '-'} | {k['rule']} | {k['failure']} | "
-                     f"{k['iteration']}/{k['budget']} | {k['budget_used_pct']:.0f}% | "
-                     f"{evidence(k)} | {k['saved_iterations']} | {k['saved_hours']:.4f} |")
+        lines.append(f"| {_cell(k['trial'])} | {_cell(k['variant'] or '-')} | {_cell(k['rule'])} "
+                     f"| {_cell(k['failure'])} | {k['iteration']}/{k['budget']} | "
+                     f"{_pct(k['budget_used_pct'])} | {_cell(evidence(k))} | "
+                     f"{k['saved_iterations']} | {k['saved_hours']:.4f} |")
     lines += ["", "| rule | failure | kills | saved iterations | saved hours |",
               "|---|---|---|---|---|"]
     for r in report["per_rule"]:
-        lines.append(f"| {r['rule']} | {r['failure']} | {r['kills']} | {r['saved_iterations']} "
-                     f"| {r['saved_hours']:.4f} |")
+        lines.append(f"| {_cell(r['rule'])} | {_cell(r['failure'])} | {r['kills']} | "
+                     f"{r['saved_iterations']} | {r['saved_hours']:.4f} |")
     if report["warnings"]:
         lines += ["", "Warnings:", ""]
         for w in report["warnings"]:
             kind = "would-be kill (shadow)" if w["shadow_kill"] else "warning"
-            lines.append(f"- {w['rule']} ({w['failure']}, {kind}): {w['count']} on "
-                         f"{len(w['trials'])} trial(s)")
+            lines.append(f"- {plain(w['rule'])} ({plain(w['failure'])}, {kind}): {w['count']} "
+                         f"on {len(w['trials'])} trial(s)")
     return "\n".join(lines) + "\n"
 
 
@@ -132,22 +246,24 @@ def print_table(report: dict[str, Any], console) -> None:
     from rich.table import Table
 
     if not report["kills"]:
-        console.print(f"No trial of {report['run']} was killed ({report['trials']} trials).")
+        console.print(f"No trial of {safe(report['run'])} was killed ({report['trials']} "
+                      "trials).")
     else:
-        table = Table(title=f"Kills in {report['run']}")
+        table = Table(title=f"Kills in {safe(report['run'])}")
         for col in ("trial", "variant", "rule", "failure", "when", "evidence", "saved"):
             table.add_column(col, overflow="fold")
         for k in report["kills"]:
-            table.add_row(k["trial"], k["variant"] or "-", k["rule"], k["failure"],
-                          f"it {k['iteration']}/{k['budget']} ({k['budget_used_pct']:.0f}%), "
-                          f"{k['trial_time_s']:.0f} s", evidence(k),
+            table.add_row(safe(k["trial"]), safe(k["variant"] or "-"), safe(k["rule"]),
+                          safe(k["failure"]),
+                          f"it {k['iteration']}/{k['budget']} ({_pct(k['budget_used_pct'])}), "
+                          f"{k['trial_time_s']:.0f} s", safe(evidence(k)),
                           f"{k['saved_iterations']} it, {k['saved_hours']:.3f} h")
         console.print(table)
         per_rule = Table(title="Per rule")
         for col in ("rule", "failure", "kills", "saved iterations", "saved hours"):
             per_rule.add_column(col)
         for r in report["per_rule"]:
-            per_rule.add_row(r["rule"], r["failure"], str(r["kills"]),
+            per_rule.add_row(safe(r["rule"]), safe(r["failure"]), str(r["kills"]),
                              str(r["saved_iterations"]), f"{r['saved_hours']:.3f}")
         console.print(per_rule)
     t = report["totals"]
@@ -156,7 +272,7 @@ def print_table(report: dict[str, Any], console) -> None:
                   f"({t['saved_pct']:.0f}%), {t['saved_hours']:.3f} trial-hours.")
     for w in report["warnings"]:
         kind = "would-be kills (shadow)" if w["shadow_kill"] else "warnings"
-        console.print(f"{w['rule']} ({w['failure']}): {w['count']} {kind} on "
+        console.print(f"{safe(w['rule'])} ({safe(w['failure'])}): {w['count']} {kind} on "
                       f"{len(w['trials'])} trial(s)")
 
 
@@ -166,7 +282,7 @@ def _svg(series: dict[str, list[list[Any]]], kill_iteration: int, title: str) ->
     points = [(it, v) for s in series.values() for it, v in s
               if isinstance(v, (int, float)) and math.isfinite(v)]
     if not points:
-        return f"<p>{html.escape(title)}: no finite values</p>"
+        return f"<p>{_html(title)}: no finite values</p>"
     xs = [p[0] for p in points] + [kill_iteration]
     ys = [p[1] for p in points]
     x0, x1 = min(xs), max(xs) or 1
@@ -182,13 +298,13 @@ def _svg(series: dict[str, list[list[Any]]], kill_iteration: int, title: str) ->
 
     colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
-             f'<text x="{pad}" y="14" font-size="12">{html.escape(title)}</text>']
+             f'<text x="{pad}" y="14" font-size="12">{_html(title)}</text>']
     for i, (layer, s) in enumerate(sorted(series.items())):
         pts = " ".join(f"{sx(it):.1f},{sy(v):.1f}" for it, v in s
                        if isinstance(v, (int, float)) and math.isfinite(v))
         colour = colours[i % len(colours)]
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
-                     f'points="{pts}"><title>{html.escape(layer or title)}</title></polyline>')
+                     f'points="{pts}"><title>{_html(layer or title)}</title></polyline>')
     kx = sx(kill_iteration)
     parts += [f'<line x1="{kx:.1f}" y1="{pad - 10}" x2="{kx:.1f}" y2="{height - pad}" '
               'stroke="red" stroke-dasharray="4"/>',
@@ -201,27 +317,35 @@ def _svg(series: dict[str, list[list[Any]]], kill_iteration: int, title: str) ->
     return "".join(parts)
 
 
+def _html(text: object) -> str:
+    return html.escape(plain(text))
+
+
 def to_html(report: dict[str, Any], run_dir: Path) -> str:
     """A self-contained page: the tables, and per killed trial its signals with the kill."""
-    with RunStore(run_dir, create=False) as store:
-        sections = []
+    series_of: dict[tuple[str, str], dict] = {}
+    with reading(run_dir) as store:
         for k in report["kills"]:
-            plots = []
             for label in k["values"]:
                 signal = label.split("{")[0]
-                series = store.series(k["trial"], signal)
-                if not series:
-                    continue
-                plots.append(_svg({layer: [list(p) for p in pts]
-                                   for layer, pts in series.items()}, k["iteration"], label))
-            sections.append(f"<h2>{html.escape(k['trial'])} ({html.escape(k['variant'] or '-')})"
-                            f"</h2><p>{html.escape(k['reason'])}</p>{''.join(plots)}")
+                series_of[(k["trial"], signal)] = store.series(k["trial"], signal)
+    sections = []
+    for k in report["kills"]:
+        plots = []
+        for label in k["values"]:
+            series = series_of[(k["trial"], label.split("{")[0])]
+            if not series:
+                continue
+            plots.append(_svg({layer: [list(p) for p in pts] for layer, pts in series.items()},
+                              k["iteration"], label))
+        sections.append(f"<h2>{_html(k['trial'])} ({_html(k['variant'] or '-')})</h2>"
+                        f"<p>{_html(k['reason'])}</p>{''.join(plots)}")
     table = to_markdown(report)
     return ("<!doctype html><html><head><meta charset='utf-8'>"
-            f"<title>Kill report {html.escape(report['run'])}</title>"
+            f"<title>Kill report {_html(report['run'])}</title>"
             "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
             "pre{background:#f4f4f4;padding:1em;overflow-x:auto}</style></head><body>"
-            f"<h1>Kill report: {html.escape(report['run'])}</h1><pre>{html.escape(table)}</pre>"
+            f"<h1>Kill report: {_html(report['run'])}</h1><pre>{html.escape(table)}</pre>"
             f"{''.join(sections)}</body></html>")
 
 
