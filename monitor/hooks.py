@@ -7,28 +7,31 @@ them all.  Functional calls (``torch.relu(x)``, ``F.relu``, ``x.clamp(min=0)``) 
 ops on tensors run outside a module are *not* seen: use module activations, or name a module
 as a tap.
 
-Hot path: a hook detaches the output at once and launches four reductions whose results are
-per unit (``aminmax``, ``var_mean``, and ``isfinite`` + ``sum``): no activation-sized
-temporary, one pass each over the activation. Nothing is copied to the host until
-``collect()``, which combines the window's per-step results and reads every statistic with a
-single transfer.  Sampling follows a schedule: ``step()`` is called once per training step and
-only every ``every``-th step (4 by default) is measured.
+Hot path: a hook detaches the output at once and launches a few plain vectorised ops whose
+results are per unit (``amin``, ``amax``; shifted sums and sums of squares and a finiteness
+count through one small scratch buffer shared by every layer, chunk by chunk): no
+activation-sized temporary. Nothing is copied to the host until ``collect()``, which combines
+the window's per-step results and reads every statistic with a single transfer. Sampling
+follows a schedule: ``step()`` is called once per training step and only every ``every``-th
+step (4 by default) is measured.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from monitor.signals.nonfinite import NonFinite, release_scratch
+from monitor.signals import CHUNK, release_scratch, scratch
+from monitor.signals.nonfinite import NonFinite, all_finite_on_cpu
 from monitor.signals.power import OutputPower, power_spectrum
 from monitor.signals.spread import ActivationMoments
-from monitor.signals.units import UnitClasses
+from monitor.signals.units import UnitClasses, per_unit_min_max
 
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
@@ -38,6 +41,7 @@ LAYER_SIGNALS = ("dead_ratio", "evergreen_ratio", "healthy_ratio", "activation_s
                  "activation_mean", "nonfinite_count")
 MODEL_SIGNALS = ("output_power_db", "target_power_db", "power_loss", "power_ratio_db")
 DEFAULT_EVERY = 4  # sample one training step in four
+log = logging.getLogger(__name__)
 
 
 def unit_view(x: torch.Tensor, unit_dim: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -46,11 +50,14 @@ def unit_view(x: torch.Tensor, unit_dim: int) -> tuple[torch.Tensor, tuple[int, 
     ``[batch, units, *rest]`` becomes ``[batch, units, rest]`` (reduce 0 and 2, the innermost
     contiguous axis last); units elsewhere become ``[elements, units]`` (reduce 0).
     """
-    if x.dim() <= 1:
+    rank = x.dim()
+    if rank <= 1:
         return x.reshape(1, -1), (0,)
-    unit_dim %= x.dim()
-    if unit_dim == 1 and x.dim() >= 3:
-        return x.flatten(2), (0, 2)
+    unit_dim %= rank
+    if unit_dim == 1:
+        if rank == 2:
+            return x, (0,)
+        return (x if rank == 3 else x.flatten(2)), (0, 2)
     return x.movedim(unit_dim, -1).reshape(-1, x.shape[unit_dim]), (0,)
 
 
@@ -60,13 +67,17 @@ class LayerProbe:
     def __init__(self, name: str, unit_dim: int) -> None:
         self.name = name
         self.unit_dim = unit_dim
-        self.quantities = (UnitClasses(), ActivationMoments(), NonFinite())
+        self.units, self.moments, self.nonfinite = UnitClasses(), ActivationMoments(), NonFinite()
+        self.quantities = (self.units, self.moments, self.nonfinite)
         self.samples = 0
+        self.deferrable = True  # False once its output was seen modified before a batch ran
 
     def update(self, output: torch.Tensor) -> None:
         view, dims = unit_view(output.detach(), self.unit_dim)
-        for q in self.quantities:
-            q.update(view, dims)
+        low, high = per_unit_min_max(view, dims)
+        self.units.add(low, high)
+        self.moments.update(view, dims)
+        self.nonfinite.update(view, dims, low, high)
         self.samples += 1
 
     def values(self) -> dict[str, torch.Tensor]:
@@ -79,6 +90,89 @@ class LayerProbe:
         for q in self.quantities:
             q.reset()
         self.samples = 0
+
+
+class SmallLayerBatch:
+    """Statistics of many small activations computed together, a few ops for all of them.
+
+    A hook on a small activation (at most ``SMALL`` elements) only keeps a reference to it and
+    its version counter; activations of one shape are stacked and reduced at once when
+    ``size`` of them wait, when too many elements wait, and at ``flush()`` (the monitor calls
+    it at the next ``step()``, ``collect()`` and before hooks go). The stack is a copy of small
+    tensors only (at most ``LIMIT`` elements wait). An activation modified in place before its
+    batch ran (its version counter moved) is not measured: that layer is measured at once from
+    then on, and a warning says so.
+    """
+
+    SMALL = 1 << 16  # elements of an activation measured in batches
+    LIMIT = 1 << 20  # elements waiting at most
+    size = 16  # activations of one shape per batch
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple, list[tuple[LayerProbe, torch.Tensor, int]]] = {}
+        self.waiting = 0
+
+    def add(self, probe: LayerProbe, view: torch.Tensor, dims: tuple[int, ...]) -> None:
+        key = (view.shape, view.dtype, view.device, dims)
+        group = self.groups.setdefault(key, [])
+        group.append((probe, view, view._version))
+        self.waiting += view.numel()
+        if len(group) >= min(self.size, CHUNK // max(1, view.numel())):
+            self._run(key, self.groups.pop(key))
+        elif self.waiting > self.LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        groups, self.groups = self.groups, {}
+        for key, group in groups.items():
+            self._run(key, group)
+        self.waiting = 0
+
+    def clear(self) -> None:
+        self.groups.clear()
+        self.waiting = 0
+
+    def _run(self, key: tuple, group: list[tuple[LayerProbe, torch.Tensor, int]]) -> None:
+        self.waiting -= sum(view.numel() for _, view, _ in group)
+        fresh = [(probe, view) for probe, view, version in group if view._version == version]
+        if len(fresh) < len(group):
+            for probe, view, version in group:
+                if view._version == version:
+                    continue
+                probe.samples -= 1
+                if probe.deferrable:
+                    probe.deferrable = False
+                    log.warning("the output of %s was modified in place after its hook; it is "
+                                "measured in the hook from now on (one sample lost)", probe.name)
+        if not fresh:
+            return
+        dims = tuple(d + 1 for d in key[3])
+        views = [view for _, view in fresh]
+        shape = (len(views), *views[0].shape)
+        if views[0].dtype == torch.float32 and len(views) * views[0].numel() <= CHUNK:
+            x = torch.stack(views, out=scratch(views[0], shape))  # shared: no page faults
+        else:
+            x = torch.stack(views)
+        # x is our copy: worked on in place below
+        for probe, view in fresh:
+            if probe.moments.shift is None:
+                probe.moments.shift = view.mean(dim=key[3], keepdim=True, dtype=torch.float32)
+        shift = torch.stack([probe.moments.shift for probe, _ in fresh])
+        low, high = x.amin(dim=dims), x.amax(dim=dims)
+        if all_finite_on_cpu(low, high):
+            bad: list[torch.Tensor] | list[int] = [0] * len(fresh)
+        else:
+            bad = torch.sub(x, x).nan_to_num_(nan=1.0).sum(
+                dim=tuple(range(1, x.dim()))).unbind(0)
+        x.sub_(shift)
+        total = x.sum(dim=dims)
+        total_sq = x.square_().sum(dim=dims)
+        count = fresh[0][1].numel() // max(1, total[0].numel())
+        low, high, total, total_sq = (t.unbind(0) for t in (low, high, total, total_sq))
+        for i, (probe, _) in enumerate(fresh):
+            probe.units.add(low[i], high[i])
+            probe.moments.add(total[i], total_sq[i], count)
+            probe.nonfinite.add(bad[i])
 
 
 class HealthMonitor:
@@ -103,6 +197,7 @@ class HealthMonitor:
         self.probes: dict[str, LayerProbe] = {}
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.power = OutputPower()
+        self.batch = SmallLayerBatch()
         self._step = 0
         self._active = False
         self._paused = False
@@ -131,14 +226,23 @@ class HealthMonitor:
                             for module, probe in self._targets]
 
     def _hook(self, probe: LayerProbe):
+        small, batch = SmallLayerBatch.SMALL, self.batch
+
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if self._active and not self._paused and isinstance(output, torch.Tensor):
-                probe.update(output)
+                if output.numel() <= small and probe.deferrable:
+                    view, dims = unit_view(output.detach(), probe.unit_dim)
+                    batch.add(probe, view, dims)
+                    probe.samples += 1
+                else:
+                    probe.update(output)
         return hook
 
     # -- schedule ---------------------------------------------------------------------------
     def step(self) -> bool:
         """Advance to the next training step; return whether it is sampled."""
+        if self.batch.groups:
+            self.batch.flush()
         self._active = self._step % self.every == 0
         self._step += 1
         if self._active:
@@ -177,6 +281,7 @@ class HealthMonitor:
         Returns ``{"layers": {layer: {signal: value}}, "model": {signal: value},
         "sampled_steps": n}``; layers not run in the window are left out.
         """
+        self.batch.flush()
         keys: list[tuple[str | None, str]] = []
         tensors: list[torch.Tensor] = []
         for name, probe in self.probes.items():
@@ -202,6 +307,7 @@ class HealthMonitor:
 
     def remove_hooks(self) -> None:
         """Remove every hook; state, schedule and buffers stay (``reopen()`` re-registers)."""
+        self.batch.flush()
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
@@ -209,6 +315,7 @@ class HealthMonitor:
     def close(self) -> None:
         """Remove every hook this monitor registered and drop the window's statistics."""
         self.remove_hooks()
+        self.batch.clear()
         for probe in self.probes.values():
             probe.reset()
         self.power.reset()

@@ -141,7 +141,8 @@ def test_nan_inputs_are_counted_not_hidden():
 
 
 def test_no_host_sync_in_hooks(monkeypatch):
-    """Hooks must not call .item()/.cpu()/.tolist(); only collect() reads values."""
+    """Hooks must not call .item()/.cpu()/.tolist() (on an accelerator they would wait for
+    the device); only collect() reads values."""
     model = Net()
     monitor = attach(model, every=1)
     calls = []

@@ -6,8 +6,8 @@ nonlinearity does nothing), and *healthy* otherwise. A unit with a NaN output in
 counts as neither positive nor evergreen (NaN compares false): the layer's ``nonfinite_count``
 tells such layers apart from really dead ones.
 
-Only the per-unit minimum and maximum are computed (``aminmax``: one pass over the
-activation, results of one value per unit), never a boolean mask of the activation.
+Only the per-unit minimum and maximum are computed (``amin``, ``amax``), never a boolean mask
+of the activation.
 """
 
 from __future__ import annotations
@@ -16,19 +16,12 @@ import torch
 
 from monitor.signals import Partials, stack
 
-ONE_PASS_FROM = 1 << 18  # elements: above this, one aminmax pass beats amin + amax
-
 
 def per_unit_min_max(view: torch.Tensor,
                      dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-unit minimum and maximum over ``dims`` (NaN propagates)."""
-    if len(dims) == 1:
-        return torch.aminmax(view, dim=dims[0])
-    if view.numel() < ONE_PASS_FROM:  # small: two launches instead of three
-        return view.amin(dim=dims), view.amax(dim=dims)
-    lo, hi = torch.aminmax(view, dim=dims[-1])  # [batch, units]: small
-    rest = dims[:-1]
-    return lo.amin(dim=rest), hi.amax(dim=rest)
+    """Per-unit minimum and maximum over ``dims`` (NaN propagates). Two plain reductions:
+    on CPU ``aminmax`` over several axes is many times slower."""
+    return view.amin(dim=dims), view.amax(dim=dims)
 
 
 def _combine(items: list[tuple]) -> tuple:
@@ -43,6 +36,10 @@ class UnitClasses:
 
     def update(self, view: torch.Tensor, dims: tuple[int, ...]) -> None:
         self.partials.add(*per_unit_min_max(view, dims))
+
+    def add(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """One step's per-unit minimum and maximum, computed elsewhere (batched)."""
+        self.partials.add(low, high)
 
     def values(self) -> dict[str, torch.Tensor]:
         low, high = self.partials.total()
