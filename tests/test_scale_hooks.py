@@ -140,3 +140,58 @@ def test_hooks_add_no_activation_sized_memory():
     sampled = max(peak(True) for _ in range(2))
     monitor.close()
     assert sampled - baseline < 0.05 * mib, (baseline, sampled)
+
+
+class InPlaceAfterReLU(nn.Module):
+    """A ReLU whose output the model changes in place right after the hook ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        h = self.act(x)
+        h.mul_(-1.0)  # everything the hook saw as positive is now negative
+        return h
+
+
+def test_output_modified_in_place_is_never_measured_wrong(caplog):
+    torch.manual_seed(0)
+    model = InPlaceAfterReLU()
+    monitor = HealthMonitor(model, every=1)
+    seen: list[torch.Tensor] = []
+    model.act.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    with torch.no_grad():
+        for _ in range(3):
+            monitor.step()
+            model(torch.randn(4, 3, 8))
+    report = monitor.collect()
+    assert "modified in place" in caplog.text
+    assert report["sampled_steps"] == 3
+    expected = reference(torch.cat(seen[1:], 0), 1)  # the first sample was lost, not faked
+    for signal, value in expected.items():
+        assert report["layers"]["act"][signal] == pytest.approx(value, rel=1e-4, abs=1e-6)
+
+
+def test_many_small_layers_batched_match_reference():
+    torch.manual_seed(0)
+    widths = [16, 16, 32] * 7  # groups of several shapes, more layers than one batch holds
+    layers: list[nn.Module] = []
+    for i, w in enumerate(widths):
+        layers += [nn.Linear(widths[i - 1] if i else 8, w), nn.ReLU()]
+    model = nn.Sequential(*layers)
+    monitor = HealthMonitor(model, every=1)
+    seen: dict[str, list[torch.Tensor]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ReLU):
+            m.register_forward_hook(lambda m, i, o, n=name: seen.setdefault(n, []).append(
+                o.detach().clone()))
+    for _ in range(3):
+        monitor.step()
+        model(torch.randn(5, 8)).sum().backward()
+    report = monitor.collect()
+    assert set(report["layers"]) == set(seen)
+    for name, outputs in seen.items():
+        expected = reference(torch.cat(outputs, 0), 1)
+        for signal, value in expected.items():
+            assert report["layers"][name][signal] == pytest.approx(value, rel=1e-4, abs=1e-6)
