@@ -24,7 +24,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -269,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         result["scrape"] = [scrape(n, r) for n, r in ((10, 20), (100, 10), (1000, 5))]
         log(f"scrape: {[(s['trials'], round(s['scrape_gzip_s'], 3)) for s in result['scrape']]}")
     if "store" in wanted:
-        with tempfile.TemporaryDirectory():
-            result["store"] = measure(args.store_results, 50)
-        log(f"store: {result['store']['results_per_s']:.0f} results/s, "
+        result["store"] = {**measure(args.store_results, 50), "without_verdicts": measure(
+            args.store_results, 50, verdict_every=None)}
+        log(f"store: {result['store']['results_per_s']:.0f} results/s "
+            f"({result['store']['without_verdicts']['results_per_s']:.0f} without verdicts), "
             f"{result['store']['bytes_per_sample']:.1f} B/sample")
     if "memory" in wanted and sys.platform.startswith("linux"):
         result["hook_memory"] = hook_memory("cpu", 256)

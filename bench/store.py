@@ -3,13 +3,16 @@
 Writes synthetic results shaped like a large trainer's (``--layers`` activation layers x 6
 signals, 4 model signals, about 20 scalars and Tune's bookkeeping keys) from 16 trials through
 ``RunStore.add_result`` with the default batching, one verdict every 50 results, as the driver
-does; reports the sustained rate and the database size per stored sample.
+does (each verdict is committed with an fsync), and again without verdicts; reports the
+sustained rate (wall clock, and per CPU second: the machine may be shared) and the database
+size per stored sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import tempfile
 import time
@@ -40,20 +43,22 @@ def synthetic(i: int, layers: int = 50) -> dict[str, Any]:
             **scalars, **bookkeeping}
 
 
-def measure(results: int, layers: int, store_cls: type = RunStore) -> dict[str, Any]:
-    """Write ``results`` results from 16 trials; the rate and the size per sample."""
+def measure(results: int, layers: int, store_cls: type = RunStore,
+            verdict_every: int | None = 50) -> dict[str, Any]:
+    """Write ``results`` results from 16 trials (and a durable verdict every
+    ``verdict_every`` results); the rate (wall and CPU time) and the size per sample."""
     payload = [synthetic(i // 16 + 1, layers) for i in range(0, results, 16)]
     with tempfile.TemporaryDirectory() as d:
         store = store_cls(d)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(results):
             store.add_result(f"trial_{i % 16}", payload[i // 16])
-            if i % 50 == 49:
+            if verdict_every and i % verdict_every == verdict_every - 1:
                 store.add_verdict({"trial": f"trial_{i % 16}", "iteration": i, "wall_time": 0.0,
                                    "rule": "r", "failure": "f", "action": "warn",
                                    "shadow": False, "reason": "x"})
         store.close()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         path = Path(d) / "monitor.sqlite"
         with sqlite3.connect(path) as db:  # fold the WAL in, then measure the file
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -61,8 +66,9 @@ def measure(results: int, layers: int, store_cls: type = RunStore) -> dict[str, 
             samples = check.db.execute("SELECT count(*) FROM samples").fetchone()[0]
         size = path.stat().st_size
     return {"results": results, "layers": layers, "samples": samples,
-            "samples_per_result": samples / results, "seconds": elapsed,
-            "results_per_s": results / elapsed, "samples_per_s": samples / elapsed,
+            "samples_per_result": samples / results, "verdict_every": verdict_every,
+            "seconds": elapsed, "cpu_seconds": cpu, "results_per_s": results / elapsed,
+            "results_per_cpu_s": results / cpu, "samples_per_s": samples / elapsed,
             "bytes": size, "bytes_per_sample": size / samples}
 
 
@@ -73,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     result = {"device": device_description(), **measure(args.results, args.layers),
+              "without_verdicts": measure(args.results, args.layers, verdict_every=None),
+              "load_average_1m": os.getloadavg()[0],
               "goals": {"results_per_s": 5000, "bytes_per_sample": 25},
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -114,7 +114,7 @@ def _unpack(blob: bytes) -> array:
 
 _NUMBERS = (float, int)
 _NUMBER_TYPES = set(_NUMBERS)
-Layout = tuple  # (((layer, (signal, ...)), ...), (model signal, ...), (result key, ...))
+Layout = tuple  # (((layer, ...), ((signal, ...), ...)), (model signal, ...), (result key, ...))
 
 
 def _numbers(d: dict[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
@@ -134,11 +134,12 @@ def result_samples(result: dict[str, Any]) -> tuple[Layout, list[Any]]:
     layers = health.get("layers") or {}
     values = [v for signals in layers.values() for v in signals.values()]
     if set(map(type, values)) <= _NUMBER_TYPES:  # the usual case: one C-level pass
-        structure = tuple(zip(layers, map(tuple, layers.values())))
+        structure = (tuple(layers), tuple(map(tuple, layers.values())))
     else:
         numbers = [(str(layer), _numbers(signals)) for layer, signals in layers.items()
                    if isinstance(signals, dict)]
-        structure = tuple((layer, names) for layer, (names, _) in numbers)
+        structure = (tuple(layer for layer, _ in numbers),
+                     tuple(names for _, (names, _) in numbers))
         values = [v for _, (_, vs) in numbers for v in vs]
     model, model_values = _numbers(health.get("model") or {})
     scalars = [(k, v) for k, v in result.items()
@@ -151,8 +152,8 @@ def result_samples(result: dict[str, Any]) -> tuple[Layout, list[Any]]:
 
 def layout_keys(layout: Layout) -> list[tuple[str, str]]:
     """``[(signal, layer or "")]`` of a layout, in the order of its values."""
-    layers, model, scalars = layout
-    keys = [(signal, layer) for layer, signals in layers for signal in signals]
+    (layers, signals_of), model, scalars = layout
+    keys = [(signal, layer) for layer, signals in zip(layers, signals_of) for signal in signals]
     return keys + [(s, "") for s in model] + [(k, "") for k in scalars]
 
 
