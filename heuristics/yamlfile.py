@@ -3,7 +3,8 @@
 Files come from users, so everything that would fail later (or hang, or exhaust memory) is
 refused here with the file and line: anything but a regular file (a FIFO, a directory, a
 device), files over ``MAX_BYTES``, text that is not UTF-8, nesting deeper than ``MAX_DEPTH``,
-aliases that expand to more than ``MAX_NODES`` nodes ("billion laughs"), recursive aliases, and
+aliases that expand to more than ``MAX_ALIAS_NODES`` nodes ("billion laughs"), recursive aliases,
+and
 numbers longer than ``MAX_NUMBER_CHARS``. The limits are checked on the YAML *events* (an
 iterative pass, no expansion), before any node graph or Python object is built.
 """
@@ -19,7 +20,7 @@ import yaml
 
 MAX_BYTES = 1 << 20  # 1 MiB: a rule or experiment file is a few KiB
 MAX_DEPTH = 64  # nested mappings and sequences
-MAX_NODES = 10_000  # nodes of the document with every alias expanded
+MAX_ALIAS_NODES = 10_000  # nodes that aliases add to the document once expanded
 MAX_NUMBER_CHARS = 64  # characters of one number (Python refuses ints over 4,300 digits)
 
 NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
@@ -95,7 +96,7 @@ def check_limits(text: str, path: str | Path) -> None:
     loader = LineLoader(text)
     anchors: dict[str, tuple[int, int]] = {}  # anchor -> (expanded nodes, nesting levels)
     stack: list[list[Any]] = []  # open collections: [anchor, nodes so far, deepest child]
-    total = 0
+    added = 0  # nodes the aliases add, expanded
     try:
         while loader.check_event():
             event = loader.get_event()
@@ -123,16 +124,16 @@ def check_limits(text: str, path: str | Path) -> None:
                                       "an alias of an anchor defined earlier")
                 size, levels = anchors[event.anchor]
                 _check_depth(len(stack) + levels, path, line)
+                added += size
+                if added > MAX_ALIAS_NODES:
+                    raise ConfigError(path, line, f"aliases expand to more than "
+                                      f"{MAX_ALIAS_NODES} nodes (aliases of aliases); expected "
+                                      f"at most {MAX_ALIAS_NODES}")
             else:
                 continue
             if stack:
                 stack[-1][1] += size
                 stack[-1][2] = max(stack[-1][2], levels)
-            else:
-                total += size
-            if total + sum(entry[1] for entry in stack) > MAX_NODES:
-                raise ConfigError(path, line, f"expands to more than {MAX_NODES} nodes (aliases "
-                                  f"of aliases); expected at most {MAX_NODES}")
     finally:
         loader.dispose()
 

@@ -66,7 +66,15 @@ def test_alias_bomb_is_refused_before_it_expands(tmp_path, capsys):
     path.write_text("\n".join(lines) + "\n")
     assert path.stat().st_size < 500
     err = check(capsys, path)
-    assert f"{path}:" in err and "expands to more than 10000 nodes" in err
+    assert f"{path}:" in err and "aliases expand to more than 10000 nodes" in err
+
+
+def test_a_large_file_without_aliases_is_fine(tmp_path):
+    rules = "".join(f"      - name: r{i}\n        expr: loss > {i}\n"
+                    f"        labels: {{action: warn, failure: f}}\n" for i in range(1500))
+    path = tmp_path / "many.yaml"
+    path.write_text(f"groups:\n  - name: g\n    rules:\n{rules}")
+    assert len(load_rules([str(path)])) == 1500
 
 
 def test_recursive_alias_is_refused(tmp_path, capsys):
