@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from monitor.signals import CHUNK, release_scratch, scratch
+from monitor.signals import CHUNK, FOLD_AT, release_scratch, scratch
 from monitor.signals.nonfinite import NonFinite, all_finite_on_cpu
 from monitor.signals.power import OutputPower, power_spectrum
 from monitor.signals.spread import ActivationMoments
@@ -71,6 +71,21 @@ class LayerProbe:
         self.quantities = (self.units, self.moments, self.nonfinite)
         self.samples = 0
         self.deferrable = True  # False once its output was seen modified before a batch ran
+        self.batched: list[tuple[tuple, int]] = []  # (batch results, this layer's row)
+
+    def add_batched(self, results: tuple, row: int) -> None:
+        """Row ``row`` of a batch's results (low, high, sums, sums of squares, non-finite
+        counts or None, elements per unit): taken apart only when read."""
+        self.batched.append((results, row))
+        if len(self.batched) >= FOLD_AT:
+            self._absorb()
+
+    def _absorb(self) -> None:
+        for (low, high, total, total_sq, bad, count), i in self.batched:
+            self.units.add(low[i], high[i])
+            self.moments.add(total[i], total_sq[i], count)
+            self.nonfinite.add(0 if bad is None else bad[i])
+        self.batched.clear()
 
     def update(self, output: torch.Tensor) -> None:
         view, dims = unit_view(output.detach(), self.unit_dim)
@@ -81,12 +96,14 @@ class LayerProbe:
         self.samples += 1
 
     def values(self) -> dict[str, torch.Tensor]:
+        self._absorb()
         out: dict[str, torch.Tensor] = {}
         for q in self.quantities:
             out.update(q.values())
         return out
 
     def reset(self) -> None:
+        self.batched.clear()
         for q in self.quantities:
             q.reset()
         self.samples = 0
@@ -149,30 +166,25 @@ class SmallLayerBatch:
         dims = tuple(d + 1 for d in key[3])
         views = [view for _, view in fresh]
         shape = (len(views), *views[0].shape)
-        if views[0].dtype == torch.float32 and len(views) * views[0].numel() <= CHUNK:
-            x = torch.stack(views, out=scratch(views[0], shape))  # shared: no page faults
+        if len(views) * views[0].numel() <= CHUNK:  # into the shared float32 buffer
+            x = torch.stack(views, out=scratch(views[0], shape))
         else:
-            x = torch.stack(views)
+            x = torch.stack(views).float()
         # x is our copy: worked on in place below
         for probe, view in fresh:
             if probe.moments.shift is None:
                 probe.moments.shift = view.mean(dim=key[3], keepdim=True, dtype=torch.float32)
         shift = torch.stack([probe.moments.shift for probe, _ in fresh])
         low, high = x.amin(dim=dims), x.amax(dim=dims)
-        if all_finite_on_cpu(low, high):
-            bad: list[torch.Tensor] | list[int] = [0] * len(fresh)
-        else:
-            bad = torch.sub(x, x).nan_to_num_(nan=1.0).sum(
-                dim=tuple(range(1, x.dim()))).unbind(0)
+        bad = None
+        if not all_finite_on_cpu(low, high):
+            bad = torch.sub(x, x).nan_to_num_(nan=1.0).sum(dim=tuple(range(1, x.dim())))
         x.sub_(shift)
         total = x.sum(dim=dims)
         total_sq = x.square_().sum(dim=dims)
-        count = fresh[0][1].numel() // max(1, total[0].numel())
-        low, high, total, total_sq = (t.unbind(0) for t in (low, high, total, total_sq))
+        results = (low, high, total, total_sq, bad, fresh[0][1].numel() // max(1, total[0].numel()))
         for i, (probe, _) in enumerate(fresh):
-            probe.units.add(low[i], high[i])
-            probe.moments.add(total[i], total_sq[i], count)
-            probe.nonfinite.add(bad[i])
+            probe.add_batched(results, i)
 
 
 class HealthMonitor:

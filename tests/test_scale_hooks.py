@@ -195,3 +195,18 @@ def test_many_small_layers_batched_match_reference():
         expected = reference(torch.cat(outputs, 0), 1)
         for signal, value in expected.items():
             assert report["layers"][name][signal] == pytest.approx(value, rel=1e-4, abs=1e-6)
+
+
+def test_small_bfloat16_layers_batched_match_reference():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+    monitor = HealthMonitor(model, every=1)
+    seen: list[torch.Tensor] = []
+    model[1].register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        monitor.step()
+        model(torch.randn(32, 8) + 1.0)
+    assert seen[0].dtype == torch.bfloat16
+    report = monitor.collect()["layers"]["1"]
+    for signal, value in reference(seen[0], 1).items():
+        assert report[signal] == pytest.approx(value, rel=1e-3, abs=1e-4), signal
