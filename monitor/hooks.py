@@ -71,21 +71,7 @@ class LayerProbe:
         self.quantities = (self.units, self.moments, self.nonfinite)
         self.samples = 0
         self.deferrable = True  # False once its output was seen modified before a batch ran
-        self.batched: list[tuple[tuple, int]] = []  # (batch results, this layer's row)
 
-    def add_batched(self, results: tuple, row: int) -> None:
-        """Row ``row`` of a batch's results (low, high, sums, sums of squares, non-finite
-        counts or None, elements per unit): taken apart only when read."""
-        self.batched.append((results, row))
-        if len(self.batched) >= FOLD_AT:
-            self._absorb()
-
-    def _absorb(self) -> None:
-        for (low, high, total, total_sq, bad, count), i in self.batched:
-            self.units.add(low[i], high[i])
-            self.moments.add(total[i], total_sq[i], count)
-            self.nonfinite.add(0 if bad is None else bad[i])
-        self.batched.clear()
 
     def update(self, output: torch.Tensor) -> None:
         view, dims = unit_view(output.detach(), self.unit_dim)
@@ -96,14 +82,12 @@ class LayerProbe:
         self.samples += 1
 
     def values(self) -> dict[str, torch.Tensor]:
-        self._absorb()
         out: dict[str, torch.Tensor] = {}
         for q in self.quantities:
             out.update(q.values())
         return out
 
     def reset(self) -> None:
-        self.batched.clear()
         for q in self.quantities:
             q.reset()
         self.samples = 0
@@ -128,6 +112,9 @@ class SmallLayerBatch:
     def __init__(self) -> None:
         self.groups: dict[tuple, list[tuple[LayerProbe, torch.Tensor, int]]] = {}
         self.waiting = 0
+        # Results of the batches run since the last ``absorb()``: (layers, low, high, sums,
+        # sums of squares, non-finite counts or None, elements per unit), one row per layer.
+        self.results: list[tuple] = []
 
     def add(self, probe: LayerProbe, view: torch.Tensor, dims: tuple[int, ...]) -> None:
         key = (view.shape, view.dtype, view.device, dims)
@@ -147,7 +134,28 @@ class SmallLayerBatch:
 
     def clear(self) -> None:
         self.groups.clear()
+        self.results.clear()
         self.waiting = 0
+
+    def absorb(self) -> None:
+        """Hand the batches' results to their layers' accumulators: the batches of the same
+        layers (usually every batch of a window) are combined together, a few ops in all."""
+        same: dict[tuple, list[tuple]] = {}
+        for result in self.results:
+            same.setdefault(result[0], []).append(result)
+        self.results.clear()
+        for probes, runs in same.items():
+            low = torch.stack([r[1] for r in runs]).amin(0).unbind(0)
+            high = torch.stack([r[2] for r in runs]).amax(0).unbind(0)
+            total = torch.stack([r[3] for r in runs]).double().sum(0).unbind(0)
+            total_sq = torch.stack([r[4] for r in runs]).double().sum(0).unbind(0)
+            counted = [r[5] for r in runs if r[5] is not None]
+            bad = torch.stack(counted).sum(0).unbind(0) if counted else None
+            count = sum(r[6] for r in runs)
+            for i, probe in enumerate(probes):
+                probe.units.add(low[i], high[i])
+                probe.moments.add(total[i], total_sq[i], count)
+                probe.nonfinite.add(0 if bad is None else bad[i])
 
     def _run(self, key: tuple, group: list[tuple[LayerProbe, torch.Tensor, int]]) -> None:
         self.waiting -= sum(view.numel() for _, view, _ in group)
@@ -182,9 +190,11 @@ class SmallLayerBatch:
         x.sub_(shift)
         total = x.sum(dim=dims)
         total_sq = x.square_().sum(dim=dims)
-        results = (low, high, total, total_sq, bad, fresh[0][1].numel() // max(1, total[0].numel()))
-        for i, (probe, _) in enumerate(fresh):
-            probe.add_batched(results, i)
+        count = fresh[0][1].numel() // max(1, total[0].numel())
+        self.results.append((tuple(probe for probe, _ in fresh), low, high, total, total_sq,
+                             bad, count))
+        if len(self.results) > 4 * FOLD_AT:  # nobody reads: keep memory bounded
+            self.absorb()
 
 
 class HealthMonitor:
@@ -294,6 +304,7 @@ class HealthMonitor:
         "sampled_steps": n}``; layers not run in the window are left out.
         """
         self.batch.flush()
+        self.batch.absorb()
         keys: list[tuple[str | None, str]] = []
         tensors: list[torch.Tensor] = []
         for name, probe in self.probes.items():
