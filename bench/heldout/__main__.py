@@ -20,7 +20,7 @@ from rich.table import Table
 
 from bench import policies
 from bench.heldout.analysis import separation
-from bench.heldout.families import FAMILIES
+from bench.heldout.families import FAILURES, FAMILIES
 from bench.heldout.population import BUDGET, RESULTS, History, load_or_run, population
 from bench.heldout.report import markdown
 from monitor.console import console
@@ -105,6 +105,7 @@ def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
         "device": device(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "rules": rule_sources, "commit": commit(),
         "budget": budget, "final_tail": final_tail(budget), "trained_now": trained,
+        "failures": FAILURES,
         "training_seconds": sum(h.seconds for h in histories),
         "trials": [{"trial": h.name, "family": h.family, "variant": h.variant,
                     "failure": h.failure, "onset": h.onset, "setting": h.setting,

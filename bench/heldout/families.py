@@ -29,7 +29,13 @@ from torch import nn
 
 from monitor.hooks import ACTIVATION_TYPES
 
-FAILURES = ("lr_spike", "bias_shift", "nan_input", "gain_collapse", "d_lr_boost")
+FAILURES = {  # applied once, at the onset; what follows is the training's own dynamics
+    "lr_spike": "the (generator's) learning rate multiplied by `spike` from the onset on",
+    "bias_shift": "a pre-activation bias (or BatchNorm shift) lowered by 3-4",
+    "nan_input": "one sample of one batch replaced by NaN (a corrupted record)",
+    "gain_collapse": "weights of the main layers multiplied by 0.001-0.05",
+    "d_lr_boost": "the discriminator's learning rate multiplied by `boost` from the onset on",
+}
 
 
 def _optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from bench.heldout.families import FAMILIES
+from bench.heldout.families import FAILURES, FAMILIES
 from monitor.hooks import attach
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "heldout"
@@ -51,6 +51,10 @@ def _family(family: str, healthy: dict[str, dict[str, Any]],
             broken: list[tuple[str, str, int, dict[str, Any]]]) -> list[Spec]:
     """``healthy``: variant -> setting (each at ``HEALTHY_SEEDS`` seeds); ``broken``: (failure,
     base healthy variant, onset, extra setting)."""
+    unknown = [b[0] for b in broken if b[0] not in FAILURES]
+    if unknown:
+        raise ValueError(f"{family}: unknown failures {unknown}; expected one of "
+                         f"{', '.join(FAILURES)}")
     specs = [Spec(family, v if k == 0 else f"{v}_s{k}", s, seed=i + 100 * k)
              for k in range(HEALTHY_SEEDS) for i, (v, s) in enumerate(healthy.items())]
     for i, (failure, base, onset, extra) in enumerate(broken):

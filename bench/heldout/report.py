@@ -60,6 +60,9 @@ def markdown(report: dict[str, Any]) -> str:
             "final quality) ran to the end. The heuristic policy runs the rule engine with "
             "each family's declared vocabulary (which key is the training loss, the generator "
             "and discriminator losses, the GAN loss family, the validation metric).", ""]
+    if report.get("failures"):
+        out += ["Failures (applied at the onset, by design): "
+                + "; ".join(f"`{k}`: {v}" for k, v in report["failures"].items()) + ".", ""]
     out += ["## Per family", "",
             "| family | policy | caught / really failing | false kills | premature | "
             "delays (it) | leads |", "|---|---|---|---|---|---|---|"]
