@@ -152,6 +152,8 @@ def run(steps: int, default_every: int, threads: int) -> dict[str, Any]:
         batch = training._batch()
         with Clock() as clock:
             training._g_step(*batch)
+            if mode in monitors:  # work a hook left for later is part of the step
+                monitors[mode].batch.flush()
         training.monitor.remove_hooks()
         return clock.cpu, clock.wall
 

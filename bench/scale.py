@@ -37,7 +37,7 @@ from bench.overhead import run as master_overhead
 from bench.store import SIGNALS, measure
 from monitor.exporter import Exporter
 from monitor.hooks import DEFAULT_EVERY, HealthMonitor
-from monitor.signals import release_scratch
+from monitor.signals import CHUNK, release_scratch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 GOALS = {"scrape_100_trials_s": 0.10, "scrape_1000_trials_s": 1.0, "store_results_per_s": 5000,
@@ -151,6 +151,7 @@ def hook_memory(device: str = "cpu", mib: int = 256) -> dict[str, Any]:
     monitor.close()
     extra = sampled - baseline
     return {"activation_mib": x.numel() * 4 / 2**20, "shape": list(x.shape),
+            "persistent_scratch_mib": CHUNK * 4 / 2**20,
             "method": "max_memory_allocated" if cuda else "peak RSS (VmHWM, reset by "
             "clear_refs) of a sampled forward minus that of an unsampled one",
             "baseline_peak_mib": baseline, "sampled_peak_mib": sampled,
@@ -192,6 +193,8 @@ def mlp_overhead(steps: int, device: str = "cpu", layers: int = 32, width: int =
             if monitor is not None:
                 monitor.step()
             train_step()
+            if monitor is not None:
+                monitor.batch.flush()
             end.record()
             events.append((mode, start, end))
             elapsed = (0.0, 0.0)
@@ -200,6 +203,8 @@ def mlp_overhead(steps: int, device: str = "cpu", layers: int = 32, width: int =
                 if monitor is not None:
                     monitor.step()
                 train_step()
+                if monitor is not None:  # work a hook left for later is part of the step
+                    monitor.batch.flush()
             elapsed = (clock.cpu, clock.wall)
         if monitor is not None:
             monitor.remove_hooks()
