@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = min(t.budget for t in trials)
     evaluation = policies.evaluate(trials, policies.POLICIES, rules, tail=final_tail(budget))
     report: dict[str, Any] = {
-        "device": device(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rules": args.rules,
+        "device": device().replace("one torch thread per trial", "trainers' own threads"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rules": args.rules,
         "runs": [str(p) for _, p, _ in runs], "final_tail": final_tail(budget),
         "seconds": time.time() - started,
         "trials": [{"trial": t.name, "failure": t.failure, "onset": t.onset,
