@@ -58,7 +58,13 @@ METRIC_SIGNALS = ROLES  # declared per experiment (heuristics.vocabulary)
 SIGNALS = {**LAYER_SIGNALS, **MODEL_SIGNALS, **METRIC_SIGNALS}
 
 REDUCTIONS = {"max", "min", "mean", "sum", "count", "fraction", "any", "all"}
-WINDOWS = {"avg_over", "min_over", "max_over", "change"}  # (expr, N reports)
+# (expr, N reports). ``zscore`` and ``ratio`` compare now with the N reports *before* it:
+# ``zscore(x, N)``: (x - median) / robust spread (1.4826 MAD, or 1.2533 mean absolute deviation
+# when larger, at least 1e-9), shift-invariant, safe for losses of any sign; ``ratio(x, N)``: x / median, only where the
+# median is positive (absent otherwise), for quantities positive by nature. Both are absent
+# until 3 earlier reports exist.
+BASELINES = {"zscore", "ratio"}
+WINDOWS = {"avg_over", "min_over", "max_over", "change"} | BASELINES
 HISTORY = {"min_ever", "max_ever"}  # over every report of the trial so far
 ELEMENTWISE = {"abs", "nonfinite", "log10"}
 FUNCTIONS = REDUCTIONS | WINDOWS | HISTORY | ELEMENTWISE | {"result"}
@@ -580,6 +586,10 @@ def _eval(node: Node, history: list[Report], scope: str) -> Value:
             return None
         return _zip(lambda a, b: a - b, inner,
                     history[-n - 1].cache.get(scope, {}).get(inner_id))
+    if fn in BASELINES:
+        before = [p for p in (r.cache.get(scope, {}).get(inner_id)
+                              for r in history[-n - 1:-1]) if p is not None]
+        return _baseline(fn, inner, before)
     past = [p for p in (r.cache.get(scope, {}).get(inner_id) for r in history[-n:])
             if p is not None]
     if not past:
@@ -594,6 +604,40 @@ def _eval(node: Node, history: list[Report], scope: str) -> Value:
     for p in past[1:]:
         out = _zip(lambda a, b: pick(a, b), out, p)
     return out
+
+
+MIN_BASELINE = 3  # earlier reports a baseline needs
+
+
+def _baseline(fn: str, now: Value, before: list[Value]) -> Value:
+    """``zscore`` or ``ratio`` of ``now`` against the earlier values ``before`` (per layer for
+    vectors; NaN earlier values are skipped)."""
+    if now is None:
+        return None
+
+    def one(x: float, series: list[float]) -> float | None:
+        series = [v for v in series if not math.isnan(v)]
+        if len(series) < MIN_BASELINE:
+            return None
+        series.sort()
+        mid = len(series) // 2
+        median = series[mid] if len(series) % 2 else (series[mid - 1] + series[mid]) / 2
+        if fn == "ratio":
+            return x / median if median > 0 else None
+        deviations = sorted(abs(v - median) for v in series)
+        mad = deviations[mid] if len(series) % 2 else (deviations[mid - 1] + deviations[mid]) / 2
+        mean_dev = sum(deviations) / len(deviations)
+        return (x - median) / max(1.4826 * mad, 1.2533 * mean_dev, 1e-9)
+
+    if isinstance(now, dict):
+        out = {}
+        for layer, x in now.items():
+            value = one(x, [b[layer] for b in before if isinstance(b, dict) and layer in b])
+            if value is not None:
+                out[layer] = value
+        return out or None
+    value = one(now, [b for b in before if not isinstance(b, dict)])
+    return value
 
 
 def truth(value: Value) -> bool | None:

@@ -16,6 +16,7 @@ from ray import tune
 from heuristics.vocabulary import Vocabulary
 from monitor.exporter import Exporter
 from monitor.recording import StoreWriter
+from monitor.scheduler import kill_of
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ class RunStoreCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         self.writer.add(trial.trial_id, result)
+        kill = kill_of(self.writer.run, trial.trial_id)
+        if kill is not None:  # Tune's own results and tables show why the trial stopped
+            result["monitor_killed"] = kill["rule"]
+            result["monitor_reason"] = kill["reason"]
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self.writer.end(trial.trial_id, "TERMINATED", trial.last_result)

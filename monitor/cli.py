@@ -249,8 +249,13 @@ def _dashboards_push(args: argparse.Namespace) -> int:
 
 
 def _dashboards_build(args: argparse.Namespace) -> int:
-    from dashboards import build
-
+    try:
+        from dashboards import build
+    except ModuleNotFoundError as exc:
+        print_error(f"building dashboards needs {exc.name}: pip install "
+                    "'voice-monitor[dashboards]' (the JSON is shipped; `monitor dashboards push` "
+                    "does not need it)")
+        return 2
     return build.main([])
 
 

@@ -36,6 +36,15 @@ from monitor.verdicts import VerdictRecorder
 log = logging.getLogger(__name__)
 
 
+_LIVE: dict[str, HeuristicScheduler] = {}  # run name -> its scheduler, in the driver process
+
+
+def kill_of(run: str | None, trial: str) -> dict[str, Any] | None:
+    """The kill verdict of ``trial`` in ``run``, as this process's scheduler knows it."""
+    scheduler = _LIVE.get(run) if run else None
+    return scheduler.engine.killed(trial) if scheduler is not None else None
+
+
 class HeuristicScheduler(FIFOScheduler):
     """Stops trials whose kill rules fire; otherwise defers to ``scheduler`` (if any).
 
@@ -81,6 +90,8 @@ class HeuristicScheduler(FIFOScheduler):
         if self._loaded:
             return
         self._loaded = True
+        if self.run:
+            _LIVE[self.run] = self
         if self.state_dir.exists():
             for path in sorted(self.state_dir.glob("*.json")):
                 try:

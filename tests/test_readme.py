@@ -72,4 +72,7 @@ def test_readme_plain_loop_example(tmp_path):
 def test_readme_tune_example(tmp_path):
     out = run_block(readme_blocks()[0], tmp_path)
     assert "killed: divergence @1" in out
-    check_run(tmp_path, "mlp_sweep")
+    summary = check_run(tmp_path, "mlp_sweep")
+    killed = next(t for t in summary["trials"] if t.get("killed"))
+    assert killed["last"]["monitor_killed"] == "divergence"  # in Tune's own results too
+    assert killed["last"]["monitor_reason"] == killed["killed"]["reason"]

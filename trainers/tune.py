@@ -170,7 +170,7 @@ def run(exp: experiments.Experiment, storage: Path | None = None,
     mon.announce()
     reporter = tune.CLIReporter(
         metric_columns={"training_iteration": "iter", exp.metric: exp.metric,
-                        "time_total_s": "time (s)"},
+                        "time_total_s": "time (s)", "monitor_killed": "killed by"},
         parameter_columns={"variant/name": "variant"}, max_report_frequency=30)
     tuner = tune.Tuner(
         trainable,
