@@ -152,8 +152,9 @@ def run(steps: int, default_every: int, threads: int) -> dict[str, Any]:
         batch = training._batch()
         with Clock() as clock:
             training._g_step(*batch)
-            if mode in monitors:  # work a hook left for later is part of the step
-                monitors[mode].batch.flush()
+            batch = getattr(monitors.get(mode), "batch", None)
+            if batch is not None:  # work a hook left for later is part of the step
+                batch.flush()
         training.monitor.remove_hooks()
         return clock.cpu, clock.wall
 
