@@ -21,7 +21,7 @@ from rich.table import Table
 from bench import policies
 from bench.heldout.analysis import separation
 from bench.heldout.families import FAILURES, FAMILIES
-from bench.heldout.population import BUDGET, RESULTS, History, load_or_run, population
+from bench.heldout.population import BUDGET, RESULTS, SPLITS, History, load_or_run, population
 from bench.heldout.report import markdown
 from monitor.console import console
 
@@ -62,11 +62,10 @@ def commit() -> str | None:
     return rev + ("+" if dirty else "")
 
 
-def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
-        rule_sources: list[str]) -> dict[str, Any]:
-    from heuristics.rules import load_rules
-
-    specs = [s for s in population(budget) if not families or s.family in families]
+def train(families: list[str] | None, retrain: bool, out: Path, budget: int,
+          split: str = "development") -> tuple[list[History], int]:
+    """Recorded histories of the split (trained now where missing, one trial at a time)."""
+    specs = [s for s in population(budget, split) if not families or s.family in families]
     histories: list[History] = []
     trained = 0
     with Progress(console=console) as progress:
@@ -86,6 +85,14 @@ def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
             trained += ran
             histories.append(h)
             progress.advance(task)
+    return histories, trained
+
+
+def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
+        rule_sources: list[str], split: str = "development") -> dict[str, Any]:
+    from heuristics.rules import load_rules
+
+    histories, trained = train(families, retrain, out, budget, split)
     trials = [as_trial(h) for h in histories]
     rules = load_rules(rule_sources)
     with console.status("evaluating policies"):
@@ -103,7 +110,7 @@ def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
                 "killed_recovered", "median_delay_iterations", "saved_pct")}})
     return {
         "device": device(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "rules": rule_sources, "commit": commit(),
+        "rules": rule_sources, "commit": commit(), "split": split,
         "budget": budget, "final_tail": final_tail(budget), "trained_now": trained,
         "failures": FAILURES,
         "training_seconds": sum(h.seconds for h in histories),
@@ -151,10 +158,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", nargs="+", default=["builtin"],
                         help="rule sources for the heuristic policies (default: builtin)")
     parser.add_argument("--budget", type=int, default=BUDGET, help="iterations per trial")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--split", choices=sorted(SPLITS), default="development",
+                        help="development: the seeds the old rules were studied on; fresh: new "
+                             "seeds that played no part in any choice (default out: "
+                             "bench/results/heldout/fresh)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="record the split's histories, evaluate nothing")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS if args.split == "development" else RESULTS / args.split
     started = time.time()
-    report = run(args.families, args.retrain, args.out, args.budget, args.rules)
+    if args.train_only:
+        histories, trained = train(args.families, args.retrain, args.out, args.budget,
+                                   args.split)
+        console.print(f"{len(histories)} histories in {args.out / 'histories'} ({trained} "
+                      f"trained now, {time.time() - started:.0f} s)")
+        return 0
+    report = run(args.families, args.retrain, args.out, args.budget, args.rules, args.split)
     report["seconds"] = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
