@@ -47,6 +47,40 @@ def trials_of(experiment: str, run_dir: Path, budget: int) -> list[policies.Tria
         onset_of=kill.onset, vocabulary=vocabulary, name_of=lambda row: row["variant"])
 
 
+RUNS = (Path("/tmp/insample/runs/master_v464_20261202-040636_c72d"),
+        Path("/tmp/insample/runs/student_v464_failures_20261202-042300_4822"))
+
+
+def evaluate(runs: list[tuple[str, Path, int]], rule_sources: list[str]) -> dict[str, Any]:
+    """Every policy on the recorded in-sample runs ``[(experiment, run directory, budget)]``."""
+    from heuristics.rules import load_rules
+
+    started = time.time()
+    trials = [t for name, path, budget in runs for t in trials_of(name, path, budget)]
+    rules = load_rules(rule_sources)
+    budget = min(t.budget for t in trials)
+    evaluation = policies.evaluate(trials, policies.POLICIES, rules, tail=final_tail(budget))
+    return {
+        "device": device().replace("one torch thread per trial", "trainers' own threads"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rules": rule_sources,
+        "runs": [str(p) for _, p, _ in runs], "final_tail": final_tail(budget),
+        "seconds": time.time() - started,
+        "trials": [{"trial": t.name, "failure": t.failure, "onset": t.onset,
+                    "budget": t.budget, "metric": t.metric, **evaluation["truth"][t.name]}
+                   for t in trials],
+        "policies": evaluation["policies"],
+        "by_group": {p["policy"]: policies.by_group(p) for p in evaluation["policies"]},
+        "firings": policies.rule_firings(trials, rules)}
+
+
+def recorded(paths: tuple[Path, Path] | list[Path]) -> list[tuple[str, Path, int]]:
+    """``[(experiment, run directory, budget)]`` of recorded master and student runs."""
+    from trainers import experiment as experiments
+
+    return [(name, path, experiments.load(name).max_iterations)
+            for name, path in zip(("master_v464", "student_v464_failures"), paths)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,30 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", nargs="+", default=["builtin"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from heuristics.rules import load_rules
-    from trainers import experiment as experiments
-
-    started = time.time()
-    if args.runs:
-        runs = [(name, path, experiments.load(name).max_iterations)
-                for name, path in zip(("master_v464", "student_v464_failures"), args.runs)]
-    else:
-        runs = record(args.storage)
-    trials = [t for name, path, budget in runs for t in trials_of(name, path, budget)]
-    rules = load_rules(args.rules)
-    budget = min(t.budget for t in trials)
-    evaluation = policies.evaluate(trials, policies.POLICIES, rules, tail=final_tail(budget))
-    report: dict[str, Any] = {
-        "device": device().replace("one torch thread per trial", "trainers' own threads"),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rules": args.rules,
-        "runs": [str(p) for _, p, _ in runs], "final_tail": final_tail(budget),
-        "seconds": time.time() - started,
-        "trials": [{"trial": t.name, "failure": t.failure, "onset": t.onset,
-                    "budget": t.budget, "metric": t.metric, **evaluation["truth"][t.name]}
-                   for t in trials],
-        "policies": evaluation["policies"],
-        "by_group": {p["policy"]: policies.by_group(p) for p in evaluation["policies"]},
-        "firings": policies.rule_firings(trials, rules)}
+    runs = recorded(args.runs) if args.runs else record(args.storage)
+    report = evaluate(runs, args.rules)
+    trials = report["trials"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "insample.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     lines = [f"In-sample split ({len(trials)} trials of master_v464 and student_v464_failures, "
