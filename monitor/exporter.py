@@ -437,6 +437,9 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = False  # a taken port must fail, not be shared
     snapshot: SignalSnapshot
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("scrape from %s failed", client_address, exc_info=True)  # e.g. went away
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
