@@ -24,8 +24,8 @@ def verdicts(rules, reports, budget=30):
     ("evergreen_layer", "evergreen_bias_init", 3, 2),
     ("activation_collapse", "dead_relu_high_lr", 8, 8),
     ("activation_explosion", "activation_explosion_init", 3, 2),
+    ("spread_collapse", "dead_relu_high_lr", 8, 8),
     ("silence_collapse", "silence_collapse", 8, 8),
-    ("discriminator_overpowering", "discriminator_overpowering", 10, 8),
 ])
 def test_rule_fires_on_its_failure(master_runs, rule, variant, iterations, by_iteration):
     found = verdicts([RULES[rule]], master_runs(variant, iterations))
@@ -46,16 +46,22 @@ def test_first_kill_is_attributed_to_the_failure_it_predicts(master_runs):
     """With every rule on, each failing configuration is killed for its own failure."""
     expected = {"divergence": "divergence", "dead_relu_bias_init": "dead_relu_collapse",
                 "dead_relu_high_lr": "dead_relu_collapse", "silence_collapse": "silence_collapse",
-                "discriminator_overpowering": "discriminator_overpowering",
                 "evergreen_bias_init": "linearised_layer"}
     iterations = {"divergence": 2, "dead_relu_bias_init": 3, "dead_relu_high_lr": 8,
-                  "silence_collapse": 8, "discriminator_overpowering": 10,
-                  "evergreen_bias_init": 3}
+                  "silence_collapse": 8, "evergreen_bias_init": 3}
     for variant, failure in expected.items():
         kills = [v for v in verdicts(list(RULES.values()), master_runs(variant,
                                                                        iterations[variant]))
                  if v.stops]
         assert [v.failure for v in kills] == [failure], variant
+
+
+def test_discriminator_overpowering_only_warns(master_runs):
+    """The family-free test has no in-sample failure to stand on (the LSGAN constants that
+    killed this variant kill healthy hinge GANs): at most a warning, never a kill."""
+    assert RULES["discriminator_overpowering"].action == "warn"
+    found = verdicts(list(RULES.values()), master_runs("discriminator_overpowering", 10))
+    assert not [v for v in found if v.stops]
 
 
 def test_builtin_rules_say_where_their_thresholds_came_from():

@@ -94,6 +94,33 @@ def test_the_population_is_late_and_names_only_known_families() -> None:
     assert len({s.file for s in specs}) == len(specs)
 
 
+def test_the_fresh_split_repeats_the_designs_under_new_seeds() -> None:
+    dev, fresh = population(40), population(40, "fresh")
+    assert [(s.name, s.setting, s.failure, s.onset) for s in dev] == \
+        [(s.name, s.setting, s.failure, s.onset) for s in fresh]
+    assert not {s.seed for s in dev} & {s.seed for s in fresh}
+    with pytest.raises(ValueError, match="split must be one of"):
+        population(40, "test")
+
+
+def test_splits_markdown_puts_the_splits_side_by_side() -> None:
+    from bench.heldout.splits import splits_markdown
+
+    def policy(name: str, caught: int, false: int) -> dict[str, Any]:
+        return {"policy": name, "trial_iterations": 10, "saved_pct": 10.0, "recall": caught / 2,
+                "caught": caught, "really_failing": 2, "false_kills": false,
+                "premature_kills": 0, "precision": None, "median_delay_iterations": 1.0,
+                "median_delay_pct_budget": 2.5, "median_lead": 0.0,
+                "kills_before_quality": 0}
+
+    report = {"trials": [{}, {}], "policies": [policy(p, 1, 0) for p in policies.POLICIES],
+              "firings": {"a/x": [{"rule": "divergence", "iteration": 3, "action": "kill"}]}}
+    md = splits_markdown({"in-sample": report, "fresh": report}, ["builtin"])
+    assert "| in-sample | heuristic | 2 | 0.50 (1/2) | 0 | 0 | 2.5 | 10% | 0.0 |" in md
+    assert "| fresh | asha |" in md and "development" not in md.split("## ")[0].split("|")[-1]
+    assert "* a/x: divergence@3" in md
+
+
 def test_a_trial_is_deterministic() -> None:
     spec = Spec("mlp", "x", {"optimizer": "sgd", "lr": 0.05, "batch_size": 32}, budget=2)
     a, b = run_trial(spec), run_trial(spec)
