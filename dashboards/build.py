@@ -113,11 +113,10 @@ def overview() -> d.Dashboard:
              .with_panel(series("Output / target power",
                                 f"tune_health_power_ratio_db{{{SEL}}}", "{{trial}}", "dB"))
              .with_panel(series("Power loss", f"tune_health_power_loss{{{SEL}}}", "{{trial}}"))
-             .with_panel(series("Validation quality (log-mel distance, lower is better)",
-                                f'tune_health_validation{{{SEL}, metric="val_logmel"}}',
-                                "{{trial}}"))
-             .with_panel(series("Discriminator loss", f'tune_health_loss{{{SEL}, loss="d"}}',
-                                "{{trial}}"))
+             .with_panel(series("Validation metric (the experiment's declared one)",
+                                f"tune_health_validation{{{SEL}}}", "{{trial}} {{metric}}"))
+             .with_panel(series("Discriminator loss",
+                                f'tune_health_loss{{{SEL}, loss="discriminator"}}', "{{trial}}"))
              .with_row(d.Row("Kills"))
              .with_panel(series("Kills by rule",
                                 f"sum by (rule, failure) (tune_health_kills_total{{{EXP}}})",

@@ -7,7 +7,6 @@ reach this one exporter: one scrape target per experiment, however many trials r
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +29,19 @@ class HealthExporterCallback(tune.Callback):
 
     def __init__(self, experiment: str, run: str, sd_dir: str | Path | None = None,
                  host: str | None = None, port: int | None = None,
-                 retain_s: float = 30.0) -> None:
+                 retain_s: float = 30.0, vocabulary: Vocabulary | None = None) -> None:
         self.experiment, self.run = experiment, run
-        self.host = host or os.environ.get("MONITOR_EXPORTER_HOST", "127.0.0.1")
-        self.port = port if port is not None else int(os.environ.get("MONITOR_EXPORTER_PORT", 0))
+        self.host, self.port = host, port  # None: from the environment (checked by Exporter)
         self.sd_dir = sd_dir
         self.retain_s = retain_s
+        self.vocabulary = vocabulary
         self.exporter: Exporter | None = None
 
     def start(self) -> Exporter:
         """Start serving now (before Tune starts, so that a taken port fails early)."""
         if self.exporter is None:
             self.exporter = Exporter(self.experiment, self.run, self.host, self.port,
-                                     self.sd_dir, self.retain_s)
+                                     self.sd_dir, self.retain_s, self.vocabulary)
             self.exporter.start()
             log.info("health metrics at %s", self.exporter.url)
         return self.exporter

@@ -33,7 +33,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from heuristics.results import unflatten_health
+from heuristics.results import observe
+from heuristics.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -54,31 +55,29 @@ MODEL_METRICS = {
                    "time-averaged |STFT|^2)"),
     "power_ratio_db": ("power_ratio_db", "Output over target spectral power (dB)"),
 }
-SCALAR_METRICS = {  # top-level result key -> (metric name, help)
+SCALAR_METRICS = {  # scalar key (a role, or Tune's iteration) -> (metric name, help)
     "grad_norm": ("gradient_norm", "Gradient norm before clipping, mean over the iteration"),
     "training_iteration": ("training_iteration", "Last reported training iteration"),
     "step_time_s": ("step_seconds", "Wall time per training step"),
-    "n_parameters": ("parameters", "Parameters of the trained model"),
-    "rtf": ("real_time_factor", "CPU seconds per second of audio"),
 }
-LOSS_HELP = "Training losses, mean over the iteration"
-VALIDATION_HELP = "Validation metrics (lower is better)"
+LOSS_ROLES = {"train_loss": "train", "generator_loss": "generator",
+              "discriminator_loss": "discriminator", "adversarial_loss": "adversarial"}
+LOSS_HELP = "Training losses by declared role (train, generator, discriminator, adversarial)"
+VALIDATION_HELP = "The declared validation metric (label metric: its key, mode: min or max)"
 
 
-def result_family(key: str) -> tuple[str, str] | None:
-    """Where a top-level numeric result key is exported: ``("loss", loss label)``,
-    ``("validation", metric label)``, ``("scalar", key)`` or ``None`` (not exported).
+def result_family(role: str, key: str | None = None) -> tuple[str, str] | None:
+    """Where the value of a declared role is exported: ``("loss", role label)``,
+    ``("validation", the metric's key)``, ``("scalar", role)`` or ``None``.
 
-    The one place that classifies result keys (a declared vocabulary can replace the name
-    conventions here)."""
-    if key.startswith("health/"):
-        return None
-    if key.startswith("loss"):
-        return "loss", key[5:] or "total"
-    if key.startswith("val_") or key.startswith("master_val_"):
-        return "validation", key
-    if key in SCALAR_METRICS:
-        return "scalar", key
+    The one place that maps results to metric families; it reads the experiment's declared
+    vocabulary (``heuristics.vocabulary``), never metric-name conventions."""
+    if role in LOSS_ROLES:
+        return "loss", LOSS_ROLES[role]
+    if role == "validation":
+        return "validation", key or "validation"
+    if role in SCALAR_METRICS:
+        return "scalar", role
     return None
 
 
@@ -184,8 +183,10 @@ def _render_counters(family: Family, table: dict[tuple[str, str, str], int]) -> 
 class SignalSnapshot:
     """Thread-safe latest signals per trial, written by the driver, read by scrapes."""
 
-    def __init__(self, retain_s: float = 30.0, prefix: str = PREFIX) -> None:
+    def __init__(self, retain_s: float = 30.0, prefix: str = PREFIX,
+                 vocabulary: Vocabulary | None = None) -> None:
         self.retain_s = retain_s
+        self.vocabulary = vocabulary or Vocabulary()  # which reported keys play which role
         self.prefix = prefix
         self._families = FAMILIES if prefix == PREFIX else _families(prefix)
         self._headers = [(f.key, f.header()) for f in self._families]
@@ -212,19 +213,17 @@ class SignalSnapshot:
 
     def update(self, experiment: str, trial: str, result: dict[str, Any]) -> None:
         """Record one Tune result (the trainables' metrics with their ``health`` block)."""
-        health = unflatten_health(result)
-        t = TrialSignals(experiment, trial, str(result.get("role", "unknown")))
-        t.iteration = int(result.get("training_iteration", 0))
-        t.layers = {layer: {k: float(v) for k, v in sig.items() if _number(v) is not None}
-                    for layer, sig in (health.get("layers") or {}).items()}
-        t.model = {k: float(v) for k, v in (health.get("model") or {}).items()
-                   if _number(v) is not None}
+        obs = observe(result, self.vocabulary)
+        t = TrialSignals(experiment, trial, obs.role)
+        t.iteration = obs.iteration
+        t.layers, t.model = obs.layers, obs.model
         tables = {"loss": t.losses, "validation": t.validation, "scalar": t.scalars}
-        for key, value in result.items():
-            v = _number(value)
-            family = result_family(key) if v is not None else None
+        keys = self.vocabulary.keys()
+        for role, value in obs.roles.items():
+            family = result_family(role, keys.get(role))
             if family is not None:
-                tables[family[0]][family[1]] = v
+                tables[family[0]][family[1]] = value
+        t.scalars["training_iteration"] = float(obs.iteration)
         t.updated = time.time()
         with self._lock:
             previous = self._trials.get(trial)
@@ -478,7 +477,7 @@ class Exporter:
 
     def __init__(self, experiment: str, run: str, host: str | None = None,
                  port: int | str | None = None, sd_dir: str | Path | None = None,
-                 retain_s: float = 30.0) -> None:
+                 retain_s: float = 30.0, vocabulary: Vocabulary | None = None) -> None:
         self.experiment, self.run = experiment, run
         host = host if host is not None else os.environ.get("MONITOR_EXPORTER_HOST", "127.0.0.1")
         self.host = host.strip().strip("[]") or "127.0.0.1"
@@ -486,7 +485,7 @@ class Exporter:
         self.port = parse_port(port if port is not None
                                else os.environ.get("MONITOR_EXPORTER_PORT", "0"), source)
         self.sd_dir = Path(sd_dir) if sd_dir else None
-        self.snapshot = SignalSnapshot(retain_s)
+        self.snapshot = SignalSnapshot(retain_s, vocabulary=vocabulary)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 

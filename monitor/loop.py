@@ -68,7 +68,8 @@ class LoopMonitor:
         if exporter:
             from monitor.exporter import Exporter
 
-            self.exporter = Exporter(experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd")
+            self.exporter = Exporter(experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd",
+                                     vocabulary=spec.vocabulary)
             self.exporter.start()
             self.exporter.snapshot.declare(
                 experiment, [(r.name, r.failure) for r in spec.rules if r.action == "kill"],

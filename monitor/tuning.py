@@ -73,7 +73,8 @@ class TuneMonitor:
         self.exporter_callback = None
         if exporter:
             self.exporter_callback = HealthExporterCallback(
-                experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd")
+                experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd",
+                vocabulary=spec.vocabulary)
             self.exporter_callback.start()  # a taken port fails here, before Tune starts
         self.notices = self.scheduler.declaration_notices()
 

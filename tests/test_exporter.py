@@ -12,7 +12,11 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from heuristics.vocabulary import Vocabulary
 from monitor.exporter import Exporter, ExporterError, HealthCollector, SignalSnapshot
+
+VOCAB = Vocabulary(generator_loss="loss_g", discriminator_loss="loss_d", validation="val_logmel",
+                   grad_norm="grad_norm", step_time_s="step_time_s", role="master")
 
 RESULT = {
     "role": "master", "training_iteration": 3, "loss_g": 2.5, "loss_d": 0.2, "grad_norm": 4.0,
@@ -39,14 +43,14 @@ def reference(snapshot: SignalSnapshot) -> str:
 
 
 def test_collector_exposes_signals_with_labels():
-    snap = SignalSnapshot()
+    snap = SignalSnapshot(vocabulary=VOCAB)
     snap.update("master_v464", "t1", RESULT)
     text = scrape(snap)
     labels = 'experiment="master_v464",layer="blocks.0.act",role="master",trial="t1"'
     assert f"tune_health_dead_ratio{{{labels}}} 0.25" in text
     assert 'tune_health_power_ratio_db{experiment="master_v464",role="master",trial="t1"} -3.0' \
         in text
-    assert 'tune_health_loss{experiment="master_v464",loss="g",role="master",trial="t1"} 2.5' \
+    assert 'tune_health_loss{experiment="master_v464",loss="generator",role="master",trial="t1"} 2.5' \
         in text
     assert 'metric="val_logmel"' in text
     assert 'tune_health_reports_total{experiment="master_v464",role="master",trial="t1"} 1.0' \
@@ -54,13 +58,13 @@ def test_collector_exposes_signals_with_labels():
 
 
 def test_nan_values_are_exported_as_nan():
-    snap = SignalSnapshot()
+    snap = SignalSnapshot(vocabulary=VOCAB)
     snap.update("e", "t1", {**RESULT, "loss_g": float("nan")})
-    assert 'loss="g",role="master",trial="t1"} NaN' in scrape(snap)
+    assert 'loss="generator",role="master",trial="t1"} NaN' in scrape(snap)
 
 
 def test_series_of_ended_trial_are_removed_after_retention():
-    snap = SignalSnapshot(retain_s=0.2)
+    snap = SignalSnapshot(retain_s=0.2, vocabulary=VOCAB)
     snap.update("e", "t1", RESULT)
     snap.update("e", "t2", RESULT)
     snap.end("t1")
@@ -73,7 +77,7 @@ def test_series_of_ended_trial_are_removed_after_retention():
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_exposition_passes_promtool_check_metrics():
-    snap = SignalSnapshot()
+    snap = SignalSnapshot(vocabulary=VOCAB)
     snap.update("e", "t1", RESULT)
     snap.count_kill("e", "dead_relu_collapse", "dead_relu_collapse")
     proc = subprocess.run(["promtool", "check", "metrics"], input=scrape(snap), text=True,
@@ -138,3 +142,21 @@ def test_taken_port_is_a_clear_error():
         port = s.getsockname()[1]
         with pytest.raises(ExporterError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             Exporter("e", "r", port=port).start()
+
+
+def test_families_follow_the_declared_vocabulary_not_metric_names():
+    """Another team's names (g_loss, d_loss, val_acc) are exported by role; with nothing
+    declared, no loss or validation family guesses from names."""
+    other = Vocabulary(generator_loss="g_loss", discriminator_loss="d_loss", validation="val_acc",
+                       mode="max")
+    snap = SignalSnapshot(vocabulary=other)
+    snap.update("gan", "t1", {"g_loss": -0.4, "d_loss": 0.0, "val_acc": 0.9, "loss_g": 7.0,
+                              "training_iteration": 2})
+    text = scrape(snap)
+    assert 'tune_health_loss{experiment="gan",loss="generator",role="trial",trial="t1"} -0.4' \
+        in text
+    assert 'loss="discriminator"' in text and 'metric="val_acc"' in text
+    assert "7.0" not in text  # loss_g is not declared here: not exported
+    bare = SignalSnapshot()
+    bare.update("x", "t1", RESULT)
+    assert 'tune_health_loss{' not in scrape(bare)
