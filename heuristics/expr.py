@@ -60,8 +60,9 @@ SIGNALS = {**LAYER_SIGNALS, **MODEL_SIGNALS, **METRIC_SIGNALS}
 REDUCTIONS = {"max", "min", "mean", "sum", "count", "fraction", "any", "all"}
 # (expr, N reports). ``zscore`` and ``ratio`` compare now with the N reports *before* it:
 # ``zscore(x, N)``: (x - median) / robust spread (1.4826 MAD, or 1.2533 mean absolute deviation
-# when larger, at least 1e-9), shift-invariant, safe for losses of any sign; ``ratio(x, N)``: x / median, only where the
-# median is positive (absent otherwise), for quantities positive by nature. Both are absent
+# when larger, at least 1e-9), shift-invariant, safe for losses of any sign; ``ratio(x, N)``:
+# x / median, only where the median is positive (absent otherwise), for quantities positive by
+# nature. Both are absent
 # until 3 earlier reports exist.
 BASELINES = {"zscore", "ratio"}
 WINDOWS = {"avg_over", "min_over", "max_over", "change"} | BASELINES

@@ -7,17 +7,15 @@ them in the exporter. With no kill it delegates to a wrapped scheduler (e.g. ASH
 given. In shadow mode it records every would-be kill and stops nothing.
 
 Ray Tune pickles a scheduler once, when the experiment starts, and does not save its state.
-This one keeps its rule state in ``<run dir>/heuristics/trials/<trial>.json`` (written
-atomically after every result, after the verdicts) and its verdicts in the store and log;
-after ``Tuner.restore`` it reconciles both on its first call, so no kill is forgotten, lost or
-repeated and ``for`` streaks continue.
+This one keeps its rule state in ``<run dir>/heuristics/state.sqlite`` (the newest record
+appended after every result, after the verdicts: ``monitor.rulestate``) and its verdicts in
+the store and log; after ``Tuner.restore`` it reconciles both on its first call, so no kill
+is forgotten, lost or repeated and ``for`` streaks continue.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from heuristics.vocabulary import Vocabulary
 from monitor.exporter import Exporter
 from monitor.faults import crash_point
 from monitor.grafana import KillAnnotator
+from monitor.rulestate import RuleStateStore
 from monitor.verdicts import VerdictRecorder
 
 log = logging.getLogger(__name__)
@@ -71,12 +70,15 @@ class HeuristicScheduler(FIFOScheduler):
         self.wrapped = scheduler
         self.recorder = VerdictRecorder(self.run_dir)
         self.annotator = KillAnnotator()  # posts kills to Grafana when GRAFANA_URL is set
+        self._state: RuleStateStore | None = None  # opened on first use (not pickled)
         self._loaded = False
         self._supports_buffered_results = False  # act on every result as it arrives
 
     @property
-    def state_dir(self) -> Path:
-        return self.run_dir / "heuristics" / "trials"
+    def state(self) -> RuleStateStore:
+        if self._state is None:
+            self._state = RuleStateStore(self.run_dir, self.engine.keep)
+        return self._state
 
     def declaration_notices(self) -> list[str]:
         """Rules naming roles the vocabulary leaves undeclared (recorded, and returned)."""
@@ -92,12 +94,12 @@ class HeuristicScheduler(FIFOScheduler):
         self._loaded = True
         if self.run:
             _LIVE[self.run] = self
-        if self.state_dir.exists():
-            for path in sorted(self.state_dir.glob("*.json")):
-                try:
-                    self.engine.load_trial_state(path.stem, json.loads(path.read_text()))
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    log.warning("%s: rule state unreadable (%s); starting it afresh", path, exc)
+        for trial, data in self.state.load().items():
+            try:
+                self.engine.load_trial_state(trial, data)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("%s: rule state of %s unreadable (%s); starting it afresh",
+                            self.state.path, trial, exc)
         exporter = Exporter.for_run(self.run) if self.run else None
         if exporter:
             rules = self.engine.rules
@@ -118,11 +120,7 @@ class HeuristicScheduler(FIFOScheduler):
                 count(v["experiment"], v["rule"], v["failure"])
 
     def _save(self, trial: str) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / f"{trial}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.engine.trial_state(trial), allow_nan=True))
-        os.replace(tmp, path)
+        self.state.append(trial, self.engine.last_record(trial))
 
     def _record(self, verdict: Verdict) -> None:
         data = verdict.to_dict()

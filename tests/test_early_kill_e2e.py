@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from monitor.rulestate import RuleStateStore
 from monitor.store import RunStore
 from monitor.verdicts import VerdictLog
 from trainers import experiment
@@ -79,9 +80,9 @@ def test_restore_after_the_driver_is_killed(tmp_path):
     driver.wait()
     before = VerdictLog(log_path).read()
     run_dir = log_path.parent.parent
-    states = [runner.json.loads(p.read_text())
-              for p in (run_dir / "heuristics" / "trials").glob("*.json")]
-    unfinished = [s for s in states if not s["killed"] and len(s["reports"]) < 14]
+    killed = {v["trial"] for v in before if v["action"] == "kill"}
+    states = RuleStateStore(run_dir, keep=100).load()
+    unfinished = [t for t, s in states.items() if t not in killed and len(s["reports"]) < 14]
     assert unfinished, "the driver must be killed while a trial is still running"
 
     proc = subprocess.run([*cmd, "--resume", str(run_dir)], env=env, capture_output=True,
@@ -96,8 +97,7 @@ def test_restore_after_the_driver_is_killed(tmp_path):
     summary = runner.json.loads((run_dir / "summary.json").read_text())
     healthy = next(t for t in summary["trials"] if t["variant"] == "healthy")
     assert healthy["iterations"] == 14 and "killed" not in healthy
-    state = runner.json.loads((run_dir / "heuristics" / "trials" /
-                               f"{healthy['trial_id']}.json").read_text())
+    state = RuleStateStore(run_dir, keep=100).load()[healthy["trial_id"]]
     iterations = [r["iteration"] for r in state["reports"]]
     assert iterations == list(range(1, 15))  # one history across the crash
     # The run store: every kill exactly once; the sample history continues after the restore

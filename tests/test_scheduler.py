@@ -3,7 +3,6 @@ Ray's own scheduler tests)."""
 
 from __future__ import annotations
 
-import json
 import math
 from unittest.mock import MagicMock
 
@@ -13,6 +12,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from heuristics.rules import load_rules
 from monitor.exporter import Exporter
+from monitor.rulestate import RuleStateStore
 from monitor.scheduler import HeuristicScheduler
 from monitor.verdicts import VerdictLog
 
@@ -149,8 +149,7 @@ def test_replayed_iterations_after_restore_roll_back_the_streak(rules, tmp_path)
     # Restored from a checkpoint at iteration 1: iteration 2 comes again, now healthy.
     assert feed(sched, trial, [result(2, loss_d=0.5), result(3, loss_d=0.001)]) == \
         [TrialScheduler.CONTINUE] * 2
-    state = json.loads((tmp_path / "run" / "heuristics" / "trials" /
-                        f"{trial.trial_id}.json").read_text())
+    state = RuleStateStore(tmp_path / "run", keep=100).load()[trial.trial_id]
     assert [r["iteration"] for r in state["reports"]] == [1, 2, 3]
 
 
