@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from monitor.paths import runs_dir
 
 
 def config_text(sd_dir: Path, scrape_interval: str = "5s") -> str:
@@ -25,7 +25,8 @@ def config_text(sd_dir: Path, scrape_interval: str = "5s") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--storage", type=Path, default=REPO / "runs")
+    parser.add_argument("--storage", type=Path, default=runs_dir(),
+                        help="where runs are (default: $MONITOR_RUNS_DIR or ./runs)")
     parser.add_argument("--host", default=os.environ.get("PROMETHEUS_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PROMETHEUS_PORT", 9090)))
     parser.add_argument("--print-config", action="store_true")
