@@ -1,10 +1,11 @@
 """Rule isolation in the engine: a rule decides the same alone as in any rule set, per trial.
 
 Property-based (hypothesis): random rule sets drawn from the expression grammar (signals, layer
-selectors, reductions, windows, min_ever/max_ever, arithmetic, comparisons, and/or/not) over
-random histories (NaN, Inf, missing signals, trials restored from older checkpoints that replay
-iterations, interleaved trials). Plus the two-rule reproduction of the shared-slot bug, and
-state saved and reloaded mid-history (whole, and rebuilt from per-result records).
+selectors, reductions, windows and baselines (zscore, ratio), min_ever/max_ever, arithmetic,
+comparisons, and/or/not) over random histories (NaN, Inf, missing signals, trials restored from
+older checkpoints that replay iterations, interleaved trials). Plus the two-rule reproduction of
+the shared-slot bug, and state saved and reloaded mid-history (whole, and rebuilt from
+per-result records). ``HYPOTHESIS_EXAMPLES`` sets the examples per property (default 100).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from heuristics import engine as engine_module
 from heuristics.engine import RuleEngine
-from heuristics.expr import parse
+from heuristics.expr import WINDOWS, parse
 from heuristics.rules import Grace, Hold, Rule
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "100"))
@@ -97,7 +98,7 @@ def extend(inner):
                                        "sum", "count", "fraction", "any", "all", "min_ever",
                                        "max_ever"]), inner)
     window = st.builds(lambda f, a, n: f"{f}({a}, {n})",
-                       st.sampled_from(["avg_over", "min_over", "max_over", "change"]), inner,
+                       st.sampled_from(sorted(WINDOWS)), inner,
                        st.integers(1, 8))
     binary = st.builds(lambda a, op, b: f"({a} {op} {b})", inner,
                        st.sampled_from(["+", "-", "*", "/", "<", "<=", ">", ">=", "==", "!=",
