@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from monitor.console import console, print_error
+from monitor.console import console, print_error, safe
 from monitor.paths import runs_dir
 from monitor.summary import plain
 
@@ -63,12 +63,12 @@ def _rules_check(args: argparse.Namespace) -> int:
     except RuleErrors as exc:
         for error in exc.errors:
             print_error(str(error))
-        console.print(f"{len(exc.errors)} error(s) in {', '.join(args.paths)}")
+        console.print(f"{len(exc.errors)} error(s) in {safe(', '.join(args.paths))}")
         return 1
     except ConfigError as exc:
         print_error(str(exc))
         return 2
-    console.print(f"OK: {len(rules)} rules in {', '.join(args.paths)}")
+    console.print(f"OK: {len(rules)} rules in {safe(', '.join(args.paths))}")
     if declared:
         _declaration_warnings(rules, declared[1], Path(args.experiment).stem)
     return 0
@@ -128,8 +128,12 @@ def _kill_report(args: argparse.Namespace) -> int:
     else:
         print(report.render(data, args.format), end="")
     if page is not None:
-        args.html.write_text(page)
-        console.print(f"wrote {args.html}")
+        try:
+            report.write_html(args.html, page)
+        except StoreError as exc:
+            print_error(str(exc))
+            return 2
+        console.print(f"wrote {safe(args.html)}")
     return 0
 
 
@@ -153,12 +157,14 @@ def _label(args: argparse.Namespace) -> int:
     except (StoreError, KeyError) as exc:
         print_error(str(exc))
         return 2
-    console.print(f"{trial['trial_id']} ({trial.get('variant')}): outcome {trial['outcome']}")
+    console.print(safe(f"{trial['trial_id']} ({trial.get('variant')}): outcome "
+                       f"{trial['outcome']}"))
     return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
     from heuristics.rules import RuleErrors, load_rules
+    from monitor.replay import print_table as replay_table
     from monitor.replay import replay
     from monitor.store import StoreError
 
@@ -174,25 +180,7 @@ def _replay(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(result, indent=2, default=str))
         return 0
-    table = Table(title=f"Replay of {len(rules)} rules over {', '.join(result['runs'])}")
-    for col in ("trial", "variant", "outcome", "killed by", "at", "saved", "warnings"):
-        table.add_column(col, overflow="fold")
-    for t in result["trials"]:
-        table.add_row(t["trial"], str(t["variant"]), str(t["outcome"]), t["killed_by"] or "-",
-                      f"{t['kill_iteration']}/{t['budget']}" if t["kill_iteration"] else "-",
-                      str(t["saved_iterations"]), ", ".join(t["warnings"]) or "-")
-    console.print(table)
-
-    def pct(x):
-        return "n/a" if x is None else f"{x:.2f}"
-
-    console.print(f"precision {pct(result['precision'])}, recall {pct(result['recall'])} "
-                  f"({result['true_kills']} true kills, {result['false_kills']} false kills, "
-                  f"{result['missed']} missed, {result['unlabelled']} unlabelled); saved "
-                  f"{result['saved_iterations']}/{result['budget_iterations']} trial-iterations "
-                  f"({result['saved_pct']:.0f}%); median detection at iteration "
-                  f"{result['median_detection_iteration']} "
-                  f"({pct(result['median_detection_pct_of_budget'])}% of budget)")
+    replay_table(result, console)
     return 0
 
 
@@ -213,22 +201,16 @@ def _calibrate(args: argparse.Namespace) -> int:
                     "`monitor label`)")
         return 2
     rows = calibrate.analyse(trials)
-    table = Table(title=f"Signals ranked ({failing} failing vs {len(trials) - failing} healthy "
-                  "trials)")
-    for col in ("signal", "direction", "AUC", "r_pb", "first separated", "threshold",
-                "recall", "median detection"):
-        table.add_column(col, overflow="fold")
-    for r in rows[:args.top]:
-        table.add_row(r["expr"], r["direction"], f"{r['auc']:.2f}",
-                      f"{r['point_biserial']:.2f}", str(r["first_separated_iteration"]),
-                      f"{r['threshold']:.4g}" if r["threshold"] is not None else "-",
-                      f"{r['recall']:.2f}", str(r["median_detection"]))
-    console.print(table)
+    calibrate.print_table(rows, trials, args.top, console)
     suggestion = calibrate.suggest(rows, trials)
-    calibrate.write_rules(args.output, suggestion, [p.name for p in run_dirs])
+    try:
+        calibrate.write_rules(args.output, suggestion, [p.name for p in run_dirs])
+    except StoreError as exc:
+        print_error(str(exc))
+        return 2
     console.print(f"wrote {len(suggestion['groups'][0]['rules'])} suggested rules to "
-                  f"{args.output} (check: monitor rules check {args.output}; score: monitor "
-                  f"replay EXP --rules {args.output})")
+                  f"{safe(args.output)} (check: monitor rules check {safe(args.output)}; score: "
+                  f"monitor replay EXP --rules {safe(args.output)})")
     return 0
 
 
@@ -244,7 +226,8 @@ def _dashboards_push(args: argparse.Namespace) -> int:
         print_error(str(exc))
         return 2
     for a in answers:
-        console.print(f"pushed {a.get('uid')} (version {a.get('version')}) {a.get('url', '')}")
+        console.print(safe(f"pushed {a.get('uid')} (version {a.get('version')}) "
+                           f"{a.get('url', '')}"))
     return 0
 
 

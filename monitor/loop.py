@@ -28,6 +28,7 @@ from heuristics.coverage import SignalCoverage, undeclared
 from heuristics.engine import RuleEngine
 from heuristics.vocabulary import Vocabulary
 from monitor.console import console
+from monitor.console import plain as console_plain
 from monitor.recording import StoreWriter
 from monitor.run import RuleSources, RunSpec
 from monitor.summary import plain, print_summary, summarise
@@ -36,7 +37,8 @@ from monitor.verdicts import VerdictRecorder
 
 @dataclass(frozen=True)
 class Decision:
-    """What the rules say after one report: ``stop`` and, if so, why (a full sentence)."""
+    """What the rules say after one report: ``stop`` and, if so, why (a full sentence, control
+    characters made visible so it is safe to print)."""
 
     stop: bool
     reason: str | None = None
@@ -100,7 +102,8 @@ class LoopMonitor:
             self.writer.start(trial, trial, {})
         killed = self.engine.killed(trial)
         if killed is not None:
-            return Decision(True, killed["reason"], killed["rule"], killed["failure"])
+            return Decision(True, console_plain(killed["reason"]), killed["rule"],
+                            killed["failure"])
         state["n"] += 1
         result = dict(metrics)
         if health is not None:
@@ -128,8 +131,9 @@ class LoopMonitor:
         kill = next((v for v in verdicts if v.stops), None)
         if kill is not None:
             self.end(trial)
-            return Decision(True, kill.reason, kill.rule, kill.failure, tuple(warnings))
-        return Decision(False, warnings=tuple(warnings))
+            return Decision(True, console_plain(kill.reason), kill.rule, kill.failure,
+                            tuple(console_plain(w) for w in warnings))
+        return Decision(False, warnings=tuple(console_plain(w) for w in warnings))
 
     def end(self, trial: str = "main", status: str = "TERMINATED") -> None:
         """Mark ``trial`` as finished (``close()`` ends every trial still running)."""

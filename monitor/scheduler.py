@@ -26,6 +26,7 @@ from heuristics.coverage import SignalCoverage, undeclared
 from heuristics.engine import RuleEngine, TrialState, Verdict
 from heuristics.rules import Rule
 from heuristics.vocabulary import Vocabulary
+from monitor.console import plain
 from monitor.exporter import Exporter
 from monitor.faults import crash_point
 from monitor.grafana import KillAnnotator
@@ -130,7 +131,7 @@ class HeuristicScheduler(FIFOScheduler):
             count = (exporter.snapshot.count_kill if verdict.stops
                      else exporter.snapshot.count_warning)
             count(verdict.experiment, verdict.rule, verdict.failure)
-        (log.warning if verdict.stops else log.info)(verdict.reason)
+        (log.warning if verdict.stops else log.info)("%s", plain(verdict.reason))
         if verdict.stops:
             self.annotator.post(data)
 

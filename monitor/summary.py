@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sqlite3
 import time
 from pathlib import Path
@@ -20,15 +19,14 @@ from rich.table import Table
 from rich.text import Text
 
 from heuristics.vocabulary import Vocabulary
+from monitor.console import plain as console_plain
 from monitor.verdicts import VerdictRecorder, read_notices
-
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def plain(value: Any) -> Text:
-    """User-supplied text for a table cell: never read as markup, control characters shown
-    as ``?``."""
-    return Text(CONTROL.sub("?", str(value)))
+    """User-supplied text for a table cell or line: never read as markup, control characters
+    shown as visible escapes (``monitor.console.plain``)."""
+    return Text(console_plain(value))
 
 
 def _finite(x: Any) -> bool:

@@ -253,8 +253,6 @@ def test_names_print_verbatim_in_the_kill_report(tmp_path, capsys, wide):
     assert "\x1b" not in page and "killme[/x]" in page
 
 
-@pytest.mark.xfail(reason="until monitor/cli.py prints replays with replay.print_table",
-                   strict=False)
 def test_names_print_verbatim_in_the_replay_command(tmp_path, capsys, wide):
     run_dir = make_run(tmp_path)
     assert main(["replay", str(run_dir), "--rules", str(tmp_path / "hostile_rules.yaml")]) == 0
@@ -386,8 +384,6 @@ def test_html_into_a_missing_directory(tmp_path):
     assert isinstance(report.ReportError("x"), StoreError)  # caught where StoreError is
 
 
-@pytest.mark.xfail(reason="until monitor/cli.py writes with report.write_html and "
-                   "calibrate.write_rules inside its StoreError handlers", strict=False)
 @pytest.mark.parametrize("command", ["kill-report", "calibrate"])
 def test_output_into_a_missing_directory_is_one_line(tmp_path, capsys, command):
     run_dir = make_run(tmp_path, {"trial_a": "a", "trial_b": "b", "trial_c": "ok_c",

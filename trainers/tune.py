@@ -20,7 +20,7 @@ from rich.table import Table
 
 from heuristics.rules import RuleErrors
 from heuristics.yamlfile import ConfigError
-from monitor.console import console, print_error
+from monitor.console import console, print_error, safe
 from monitor.exporter import ExporterError
 from monitor.paths import runs_dir
 from trainers import experiment as experiments
@@ -66,8 +66,8 @@ def resolve_master_checkpoint(exp: experiments.Experiment, storage: Path) -> Non
         raise ConfigError(storage, None, f"the latest master run {summary['name']} has no "
                           "healthy trial with a checkpoint to distil from")
     exp.config["master_checkpoint"] = best["checkpoint"]
-    console.print(f"Distilling from master trial {best['trial_id']} of {summary['name']} "
-                  f"({exp.metric}={best['metric']:.3f})")
+    console.print(safe(f"Distilling from master trial {best['trial_id']} of {summary['name']} "
+                       f"({exp.metric}={best['metric']:.3f})"))
 
 
 def param_space(exp: experiments.Experiment, max_iterations: int) -> dict[str, Any]:
