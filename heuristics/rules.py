@@ -35,8 +35,17 @@ DEFAULT_CUSTOM_DIR = Path(__file__).parent / "custom"
 
 
 def custom_dir() -> Path:
-    """Where the ``custom`` rule source looks (``MONITOR_CUSTOM_RULES`` overrides)."""
-    return Path(os.environ.get("MONITOR_CUSTOM_RULES", DEFAULT_CUSTOM_DIR))
+    """Where the ``custom`` rule source looks: ``$MONITOR_CUSTOM_RULES``, else
+    ``heuristics/custom`` under the current directory when it exists (a checkout, or a
+    project of one's own), else the package's own (empty) folder."""
+    configured = os.environ.get("MONITOR_CUSTOM_RULES", "").strip()
+    if configured:
+        return Path(configured)
+    local = Path.cwd() / "heuristics" / "custom"
+    return local if local.is_dir() else DEFAULT_CUSTOM_DIR
+
+
+
 ACTIONS = ("kill", "warn")
 RULE_KEYS = {"name", "expr", "for", "grace", "labels", "annotations"}
 GROUP_KEYS = {"name", "rules"}
