@@ -50,8 +50,8 @@ def test_collector_exposes_signals_with_labels():
     assert f"tune_health_dead_ratio{{{labels}}} 0.25" in text
     assert 'tune_health_power_ratio_db{experiment="master_v464",role="master",trial="t1"} -3.0' \
         in text
-    assert 'tune_health_loss{experiment="master_v464",loss="generator",role="master",trial="t1"} 2.5' \
-        in text
+    assert ('tune_health_loss{experiment="master_v464",loss="generator",role="master",'
+            'trial="t1"} 2.5') in text
     assert 'metric="val_logmel"' in text
     assert 'tune_health_reports_total{experiment="master_v464",role="master",trial="t1"} 1.0' \
         in text
