@@ -165,18 +165,18 @@ class RuleEngine:
                  shadow: bool = False, vocabulary: Vocabulary | None = None) -> None:
         if budget is not None and budget < 1:
             raise ValueError(f"budget must be a positive number of iterations, got {budget}")
-        self.rules = rules
+        self.vocabulary = vocabulary or Vocabulary()
+        self.rules = [r for r in rules if r.applies(self.vocabulary)]  # ``requires`` met
         self.experiment = experiment
         self.budget = budget
         self.shadow = shadow
-        self.vocabulary = vocabulary or Vocabulary()
-        names = [r.name for r in rules]
+        names = [r.name for r in self.rules]
         if len(set(names)) != len(names):
             raise ValueError(f"rule names must be unique, got {sorted(names)}")
         # Reports each rule sees: its windows and evidence, plus replays after a restore.
-        self.keeps = {r.name: max(WINDOW_SHOWN, r.window) + EXTRA_HISTORY for r in rules}
+        self.keeps = {r.name: max(WINDOW_SHOWN, r.window) + EXTRA_HISTORY for r in self.rules}
         self.keep = max([*self.keeps.values(), WINDOW_SHOWN + EXTRA_HISTORY])
-        self.layer_signals, self.scalar_signals = read_signals(rules)
+        self.layer_signals, self.scalar_signals = read_signals(self.rules)
         self.trials: dict[str, TrialState] = {}
 
     def killed(self, trial: str) -> dict[str, Any] | None:

@@ -47,7 +47,10 @@ def custom_dir() -> Path:
 
 
 ACTIONS = ("kill", "warn")
-RULE_KEYS = {"name", "expr", "for", "grace", "labels", "annotations"}
+RULE_KEYS = {"name", "expr", "for", "grace", "labels", "annotations", "requires"}
+# ``requires``: settings of the experiment's vocabulary a rule is written for, e.g.
+# ``requires: {gan_loss: lsgan}``: elsewhere the engine leaves the rule out.
+REQUIREMENTS = {"gan_loss": ("lsgan", "hinge", "wasserstein", "bce"), "mode": ("min", "max")}
 GROUP_KEYS = {"name", "rules"}
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)$")
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -95,6 +98,7 @@ class Rule:
     annotations: dict[str, str]
     source: str
     line: int | None
+    requires: dict[str, str] = field(default_factory=dict)
     window: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +111,11 @@ class Rule:
     @property
     def failure(self) -> str:
         return self.labels["failure"]
+
+    def applies(self, vocabulary: Any) -> bool:
+        """Whether an experiment with ``vocabulary`` meets this rule's ``requires``."""
+        return all(getattr(vocabulary, key, None) == value
+                   for key, value in self.requires.items())
 
 
 class RuleErrors(ValueError):
@@ -271,11 +280,18 @@ def _parse_rule(raw: Any, group: str, path: Path, lines: dict, rp: tuple, err) -
                     f"{{{{ {ph} }}}}; expected one of {sorted(PLACEHOLDERS)}, $labels.NAME or "
                     "$values.SIGNAL")
                 ok = False
+    requires = raw.get("requires") or {}
+    if not isinstance(requires, dict) or any(
+            key not in REQUIREMENTS or value not in REQUIREMENTS[key]
+            for key, value in requires.items()):
+        err((*rp, "requires"), name, "requires: expected a mapping of vocabulary settings, "
+            f"each one of {REQUIREMENTS}, got {requires!r}")
+        requires, ok = {}, False
     if not ok or name is None or tree is None:
         return None
     return Rule(name=name, group=group, expr=raw["expr"], tree=tree, hold=hold, grace=grace,
                 labels=dict(labels), annotations=dict(annotations), source=str(path),
-                line=line_of(lines, rp))
+                line=line_of(lines, rp), requires=dict(requires))
 
 
 def _expand(source: str, base: Path | None) -> list[Path]:

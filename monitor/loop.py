@@ -62,7 +62,7 @@ class LoopMonitor:
                                           budget=budget, storage=storage, shadow=shadow,
                                           healthy_threshold=healthy_threshold)
         self.engine = RuleEngine(spec.rules, experiment, budget, shadow, spec.vocabulary)
-        self.coverage = SignalCoverage(spec.rules, spec.vocabulary)
+        self.coverage = SignalCoverage(self.engine.rules, spec.vocabulary)
         self.recorder = VerdictRecorder(spec.run_dir)
         self.writer = StoreWriter(spec.run_dir, experiment, spec.name, spec.vocabulary, budget,
                                   healthy_threshold)
@@ -78,7 +78,7 @@ class LoopMonitor:
                 [(r.name, r.failure) for r in spec.rules if r.action != "kill"])
         self._trials: dict[str, dict[str, Any]] = {}  # trial -> {"n", "started", "last"}
         self._closed = False
-        for n in undeclared(spec.rules, spec.vocabulary, experiment):
+        for n in undeclared(self.engine.rules, spec.vocabulary, experiment):
             self.recorder.note(n.rule, n.signal, n.message)
 
     @property

@@ -65,7 +65,7 @@ class HeuristicScheduler(FIFOScheduler):
         super().__init__()
         self.vocabulary = vocabulary or Vocabulary()
         self.engine = RuleEngine(rules, experiment, budget, shadow, self.vocabulary)
-        self.coverage = SignalCoverage(rules, self.vocabulary)
+        self.coverage = SignalCoverage(self.engine.rules, self.vocabulary)
         self.run_dir = Path(run_dir)
         self.run = run
         self.wrapped = scheduler
