@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="budget per trial (default: each experiment's max_iterations)")
     parser.add_argument("--scale", type=int, default=1, help="seeds per variant (GPU machines)")
     parser.add_argument("--storage", type=Path, default=Path("runs") / "bench-kill")
+    parser.add_argument("--no-heldout", action="store_true",
+                        help="skip the in-sample / held-out split tables (bench.heldout)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.scale < 1:
@@ -256,6 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     console.print(f"wrote {args.out / 'kill.json'} and {args.out / 'kill.md'} "
                   f"({result['seconds'] / 60:.1f} min)")
+    if not args.no_heldout:  # the same rules on trainings they were never tuned on
+        from bench.heldout import splits
+
+        splits.tables(runs=tuple(Path(s["storage"]) for s in runs["none"]))
+        console.print((splits.RESULTS / "splits.md").read_text().split("\n## ")[0])
+        console.print(f"wrote {splits.RESULTS / 'splits.md'} (in-sample = this run's "
+                      "no-stopping populations; development and fresh held-out splits)")
     return 0
 
 
