@@ -200,7 +200,28 @@ def gratings(n: int, size: int = 16, channels: int = 1, classes: int = 4, noise:
     return x, y
 
 
-class CNN(Family):
+class ImageClassifier(Family):
+    """Image classifiers (``net``, data ``x``/``y``, validation ``vx``/``vy``): one
+    cross-entropy step, and validation loss and accuracy."""
+
+    def step(self) -> dict[str, float]:
+        self.net.train()
+        xb, yb = self._batch(self.x, self.y, self.setting["batch_size"])
+        loss = F.cross_entropy(self.net(xb), yb)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return {"train_loss": loss.item()}
+
+    def validate(self) -> dict[str, float]:
+        self.net.eval()
+        with torch.no_grad():
+            logits = self.net(self.vx)
+        return {"val_loss": F.cross_entropy(logits, self.vy).item(),
+                "val_acc": (logits.argmax(1) == self.vy).float().mean().item()}
+
+
+class CNN(ImageClassifier):
     name = "cnn"
     vocabulary = {"train_loss": "train_loss", "validation": "val_loss", "mode": "min"}
     steps = 10
@@ -221,22 +242,6 @@ class CNN(Family):
 
     def model(self) -> nn.Module:
         return self.net
-
-    def step(self) -> dict[str, float]:
-        self.net.train()
-        xb, yb = self._batch(self.x, self.y, self.setting["batch_size"])
-        loss = F.cross_entropy(self.net(xb), yb)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return {"train_loss": loss.item()}
-
-    def validate(self) -> dict[str, float]:
-        self.net.eval()
-        with torch.no_grad():
-            logits = self.net(self.vx)
-        return {"val_loss": F.cross_entropy(logits, self.vy).item(),
-                "val_acc": (logits.argmax(1) == self.vy).float().mean().item()}
 
     def shift_bias(self) -> None:
         with torch.no_grad():
@@ -518,7 +523,7 @@ def import_timm() -> Any:
     return timm
 
 
-class TimmConvNeXt(Family):
+class TimmConvNeXt(ImageClassifier):
     name = "timm"
     vocabulary = {"train_loss": "train_loss", "validation": "val_loss", "mode": "min"}
     steps = 6
@@ -543,22 +548,6 @@ class TimmConvNeXt(Family):
         extra = tuple({type(m) for m in self.net.modules()
                        if type(m).__module__ == activations.__name__})
         return {"activation_types": ACTIVATION_TYPES + extra}
-
-    def step(self) -> dict[str, float]:
-        self.net.train()
-        xb, yb = self._batch(self.x, self.y, self.setting["batch_size"])
-        loss = F.cross_entropy(self.net(xb), yb)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return {"train_loss": loss.item()}
-
-    def validate(self) -> dict[str, float]:
-        self.net.eval()
-        with torch.no_grad():
-            logits = self.net(self.vx)
-        return {"val_loss": F.cross_entropy(logits, self.vy).item(),
-                "val_acc": (logits.argmax(1) == self.vy).float().mean().item()}
 
     def shift_bias(self) -> None:
         with torch.no_grad():
