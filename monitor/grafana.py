@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,16 @@ def client(url: str, token: str | None, timeout: float = 5.0):
     return GrafanaApi.from_url(url=url, credential=token or None, timeout=timeout)
 
 
+def redact(url: str) -> str:
+    """``url`` without credentials (``https://user:secret@host`` -> ``https://***@host``)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def _explain(exc: Exception, url: str) -> GrafanaError:
+    url = redact(url)
     from grafana_client.client import (
         GrafanaClientError,
         GrafanaServerError,

@@ -403,3 +403,11 @@ def test_rule_errors_are_one_line_each(tmp_path):
     with pytest.raises(RuleErrors) as info:
         load_rules([str(path)])
     assert all("\n" not in str(e) for e in info.value.errors)
+
+
+def test_a_password_in_grafana_url_is_never_printed(capsys):
+    from monitor.cli import main
+
+    code = main(["dashboards", "push", "--url", "http://admin:s3cret@127.0.0.1:9/"])
+    err = capsys.readouterr().err
+    assert code != 0 and "s3cret" not in err and "***@127.0.0.1:9" in err
