@@ -263,6 +263,19 @@ class SignalSnapshot:
                 self._warnings.setdefault((experiment, rule, failure), 0)
             self._version += 1
 
+    def declare_rules(self, experiment: str, rules: list[Any], shadow: bool = False) -> None:
+        """``declare`` every rule's counter: kill rules count kills (but in shadow mode, where
+        they stop nothing), every other rule warnings."""
+        stops = [(r.name, r.failure) for r in rules if r.action == "kill" and not shadow]
+        self.declare(experiment, stops,
+                     [(r.name, r.failure) for r in rules if (r.name, r.failure) not in stops])
+
+    def count_verdict(self, verdict: dict[str, Any]) -> None:
+        """Count a verdict (``Verdict.to_dict()``): a kill that stops, else a warning."""
+        stops = verdict["action"] == "kill" and not verdict.get("shadow")
+        count = self.count_kill if stops else self.count_warning
+        count(verdict["experiment"], verdict["rule"], verdict["failure"])
+
     def _count(self, table: dict[tuple[str, str, str], int], experiment: str, rule: str,
                failure: str) -> None:
         with self._lock:

@@ -73,9 +73,7 @@ class LoopMonitor:
             self.exporter = Exporter(experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd",
                                      vocabulary=spec.vocabulary)
             self.exporter.start()
-            self.exporter.snapshot.declare(
-                experiment, [(r.name, r.failure) for r in spec.rules if r.action == "kill"],
-                [(r.name, r.failure) for r in spec.rules if r.action != "kill"])
+            self.exporter.snapshot.declare_rules(experiment, self.engine.rules, shadow)
         self._trials: dict[str, dict[str, Any]] = {}  # trial -> {"n", "started", "last"}
         self._closed = False
         for n in undeclared(self.engine.rules, spec.vocabulary, experiment):
@@ -117,11 +115,10 @@ class LoopMonitor:
         verdicts = self.engine.observe(trial, result)
         warnings = []
         for v in verdicts:
-            self.recorder.record(v.to_dict())  # durable before the caller acts on it
+            data = v.to_dict()
+            self.recorder.record(data)  # durable before the caller acts on it
             if self.exporter is not None:
-                count = (self.exporter.snapshot.count_kill if v.stops
-                         else self.exporter.snapshot.count_warning)
-                count(v.experiment, v.rule, v.failure)
+                self.exporter.snapshot.count_verdict(data)
             if not v.stops:
                 warnings.append(v.reason)
         last = self.engine.trials[trial].reports[-1]

@@ -103,11 +103,8 @@ class HeuristicScheduler(FIFOScheduler):
                             self.state.path, trial, exc)
         exporter = Exporter.for_run(self.run) if self.run else None
         if exporter:
-            rules = self.engine.rules
-            stops = [(r.name, r.failure) for r in rules if r.action == "kill"
-                     and not self.engine.shadow]
-            others = [(r.name, r.failure) for r in rules if (r.name, r.failure) not in stops]
-            exporter.snapshot.declare(self.engine.experiment, stops, others)
+            exporter.snapshot.declare_rules(self.engine.experiment, self.engine.rules,
+                                            self.engine.shadow)
         for v in self.recorder.reconcile():  # the recorded verdicts are the truth about kills
             state = self.engine.trials.get(v["trial"])
             stops = v["action"] == "kill" and not v.get("shadow")
@@ -117,8 +114,7 @@ class HeuristicScheduler(FIFOScheduler):
                 if state.killed is None:
                     state.killed = v
             if exporter:
-                count = exporter.snapshot.count_kill if stops else exporter.snapshot.count_warning
-                count(v["experiment"], v["rule"], v["failure"])
+                exporter.snapshot.count_verdict(v)
 
     def _save(self, trial: str) -> None:
         self.state.append(trial, self.engine.last_record(trial))
@@ -128,9 +124,7 @@ class HeuristicScheduler(FIFOScheduler):
         self.recorder.record(data)  # store and log, durable before anything acts on it
         exporter = Exporter.for_run(self.run) if self.run else None
         if exporter:
-            count = (exporter.snapshot.count_kill if verdict.stops
-                     else exporter.snapshot.count_warning)
-            count(verdict.experiment, verdict.rule, verdict.failure)
+            exporter.snapshot.count_verdict(data)
         (log.warning if verdict.stops else log.info)("%s", plain(verdict.reason))
         if verdict.stops:
             self.annotator.post(data)
