@@ -125,6 +125,13 @@ class Node:
     pos: int = field(default=0, compare=False)
     id: int = field(default=-1, compare=False)  # unique within a rule, set after parsing
     cached: bool = field(default=False, compare=False)  # read back by a window function
+    # Set after parsing (``annotate``): the canonical text of the subtree; whether its value
+    # depends only on the report it is evaluated at (``local``) or only on the reports' own
+    # data within ``lookback`` reports before it (``shared``: no slots of any scope).
+    key: str = field(default="", compare=False)
+    local: bool = field(default=False, compare=False)
+    shared: bool = field(default=False, compare=False)
+    lookback: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -198,8 +205,7 @@ class Parser:
         check_size(node)
         for i, n in enumerate(walk(node)):
             n.id = i
-            if isinstance(n, Call) and n.fn in WINDOWS:
-                n.args[0].cached = True
+        annotate(node)
         return node
 
     def binary(self, ops: tuple[str, ...], operand) -> Node:
@@ -361,6 +367,39 @@ def parse(text: str) -> Node:
     return Parser(text).parse()
 
 
+def annotate(node: Node) -> None:
+    """Set ``key``, ``local``, ``shared``, ``lookback`` and ``cached`` on every node.
+
+    A window over a ``local`` input recomputes the input at earlier reports from their own
+    data (memoised per report), so it needs no slot; only inputs that are not local (a
+    running minimum, a nested window) are cached in the rule's scope.
+    """
+    for child in children(node):
+        annotate(child)
+    kids = children(node)
+    if isinstance(node, Num):
+        node.key = repr(node.value)
+    elif isinstance(node, Signal):
+        node.key = node.label()
+    elif isinstance(node, Unary):
+        node.key = f"({node.op} {node.arg.key})"
+    elif isinstance(node, Binary):
+        node.key = f"({node.left.key} {node.op} {node.right.key})"
+    elif isinstance(node, Call):
+        node.key = f"{node.fn}({', '.join(a.key if isinstance(a, Node) else repr(a) for a in node.args)})"
+    window = isinstance(node, Call) and node.fn in WINDOWS
+    history = isinstance(node, Call) and node.fn in HISTORY
+    node.local = not window and not history and all(k.local for k in kids)
+    if window:
+        inner = node.args[0]
+        inner.cached = not inner.local
+        node.shared = inner.local
+        node.lookback = node.args[1]
+    else:
+        node.shared = not history and all(k.shared or k.local for k in kids)
+        node.lookback = max([k.lookback for k in kids], default=0)
+
+
 def walk(node: Node):
     """Every node of the tree, parents before children."""
     yield node
@@ -412,6 +451,9 @@ class Report:
         self.cache: dict[str, dict[int, Value]] = {}
         # scope -> node id -> running min/max up to this report
         self.ever: dict[str, dict[int, Value]] = {}
+        # Values of ``local`` and ``shared`` subtrees at this report, by canonical text (and
+        # the first report a ``shared`` one reads): the same for every rule, never saved.
+        self.memo: dict[Any, Value] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {"v": STATE_VERSION, "iteration": self.iteration, "time_s": self.time_s,
@@ -527,10 +569,30 @@ def evaluate(node: Node, history: list[Report], scope: str = "") -> Value:
     ``scope`` names the tree's slots in the reports' caches: trees evaluated over the same
     reports need different scopes (see ``Report``).
     """
-    value = _eval(node, history, scope)
+    if node.local or node.shared:
+        if isinstance(node, Num):
+            return node.value
+        now = history[-1]
+        key = node.key if node.local else (
+            node.key, history[-min(len(history), node.lookback + 1)].iteration)
+        memo = now.memo
+        if key in memo:
+            value = memo[key]
+        else:
+            value = memo[key] = _eval(node, history, scope)
+    else:
+        value = _eval(node, history, scope)
     if node.cached:
         history[-1].cache.setdefault(scope, {})[node.id] = value
     return value
+
+
+def _past(node: Node, history: list[Report], i: int, scope: str) -> Value:
+    """The value of window input ``node`` at ``history[i]``: recomputed from that report's
+    own data when the input is local, else read from the rule's slot."""
+    if node.local:
+        return evaluate(node, [history[i]], scope)
+    return history[i].cache.get(scope, {}).get(node.id)
 
 
 def _eval(node: Node, history: list[Report], scope: str) -> Value:
@@ -581,17 +643,17 @@ def _eval(node: Node, history: list[Report], scope: str) -> Value:
         now.ever.setdefault(scope, {})[node.id] = value
         return value
     n = node.args[1]
-    inner_id = node.args[0].id
+    arg = node.args[0]
+    size = len(history)
     if fn == "change":  # now minus n reports ago
-        if len(history) < n + 1:
+        if size < n + 1:
             return None
-        return _zip(lambda a, b: a - b, inner,
-                    history[-n - 1].cache.get(scope, {}).get(inner_id))
+        return _zip(lambda a, b: a - b, inner, _past(arg, history, -n - 1, scope))
     if fn in BASELINES:
-        before = [p for p in (r.cache.get(scope, {}).get(inner_id)
-                              for r in history[-n - 1:-1]) if p is not None]
+        before = [p for p in (_past(arg, history, i, scope) for i in range(-min(n + 1, size), -1))
+                  if p is not None]
         return _baseline(fn, inner, before)
-    past = [p for p in (r.cache.get(scope, {}).get(inner_id) for r in history[-n:])
+    past = [p for p in (_past(arg, history, i, scope) for i in range(-min(n, size), 0))
             if p is not None]
     if not past:
         return None

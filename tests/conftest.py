@@ -39,7 +39,11 @@ def run_master(config: dict, iterations: int) -> list[dict]:
 
 class MasterRuns:
     """Real master trainings of the master_v464 variants, each run once per test session and
-    extended on demand (training is deterministic, so the first N reports never change)."""
+    extended on demand (training is deterministic, so the first N reports never change).
+
+    They train on one torch thread: the order of a parallel reduction depends on the thread
+    count, and the failing variants (high learning rates) amplify such rounding differences
+    into different trajectories on machines with different core counts."""
 
     def __init__(self) -> None:
         from trainers import experiment
@@ -56,12 +60,20 @@ class MasterRuns:
             self.trainings[variant] = MasterTraining(self.variants[variant])
             self.reports[variant] = []
         reports = self.reports[variant]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._extend(variant, reports, iterations)
+        finally:
+            torch.set_num_threads(threads)
+        return reports[:iterations]
+
+    def _extend(self, variant: str, reports: list[dict], iterations: int) -> None:
         while len(reports) < iterations:
             result = self.trainings[variant].train_iteration()
             result["training_iteration"] = len(reports) + 1
             result["time_total_s"] = float(len(reports) + 1)
             reports.append(result)
-        return reports[:iterations]
 
     def close(self) -> None:
         for t in self.trainings.values():
