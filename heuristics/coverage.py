@@ -102,11 +102,13 @@ class SignalCoverage:
                 scalars: Iterable[str]) -> list[Notice]:
         """Take one report's signals (``Observation.layers`` and ``.scalars()``); after the
         ``after``-th report of a trial, the new notices."""
+        n = self._reports[trial] = self._reports.get(trial, 0) + 1
+        if n > self.after:
+            return []  # decided at the ``after``-th report
         seen = self._seen.setdefault(trial, set())
         for signals in layers.values():
             seen.update(signals)
         seen.update(scalars)
-        n = self._reports[trial] = self._reports.get(trial, 0) + 1
         if n != self.after:
             return []
         out = []

@@ -386,7 +386,8 @@ def annotate(node: Node) -> None:
     elif isinstance(node, Binary):
         node.key = f"({node.left.key} {node.op} {node.right.key})"
     elif isinstance(node, Call):
-        node.key = f"{node.fn}({', '.join(a.key if isinstance(a, Node) else repr(a) for a in node.args)})"
+        args = (a.key if isinstance(a, Node) else repr(a) for a in node.args)
+        node.key = f"{node.fn}({', '.join(args)})"
     window = isinstance(node, Call) and node.fn in WINDOWS
     history = isinstance(node, Call) and node.fn in HISTORY
     node.local = not window and not history and all(k.local for k in kids)

@@ -62,17 +62,64 @@ class Observation:
         return {**self.metrics, **self.model, **self.roles}
 
 
+METRIC, SKIP = ("metric",), ("skip",)
+_KEYS: dict[str, tuple[str, ...]] = {}  # result key -> where it goes (keys repeat every result)
+_MAX_KEYS = 200_000
+
+
+def _where(key: str) -> tuple[str, ...]:
+    """Where a (flattened) result key goes: ``METRIC``, ``SKIP``, ``(layer, signal)`` or
+    ``(model signal,)``; remembered, since a training reports the same keys every time."""
+    where = SKIP
+    if "/" not in key:
+        where = SKIP if key in BOOKKEEPING else METRIC
+    elif key.startswith("health/"):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[1] == "layers":
+            where = (parts[2], parts[3])
+        elif len(parts) == 3 and parts[1] == "model":
+            where = (parts[2],)
+    if len(_KEYS) >= _MAX_KEYS:
+        _KEYS.clear()
+    _KEYS[key] = where
+    return where
+
+
 def observe(result: dict[str, Any], vocabulary: Vocabulary | None = None,
             default_iteration: int = 0) -> Observation:
     """The ``Observation`` of one result under ``vocabulary`` (no roles without one)."""
     vocabulary = vocabulary or Vocabulary()
-    health = unflatten_health(result)
-    layers = {str(layer): {k: float(v) for k, v in sig.items() if _number(v) is not None}
-              for layer, sig in (health.get("layers") or {}).items() if isinstance(sig, dict)}
-    model = {k: float(v) for k, v in (health.get("model") or {}).items()
-             if _number(v) is not None}
-    metrics = {k: float(v) for k, v in result.items()
-               if _number(v) is not None and "/" not in k and k not in BOOKKEEPING}
+    layers: dict[str, dict[str, float]] = {}
+    model: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    nested = result.get("health")
+    flat = not isinstance(nested, dict)
+    for key, value in result.items():  # one pass: results carry hundreds of flattened keys
+        kind = type(value)
+        if kind is float or kind is int:
+            value = float(value)
+        elif (value := _number(value)) is None:
+            continue
+        where = _KEYS.get(key)
+        if where is None:
+            where = _where(key)
+        if where is METRIC:
+            metrics[key] = value
+        elif not flat or where is SKIP:
+            continue
+        elif len(where) == 2:
+            signals = layers.get(where[0])
+            if signals is None:
+                signals = layers[where[0]] = {}
+            signals[where[1]] = value
+        else:
+            model[where[0]] = value
+    if isinstance(nested, dict):
+        layers = {str(layer): {k: float(v) for k, v in sig.items() if _number(v) is not None}
+                  for layer, sig in (nested.get("layers") or {}).items()
+                  if isinstance(sig, dict)}
+        model = {k: float(v) for k, v in (nested.get("model") or {}).items()
+                 if _number(v) is not None}
     roles = {role: metrics[key] for role, key in vocabulary.keys().items() if key in metrics}
     iteration = _number(result.get("training_iteration"))
     time_s = _number(result.get("time_total_s"))

@@ -172,3 +172,44 @@ def test_torn_last_log_line_is_skipped(tmp_path):
     with open(log.path, "a") as f:
         f.write('{"rule": "b", "trunc')
     assert log.read() == [{"rule": "a"}]
+
+
+def test_tampered_rule_state_runs_no_code_and_its_trial_starts_afresh(rules, tmp_path, caplog):
+    """A record holding a reference to a function (a pickle that would call it) is refused:
+    nothing runs, the trial's rules start afresh, the kill recorded in the verdicts stays."""
+    sched, killed, other = make(rules, tmp_path), Trial("__fake", stub=True), \
+        Trial("__fake", stub=True)
+    feed(sched, killed, [result(1, loss_g=math.nan)])  # killed by "nan" at 1
+    feed(sched, other, [result(1, loss_d=0.001), result(2, loss_d=0.001)])
+    sched.state.close()
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    import pickle
+    import sqlite3
+    with sqlite3.connect(tmp_path / "run" / "heuristics" / "state.sqlite") as db:
+        db.execute("UPDATE records SET record = ? WHERE trial = ? AND iteration = 1",
+                   (pickle.dumps({"x": Evil()}), other.trial_id))
+    second = make(rules, tmp_path)
+    assert feed(second, killed, [result(2)]) == [TrialScheduler.STOP]
+    # "other" starts afresh: its earlier low reports are forgotten, so two more are needed
+    # (and grace 3) before "low_d" holds for 2.
+    assert feed(second, other, [result(3, loss_d=0.001)]) == [TrialScheduler.CONTINUE]
+    assert not marker.exists()
+    assert "unreadable" in caplog.text and other.trial_id in caplog.text
+
+
+def test_rule_state_of_an_older_format_still_loads(tmp_path):
+    """States written as JSON text (before records were pickled) are read as they were."""
+    import json
+    import sqlite3
+    store = RuleStateStore(tmp_path / "run", keep=10)
+    store.append("t", {"record": {"iteration": 1, "x": 1.0}, "first": {"r": 1}})
+    store.close()
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE records SET record = ?", (json.dumps({"iteration": 1, "x": 2.0}),))
+    assert RuleStateStore(tmp_path / "run", keep=10).load()["t"]["reports"] == \
+        [{"iteration": 1, "x": 2.0}]
