@@ -8,7 +8,8 @@
           - name: dead_relu_collapse
             expr: max(dead_ratio) >= 0.99 or fraction(dead_ratio > 0.9) >= 0.5
             for: 2          # reports in a row (or a duration of trial time: 90s, 10m, 1h)
-            grace: 2        # no action before this iteration (or a share of the budget: 10%)
+            grace: 2        # no action before this iteration (or a share of the budget: 10%;
+                            # or the later of both: "5 or 20%")
             labels:
               action: kill  # kill | warn
               failure: dead_relu_collapse
@@ -75,14 +76,15 @@ class Hold:
 
 @dataclass(frozen=True)
 class Grace:
-    """No action before ``iterations``, or before ``fraction`` of the trial's budget."""
+    """No action before ``iterations``, nor before ``fraction`` of the trial's budget (the
+    later of the two; without a known budget, ``iterations`` alone)."""
 
     iterations: int = 0
     fraction: float | None = None
 
     def first_iteration(self, budget: int | None) -> int:
         if self.fraction is not None and budget:
-            return int(round(self.fraction * budget))
+            return max(self.iterations, int(round(self.fraction * budget)))
         return self.iterations
 
 
@@ -158,10 +160,19 @@ def parse_hold(value: Any) -> Hold:
 
 
 def parse_grace(value: Any) -> Grace:
-    expected = ("grace: expected a whole number of iterations >= 0 or a share of the budget "
-                "like 10%")
+    expected = ("grace: expected a whole number of iterations >= 0, a share of the budget "
+                "like 10%, or both like \"5 or 20%\" (the later of the two)")
     if value is None:
         return Grace()
+    if isinstance(value, str) and len(value) <= 32 and " or " in value:
+        first, _, second = value.partition(" or ")
+        try:
+            iterations = int(first.strip())
+        except ValueError:
+            raise ValueError(f"{expected}; got {_shown(value)}") from None
+        if iterations >= 0 and "%" in second:
+            return Grace(parse_grace(iterations).iterations, parse_grace(second).fraction)
+        raise ValueError(f"{expected}; got {_shown(value)}")
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         if value > MAX_REPORTS:
             raise ValueError(f"grace: expected at most {MAX_REPORTS} iterations, got "

@@ -125,3 +125,14 @@ def test_a_file_dropped_in_the_custom_directory_is_used(tmp_path, monkeypatch):
     write(tmp_path, "team.yaml", GOOD)
     after = [r.name for r in load_experiment_rules(experiment.load("master_v464"))]
     assert after == [*before, "loud_output"]
+
+
+def test_grace_can_be_the_later_of_iterations_and_a_budget_share():
+    from heuristics.rules import parse_grace
+
+    grace = parse_grace("5 or 20%")
+    assert [grace.first_iteration(b) for b in (40, 10, None)] == [8, 5, 5]
+    assert parse_grace("10%").first_iteration(None) == 0
+    for bad in ("5 or 20", "x or 20%", "-1 or 20%", "5 or 200%"):
+        with pytest.raises(ValueError, match="grace: expected"):
+            parse_grace(bad)
