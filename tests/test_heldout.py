@@ -94,11 +94,13 @@ def test_the_population_is_late_and_names_only_known_families() -> None:
     assert len({s.file for s in specs}) == len(specs)
 
 
-def test_the_fresh_split_repeats_the_designs_under_new_seeds() -> None:
-    dev, fresh = population(40), population(40, "fresh")
-    assert [(s.name, s.setting, s.failure, s.onset) for s in dev] == \
-        [(s.name, s.setting, s.failure, s.onset) for s in fresh]
-    assert not {s.seed for s in dev} & {s.seed for s in fresh}
+def test_the_fresh_splits_repeat_the_designs_under_new_seeds() -> None:
+    dev, fresh, fresh2 = population(40), population(40, "fresh"), population(40, "fresh2")
+    for other in (fresh, fresh2):
+        assert [(s.name, s.setting, s.failure, s.onset) for s in dev] == \
+            [(s.name, s.setting, s.failure, s.onset) for s in other]
+    seeds = [{s.seed for s in split} for split in (dev, fresh, fresh2)]
+    assert not (seeds[0] & seeds[1] or seeds[0] & seeds[2] or seeds[1] & seeds[2])
     with pytest.raises(ValueError, match="split must be one of"):
         population(40, "test")
 

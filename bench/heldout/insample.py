@@ -47,8 +47,19 @@ def trials_of(experiment: str, run_dir: Path, budget: int) -> list[policies.Tria
         onset_of=kill.onset, vocabulary=vocabulary, name_of=lambda row: row["variant"])
 
 
-RUNS = (Path("/tmp/insample/runs/master_v464_20261202-040636_c72d"),
-        Path("/tmp/insample/runs/student_v464_failures_20261202-042300_4822"))
+STORAGE = Path("runs") / "bench-insample"  # where ``record`` keeps its runs by default
+
+
+def latest(storage: Path = STORAGE) -> tuple[Path, Path] | None:
+    """The newest recorded master and student runs under ``storage`` (``None`` if missing)."""
+    found = []
+    for name in ("master_v464", "student_v464_failures"):
+        runs = sorted((p for p in storage.glob(f"{name}_*") if p.is_dir()),
+                      key=lambda p: p.stat().st_mtime)
+        if not runs:
+            return None
+        found.append(runs[-1])
+    return found[0], found[1]
 
 
 def evaluate(runs: list[tuple[str, Path, int]], rule_sources: list[str]) -> dict[str, Any]:
@@ -86,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs=2, type=Path, metavar=("MASTER_RUN", "STUDENT_RUN"),
                         help="recorded no-stopping run directories to reuse")
-    parser.add_argument("--storage", type=Path, default=Path("runs") / "bench-insample")
+    parser.add_argument("--storage", type=Path, default=STORAGE)
     parser.add_argument("--rules", nargs="+", default=["builtin"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
