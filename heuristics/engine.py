@@ -42,9 +42,9 @@ from heuristics.expr import (
     Call,
     Report,
     Value,
+    comparisons,
     evaluate,
     signals_of,
-    threshold_operand,
     truth,
     walk,
 )
@@ -233,8 +233,7 @@ class RuleEngine:
     def _verdict(self, rule: Rule, trial: str, history: list[Record], streak: int,
                  budget: int | None, shadow: bool, wall_time: float | None) -> Verdict:
         now = history[-1]
-        operand = threshold_operand(rule.tree)
-        value = evaluate(operand, history, rule.name) if operand is not None else None
+        value = self._value(rule, history)
         values: dict[str, Value] = {}
         window: dict[str, list[list[Any]]] = {}
         for sig in signals_of(rule.tree):
@@ -258,6 +257,21 @@ class RuleEngine:
                        trial_time_s=now.time_s, expr=rule.expr, value=value, values=values,
                        window=window, held_reports=streak, summary=summary, reason=reason,
                        labels=dict(rule.labels))
+
+    @staticmethod
+    def _value(rule: Rule, history: list[Record]) -> Value:
+        """``$value``: the left side of the first comparison that holds now (of an ``or`` of
+        several, the one that made the rule fire), else of the first one with a value."""
+        present = None
+        for comparison in comparisons(rule.tree):
+            left = evaluate(comparison.left, history, rule.name)
+            if left is None:
+                continue
+            if truth(evaluate(comparison, history, rule.name)):
+                return left
+            if present is None:
+                present = left
+        return present
 
     def state_dict(self) -> dict[str, Any]:
         return {"experiment": self.experiment, "budget": self.budget, "shadow": self.shadow,

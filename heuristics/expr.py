@@ -431,6 +431,11 @@ def threshold_operand(node: Node) -> Node | None:
     return None
 
 
+def comparisons(node: Node) -> list[Binary]:
+    """Every comparison of the tree, in reading order."""
+    return [n for n in walk(node) if isinstance(n, Binary) and n.op in COMPARISONS]
+
+
 # -- evaluation ---------------------------------------------------------------------------------
 STATE_VERSION = 2  # of Report.to_dict: caches keyed by scope (rule), then node id
 

@@ -259,3 +259,12 @@ def test_state_saved_mid_history_gives_the_same_verdicts(rules, results, split):
         rest = [[v.to_dict() for v in engine.observe("t", r, wall_time=0.0)]
                 for r in results[split:]]
         assert dump(got + rest) == dump(want)
+
+
+def test_the_value_is_that_of_the_comparison_that_fired():
+    """Of an ``or`` of comparisons, ``$value`` is the side that held, not an absent one."""
+    rule = make_rule("jump", "train_loss > 5 or generator_loss > 5")
+    engine = RuleEngine([rule], vocabulary=engine_module.Vocabulary(generator_loss="loss_g"))
+    verdicts = engine.observe("t", {"training_iteration": 1, "loss_g": 7.5})
+    assert [v.value for v in verdicts] == [7.5]
+    assert "value 7.5" in verdicts[0].reason and "n/a" not in verdicts[0].summary
