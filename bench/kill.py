@@ -105,6 +105,7 @@ def run_policy(policy: str, exp_name: str, storage: Path, iterations: int | None
                          shadow=policy == "none", verbose=0)
     summary["budget"] = iterations or exp.max_iterations
     summary["metric_name"] = exp.metric
+    summary["trainer"] = exp.trainer  # the run summary names no trainer: the experiment does
     return summary
 
 

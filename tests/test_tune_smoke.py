@@ -25,3 +25,18 @@ def test_smoke_experiment_runs_under_ray_tune(ray_session, tmp_path):
     assert summary["best"]["checkpoint"].endswith("model.pt")
     written = json.loads((tmp_path / summary["name"] / "summary.json").read_text())
     assert written["best"]["trial_id"] == summary["best"]["trial_id"]
+
+
+def test_the_kill_benchmark_reads_what_a_run_summary_holds(ray_session, tmp_path):
+    """``make bench-kill`` picks its teacher and truth from a no-stopping run's summary (a key
+    it read once went missing when the summary changed, and the benchmark crashed after its
+    first run)."""
+    from bench import kill
+
+    summary = kill.run_policy("none", "smoke", tmp_path, 2, 1)
+    assert summary["trainer"] == "master" and summary["budget"] == 2
+    assert summary["metric_name"] == "val_logmel"
+    assert summary["best"]["checkpoint"].endswith("model.pt")
+    truth = kill.truth_of(summary)
+    assert {t["failure"] for t in truth.values()} >= {"healthy", "divergence"}
+    assert all(t["onset"] in (None, 1, 2) for t in truth.values())
