@@ -48,8 +48,10 @@ HEALTHY_SEEDS = 2  # seeds per healthy setting
 # Splits of the held-out population: the same designs under other seeds. ``development`` is the
 # split the old rules were studied on (findings.md); ``fresh`` played no part in any choice
 # until it was evaluated once (2026-12-02 05:21); ``fresh2`` was trained after the rules were
-# revised on what ``fresh`` showed, and evaluated once after that.
-SPLITS = {"development": 0, "fresh": 500, "fresh2": 1000}  # split -> seed offset
+# revised on what ``fresh`` showed, and evaluated once after that; ``fresh3`` was trained
+# after ``loss_explosion`` was revised (on development-split evidence, after fresh2's one false
+# kill), and evaluated once after that.
+SPLITS = {"development": 0, "fresh": 500, "fresh2": 1000, "fresh3": 1500}  # seed offsets
 
 
 def _family(family: str, healthy: dict[str, dict[str, Any]],
