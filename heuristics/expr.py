@@ -374,9 +374,9 @@ def annotate(node: Node) -> None:
     data (memoised per report), so it needs no slot; only inputs that are not local (a
     running minimum, a nested window) are cached in the rule's scope.
     """
-    for child in children(node):
-        annotate(child)
     kids = children(node)
+    for child in kids:
+        annotate(child)
     if isinstance(node, Num):
         node.key = repr(node.value)
     elif isinstance(node, Signal):
@@ -421,14 +421,6 @@ def signals_of(node: Node) -> list[Signal]:
 
 def max_window(node: Node) -> int:
     return max([1] + [n.args[1] for n in walk(node) if isinstance(n, Call) and n.fn in WINDOWS])
-
-
-def threshold_operand(node: Node) -> Node | None:
-    """The left side of the first comparison (Prometheus' ``$value`` of an alert)."""
-    for n in walk(node):
-        if isinstance(n, Binary) and n.op in COMPARISONS:
-            return n.left
-    return None
 
 
 def comparisons(node: Node) -> list[Binary]:

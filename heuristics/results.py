@@ -21,6 +21,33 @@ def _number(x: Any) -> float | None:
     return float(x)
 
 
+METRIC, SKIP = ("metric",), ("skip",)
+_KEYS: dict[str, tuple[str, ...]] = {}  # result key -> where it goes (keys repeat every result)
+_MAX_KEYS = 200_000
+
+
+def _where(key: str) -> tuple[str, ...]:
+    """Where a (flattened) result key goes: ``METRIC``, ``SKIP``, ``("layer", layer, signal)``,
+    ``("model", signal)`` or ``("health", name)``; remembered, since a training reports the
+    same keys every time. The one parser of flattened keys (``observe``, ``unflatten_health``).
+    """
+    where = SKIP
+    if "/" not in key:
+        where = SKIP if key in BOOKKEEPING else METRIC
+    elif key.startswith("health/"):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[1] == "layers":
+            where = ("layer", parts[2], parts[3])
+        elif len(parts) == 3 and parts[1] == "model":
+            where = ("model", parts[2])
+        elif len(parts) == 2:
+            where = ("health", parts[1])
+    if len(_KEYS) >= _MAX_KEYS:
+        _KEYS.clear()
+    _KEYS[key] = where
+    return where
+
+
 def unflatten_health(result: dict[str, Any]) -> dict[str, Any]:
     """The ``health`` block of a result, nested again if Tune flattened it (layer names never
     contain "/")."""
@@ -30,13 +57,13 @@ def unflatten_health(result: dict[str, Any]) -> dict[str, Any]:
     for key, value in result.items():
         if not key.startswith("health/"):
             continue
-        parts = key.split("/")
-        if len(parts) == 4 and parts[1] == "layers":
-            health["layers"].setdefault(parts[2], {})[parts[3]] = value
-        elif len(parts) == 3 and parts[1] == "model":
-            health["model"][parts[2]] = value
-        elif len(parts) == 2:
-            health[parts[1]] = value
+        where = _KEYS.get(key) or _where(key)
+        if where[0] == "layer":
+            health["layers"].setdefault(where[1], {})[where[2]] = value
+        elif where[0] == "model":
+            health["model"][where[1]] = value
+        elif where[0] == "health":
+            health[where[1]] = value
     return health
 
 
@@ -62,29 +89,6 @@ class Observation:
         return {**self.metrics, **self.model, **self.roles}
 
 
-METRIC, SKIP = ("metric",), ("skip",)
-_KEYS: dict[str, tuple[str, ...]] = {}  # result key -> where it goes (keys repeat every result)
-_MAX_KEYS = 200_000
-
-
-def _where(key: str) -> tuple[str, ...]:
-    """Where a (flattened) result key goes: ``METRIC``, ``SKIP``, ``(layer, signal)`` or
-    ``(model signal,)``; remembered, since a training reports the same keys every time."""
-    where = SKIP
-    if "/" not in key:
-        where = SKIP if key in BOOKKEEPING else METRIC
-    elif key.startswith("health/"):
-        parts = key.split("/")
-        if len(parts) == 4 and parts[1] == "layers":
-            where = (parts[2], parts[3])
-        elif len(parts) == 3 and parts[1] == "model":
-            where = (parts[2],)
-    if len(_KEYS) >= _MAX_KEYS:
-        _KEYS.clear()
-    _KEYS[key] = where
-    return where
-
-
 def observe(result: dict[str, Any], vocabulary: Vocabulary | None = None,
             default_iteration: int = 0) -> Observation:
     """The ``Observation`` of one result under ``vocabulary`` (no roles without one)."""
@@ -100,20 +104,18 @@ def observe(result: dict[str, Any], vocabulary: Vocabulary | None = None,
             value = float(value)
         elif (value := _number(value)) is None:
             continue
-        where = _KEYS.get(key)
-        if where is None:
-            where = _where(key)
+        where = _KEYS.get(key) or _where(key)
         if where is METRIC:
             metrics[key] = value
-        elif not flat or where is SKIP:
+        elif not flat:
             continue
-        elif len(where) == 2:
-            signals = layers.get(where[0])
+        elif where[0] == "layer":
+            signals = layers.get(where[1])
             if signals is None:
-                signals = layers[where[0]] = {}
-            signals[where[1]] = value
-        else:
-            model[where[0]] = value
+                signals = layers[where[1]] = {}
+            signals[where[2]] = value
+        elif where[0] == "model":
+            model[where[1]] = value
     if isinstance(nested, dict):
         layers = {str(layer): {k: float(v) for k, v in sig.items() if _number(v) is not None}
                   for layer, sig in (nested.get("layers") or {}).items()

@@ -165,13 +165,9 @@ def parse_grace(value: Any) -> Grace:
     if value is None:
         return Grace()
     if isinstance(value, str) and len(value) <= 32 and " or " in value:
-        first, _, second = value.partition(" or ")
-        try:
-            iterations = int(first.strip())
-        except ValueError:
-            raise ValueError(f"{expected}; got {_shown(value)}") from None
-        if iterations >= 0 and "%" in second:
-            return Grace(parse_grace(iterations).iterations, parse_grace(second).fraction)
+        first, _, second = (part.strip() for part in value.partition(" or "))
+        if first.isdigit() and second.endswith("%"):
+            return Grace(parse_grace(int(first)).iterations, parse_grace(second).fraction)
         raise ValueError(f"{expected}; got {_shown(value)}")
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         if value > MAX_REPORTS:

@@ -21,7 +21,14 @@ from rich.table import Table
 from bench import policies
 from bench.heldout.analysis import separation
 from bench.heldout.families import FAILURES, FAMILIES
-from bench.heldout.population import BUDGET, RESULTS, SPLITS, History, load_or_run, population
+from bench.heldout.population import (
+    BUDGET,
+    SPLITS,
+    History,
+    load_or_run,
+    population,
+    split_dir,
+)
 from bench.heldout.report import markdown
 from monitor.console import console
 
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.out is None:
-        args.out = RESULTS if args.split == "development" else RESULTS / args.split
+        args.out = split_dir(args.split)
     started = time.time()
     if args.train_only:
         histories, trained = train(args.families, args.retrain, args.out, args.budget,

@@ -54,6 +54,11 @@ HEALTHY_SEEDS = 2  # seeds per healthy setting
 SPLITS = {"development": 0, "fresh": 500, "fresh2": 1000, "fresh3": 1500}  # seed offsets
 
 
+def split_dir(split: str, root: Path = RESULTS) -> Path:
+    """Where a split's histories and reports live: ``root`` for development, else below it."""
+    return root if split == "development" else root / split
+
+
 def _family(family: str, healthy: dict[str, dict[str, Any]],
             broken: list[tuple[str, str, int, dict[str, Any]]], offset: int = 0) -> list[Spec]:
     """``healthy``: variant -> setting (each at ``HEALTHY_SEEDS`` seeds); ``broken``: (failure,
