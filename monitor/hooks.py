@@ -7,13 +7,17 @@ them all.  Functional calls (``torch.relu(x)``, ``F.relu``, ``x.clamp(min=0)``) 
 ops on tensors run outside a module are *not* seen: use module activations, or name a module
 as a tap.
 
-Hot path: a hook detaches the output at once and launches a few plain vectorised ops whose
-results are per unit (``amin``, ``amax``; shifted sums and sums of squares and a finiteness
-count through one small scratch buffer shared by every layer, chunk by chunk): no
-activation-sized temporary. Nothing is copied to the host until ``collect()``, which combines
-the window's per-step results and reads every statistic with a single transfer. Sampling
-follows a schedule: ``step()`` is called once per training step and only every ``every``-th
-step (4 by default) is measured.
+Hot path. Hooks are in their modules only while a step is sampled: an unsampled step runs
+PyTorch's hook-free path. A float32/float64 CPU activation is measured in the hook by one
+compiled pass (``signals.fused``, numba) that adds into the window's per-unit accumulators in
+place: no temporary, no per-step allocation, a few attribute reads per layer. Elsewhere
+(accelerators, half precision, numba absent) a hook detaches the output and launches a few
+plain vectorised ops whose results are per unit (``amin``, ``amax``, shifted sums and sums of
+squares through one small scratch buffer shared by every layer, chunk by chunk); small ones
+are stacked and reduced together (``SmallLayerBatch``). Nothing is copied to the host until
+``collect()``, which combines the window's per-step results and reads every statistic with a
+single transfer. Sampling follows a schedule: ``step()`` is called once per training step
+and only every ``every``-th step (4 by default) is measured.
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional
 
-from monitor.signals import CHUNK, FOLD_AT, release_scratch, scratch
-from monitor.signals.nonfinite import NonFinite, all_finite_on_cpu
+from monitor.signals import CHUNK, FOLD_AT, fused, release_scratch, scratch
+from monitor.signals.nonfinite import NonFinite
 from monitor.signals.power import OutputPower, power_spectrum
 from monitor.signals.spread import ActivationMoments
 from monitor.signals.units import UnitClasses, per_unit_min_max
@@ -69,9 +75,9 @@ class LayerProbe:
         self.unit_dim = unit_dim
         self.units, self.moments, self.nonfinite = UnitClasses(), ActivationMoments(), NonFinite()
         self.quantities = (self.units, self.moments, self.nonfinite)
+        self.fused = fused.FusedUnits()
         self.samples = 0
         self.deferrable = True  # False once its output was seen modified before a batch ran
-
 
     def update(self, output: torch.Tensor) -> None:
         view, dims = unit_view(output.detach(), self.unit_dim)
@@ -81,13 +87,54 @@ class LayerProbe:
         self.nonfinite.update(view, dims, low, high)
         self.samples += 1
 
+    def update_fused(self, output: torch.Tensor) -> bool:
+        """Measure ``output`` in one compiled pass (float32/64 on the CPU); False where it
+        cannot (not contiguous, too large, or the kernels could not compile): the caller
+        then uses the vectorised ops. After a window's first step an output of the same
+        shape goes straight to the kernel (a few attribute reads: this runs in every hook)."""
+        f = self.fused
+        if (f.shape is not None and output.is_cpu and output.dtype == f.dtype
+                and output.shape == f.shape and output.is_contiguous()):
+            if not f.add(output):
+                f.count_nonfinite(*unit_view(output.detach(), self.unit_dim))
+            self.samples += 1
+            return True
+        if (output.dtype not in fused.FUSED_DTYPES or not output.is_cpu
+                or output.numel() > CHUNK or not fused.available()):
+            return False
+        view, dims = unit_view(output.detach(), self.unit_dim)
+        if not f.fits(view):
+            self.drain_fused()
+        try:
+            done = f.update(view, dims, output)
+        except fused.Unavailable:
+            return False
+        self.samples += done
+        return done
+
+    def drain_fused(self) -> None:
+        """Hand the one-pass accumulators to the quantities, about this window's shift."""
+        t = self.fused.drain()
+        if t is None:
+            return
+        self.units.add(t["low"], t["high"])
+        n, total, shift = t["count"], t["total"], t["shift"]
+        if self.moments.shift is None:
+            self.moments.shift = shift.float().reshape(t["keep"])
+        delta = shift - self.moments.shift.reshape(-1).double()  # 0 unless paths were mixed
+        self.moments.add(total + n * delta, t["total_sq"] + 2 * delta * total
+                         + n * delta.square(), n)
+        self.nonfinite.add(torch.tensor(t["nonfinite"], dtype=torch.float64))
+
     def values(self) -> dict[str, torch.Tensor]:
+        self.drain_fused()
         out: dict[str, torch.Tensor] = {}
         for q in self.quantities:
             out.update(q.values())
         return out
 
     def reset(self) -> None:
+        self.fused.drain()
         for q in self.quantities:
             q.reset()
         self.samples = 0
@@ -97,44 +144,53 @@ class SmallLayerBatch:
     """Statistics of many small activations computed together, a few ops for all of them.
 
     A hook on a small activation (at most ``SMALL`` elements) only keeps a reference to it and
-    its version counter; activations of one shape are stacked and reduced at once when
-    ``size`` of them wait, when too many elements wait, and at ``flush()`` (the monitor calls
-    it at the next ``step()``, ``collect()`` and before hooks go). The stack is a copy of small
-    tensors only (at most ``LIMIT`` elements wait). An activation modified in place before its
-    batch ran (its version counter moved) is not measured: that layer is measured at once from
-    then on, and a warning says so.
+    its version counter. The waiting activations are measured together, activations of one
+    shape stacked into the shared scratch buffer (at most ``CHUNK`` elements, so 32 layers of
+    64 x 256 are one batch), at ``flush()`` (the monitor calls it at the next ``step()``,
+    ``collect()`` and before hooks go) or as soon as ``CHUNK`` elements wait. Per batch: the
+    stacking copy, a minimum, a sum, a shifted square and its sum; the maximum only where the
+    minimum is negative (for a non-negative activation the sum is positive exactly when the
+    maximum is), and the non-finite count only where the minimum and sum are not finite.
+    On an accelerator nothing is read back: the maximum and the count always run.
+    An activation modified in place before its batch ran (its version counter moved) is not
+    measured: that layer is measured at once from then on, and a warning says so.
     """
 
     SMALL = 1 << 16  # elements of an activation measured in batches
-    LIMIT = 1 << 20  # elements waiting at most
-    size = 16  # activations of one shape per batch
+    LIMIT = CHUNK  # elements waiting at most
 
     def __init__(self) -> None:
-        self.groups: dict[tuple, list[tuple[LayerProbe, torch.Tensor, int]]] = {}
+        self.pending: list[tuple[LayerProbe, torch.Tensor, int]] = []
         self.waiting = 0
         # Results of the batches run since the last ``absorb()``: (layers, low, high, sums,
-        # sums of squares, non-finite counts or None, elements per unit), one row per layer.
+        # sums of squares about the shifts, non-finite counts or None, elements per unit,
+        # shifts), one row per layer.
         self.results: list[tuple] = []
+        self._shifts: dict[tuple, tuple[tuple, torch.Tensor]] = {}
 
-    def add(self, probe: LayerProbe, view: torch.Tensor, dims: tuple[int, ...]) -> None:
-        key = (view.shape, view.dtype, view.device, dims)
-        group = self.groups.setdefault(key, [])
-        group.append((probe, view, view._version))
-        self.waiting += view.numel()
-        if len(group) >= min(self.size, CHUNK // max(1, view.numel())):
-            self._run(key, self.groups.pop(key))
-        elif self.waiting > self.LIMIT:
+    def add(self, probe: LayerProbe, output: torch.Tensor, n: int) -> None:
+        self.pending.append((probe, output, output._version))
+        self.waiting += n
+        if self.waiting >= self.LIMIT:
             self.flush()
 
     def flush(self) -> None:
-        groups, self.groups = self.groups, {}
-        for key, group in groups.items():
-            self._run(key, group)
-        self.waiting = 0
+        if not self.pending:
+            return
+        pending, self.pending, self.waiting = self.pending, [], 0
+        same: dict[tuple, list[tuple[LayerProbe, torch.Tensor, int]]] = {}
+        for item in pending:
+            t = item[1]
+            same.setdefault((t.shape, t.dtype, t.device, item[0].unit_dim), []).append(item)
+        for group in same.values():
+            per_batch = max(1, CHUNK // max(1, group[0][1].numel()))
+            for i in range(0, len(group), per_batch):
+                self._run(group[i:i + per_batch])
 
     def clear(self) -> None:
-        self.groups.clear()
+        self.pending.clear()
         self.results.clear()
+        self._shifts.clear()
         self.waiting = 0
 
     def absorb(self) -> None:
@@ -147,7 +203,9 @@ class SmallLayerBatch:
         for probes, runs in same.items():
             low = torch.stack([r[1] for r in runs]).amin(0).unbind(0)
             high = torch.stack([r[2] for r in runs]).amax(0).unbind(0)
-            total = torch.stack([r[3] for r in runs]).double().sum(0).unbind(0)
+            # sums about each layer's shift (the same in every run of a window)
+            total = torch.stack([r[3].double() - r[6] * r[7].double()
+                                 for r in runs]).sum(0).unbind(0)
             total_sq = torch.stack([r[4] for r in runs]).double().sum(0).unbind(0)
             counted = [r[5] for r in runs if r[5] is not None]
             bad = torch.stack(counted).sum(0).unbind(0) if counted else None
@@ -157,44 +215,84 @@ class SmallLayerBatch:
                 probe.moments.add(total[i], total_sq[i], count)
                 probe.nonfinite.add(0 if bad is None else bad[i])
 
-    def _run(self, key: tuple, group: list[tuple[LayerProbe, torch.Tensor, int]]) -> None:
-        self.waiting -= sum(view.numel() for _, view, _ in group)
-        fresh = [(probe, view) for probe, view, version in group if view._version == version]
+    def _fresh(self, group: list[tuple[LayerProbe, torch.Tensor, int]]
+               ) -> list[tuple[LayerProbe, torch.Tensor]]:
+        """The activations not modified since their hook ran; the others' layers are measured
+        in their hooks from now on."""
+        fresh = [(probe, t) for probe, t, version in group if t._version == version]
         if len(fresh) < len(group):
-            for probe, view, version in group:
-                if view._version == version:
+            for probe, t, version in group:
+                if t._version == version:
                     continue
                 probe.samples -= 1
                 if probe.deferrable:
                     probe.deferrable = False
                     log.warning("the output of %s was modified in place after its hook; it is "
                                 "measured in the hook from now on (one sample lost)", probe.name)
+        return fresh
+
+    def _shift(self, probes: tuple[LayerProbe, ...], total: torch.Tensor, count: int,
+               keep: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layers' shifts stacked ``[layers, *keep]`` and ``[layers, units]``; a layer's
+        first sampled step in the window sets its shift to that step's per-unit mean (from
+        ``total``: no extra pass)."""
+        shifts = tuple(p.moments.shift for p in probes)
+        cached = self._shifts.get(probes)
+        if cached is not None and all(a is b for a, b in zip(cached[0], shifts)):
+            return cached[1]
+        if any(s is None for s in shifts):
+            means = total / count
+            for i, probe in enumerate(probes):
+                if probe.moments.shift is None:
+                    probe.moments.shift = means[i].reshape(keep)
+            shifts = tuple(p.moments.shift for p in probes)
+        stacked = torch.stack(shifts)
+        if len(self._shifts) > 64:
+            self._shifts.clear()
+        self._shifts[probes] = (shifts, (stacked, stacked.view(total.shape)))
+        return self._shifts[probes][1]
+
+    def _run(self, group: list[tuple[LayerProbe, torch.Tensor, int]]) -> None:
+        fresh = self._fresh(group)
         if not fresh:
             return
-        dims = tuple(d + 1 for d in key[3])
-        views = [view for _, view in fresh]
+        probes = tuple(probe for probe, _ in fresh)
+        views = []
+        for probe, t in fresh:
+            view, dims = unit_view(t, probe.unit_dim)
+            views.append(view)
+        keep = [1 if d in dims else n for d, n in enumerate(views[0].shape)]
+        dims = tuple(d + 1 for d in dims)
         shape = (len(views), *views[0].shape)
         if len(views) * views[0].numel() <= CHUNK:  # into the shared float32 buffer
             x = torch.stack(views, out=scratch(views[0], shape))
         else:
             x = torch.stack(views).float()
-        # x is our copy: worked on in place below
-        for probe, view in fresh:
-            if probe.moments.shift is None:
-                probe.moments.shift = view.mean(dim=key[3], keepdim=True, dtype=torch.float32)
-        shift = torch.stack([probe.moments.shift for probe, _ in fresh])
-        low, high = x.amin(dim=dims), x.amax(dim=dims)
-        bad = None
-        if not all_finite_on_cpu(low, high):
-            bad = torch.sub(x, x).nan_to_num_(nan=1.0).sum(dim=tuple(range(1, x.dim())))
-        x.sub_(shift)
-        total = x.sum(dim=dims)
-        total_sq = x.square_().sum(dim=dims)
-        count = fresh[0][1].numel() // max(1, total[0].numel())
-        self.results.append((tuple(probe for probe, _ in fresh), low, high, total, total_sq,
-                             bad, count))
+        low, total = x.amin(dim=dims), x.sum(dim=dims)
+        count = views[0].numel() // max(1, low[0].numel())
+        shift, flat_shift = self._shift(probes, total, count, keep)
+        total_sq = functional.mse_loss(x, shift.expand_as(x), reduction="none").sum(dim=dims)
+        high = bad = None
+        if x.device.type == "cpu":  # reading two numbers costs no transfer here
+            floor = float(low.amin())
+            # a NaN or infinite value makes the sum of squares NaN or infinite
+            if math.isfinite(floor) and math.isfinite(float(total_sq.sum())):
+                if floor >= 0:
+                    high = total  # non-negative: the sum is positive exactly when the max is
+            else:
+                bad = _nonfinite_rows(x)
+        else:
+            bad = _nonfinite_rows(x)
+        if high is None:
+            high = x.amax(dim=dims)
+        self.results.append((probes, low, high, total, total_sq, bad, count, flat_shift))
         if len(self.results) > 4 * FOLD_AT:  # nobody reads: keep memory bounded
             self.absorb()
+
+
+def _nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
+    """Number of NaN or infinite values in each ``x[i]``."""
+    return torch.sub(x, x).nan_to_num_(nan=1.0).sum(dim=tuple(range(1, x.dim())))
 
 
 class HealthMonitor:
@@ -225,6 +323,9 @@ class HealthMonitor:
         self._paused = False
         self.sampled_steps = 0
         self._targets: list[tuple[nn.Module, LayerProbe]] = []
+        self._open = True
+        # (module, handle, its hook dict, hook): registered once, armed on sampled steps
+        self._slots: list[tuple[nn.Module, torch.utils.hooks.RemovableHandle, Any, Any]] = []
         unit_dims = unit_dims or {}
         modules = dict(model.named_modules())
         missing = [t for t in taps if t not in modules]
@@ -239,36 +340,67 @@ class HealthMonitor:
             probe = LayerProbe(name, unit_dim)
             self.probes[name] = probe
             self._targets.append((module, probe))
-        self.reopen()
+        self._hooks = [self._hook(probe) for _, probe in self._targets]
 
     def reopen(self) -> None:
-        """Register the hooks (again, after ``remove_hooks()``); schedule and window go on."""
-        if not self.handles:
-            self.handles = [module.register_forward_hook(self._hook(probe))
-                            for module, probe in self._targets]
+        """Let the hooks run again after ``remove_hooks()``; schedule and window go on."""
+        self._open = True
+        self._arm()
+
+    def _arm(self) -> None:
+        """Hooks are registered only while a step is sampled (not paused): an unsampled step
+        runs the model's modules on PyTorch's hook-free path and costs nothing. Each hook is
+        registered once; arming puts it back in its module's hook dict under the same id
+        (two dict operations per layer, where registering anew costs several microseconds;
+        registered anew where a module keeps no such dict)."""
+        wanted = self._open and self._active and not self._paused
+        if wanted == bool(self.handles):
+            return
+        if wanted and not self._slots:
+            for (module, _), hook in zip(self._targets, self._hooks):
+                handle = module.register_forward_hook(hook)
+                self._slots.append((module, handle, getattr(module, "_forward_hooks", None),
+                                    hook))
+        elif wanted:
+            for i, (module, handle, hooks, hook) in enumerate(self._slots):
+                if isinstance(hooks, dict) and hooks is module._forward_hooks:
+                    hooks[handle.id] = hook
+                else:
+                    self._slots[i] = (module, module.register_forward_hook(hook), None, hook)
+        else:
+            for _, handle, hooks, _ in self._slots:
+                if hooks is None:
+                    handle.remove()
+                else:
+                    hooks.pop(handle.id, None)
+        self.handles = [slot[1] for slot in self._slots] if wanted else []
 
     def _hook(self, probe: LayerProbe):
         small, batch = SmallLayerBatch.SMALL, self.batch
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if self._active and not self._paused and isinstance(output, torch.Tensor):
-                if output.numel() <= small and probe.deferrable:
-                    view, dims = unit_view(output.detach(), probe.unit_dim)
-                    batch.add(probe, view, dims)
-                    probe.samples += 1
-                else:
-                    probe.update(output)
+            if not self._active or self._paused or not isinstance(output, torch.Tensor):
+                return
+            if probe.update_fused(output):
+                return
+            n = output.numel()
+            if n <= small and probe.deferrable:
+                batch.add(probe, output.detach(), n)
+                probe.samples += 1
+            else:
+                probe.update(output)
         return hook
 
     # -- schedule ---------------------------------------------------------------------------
     def step(self) -> bool:
         """Advance to the next training step; return whether it is sampled."""
-        if self.batch.groups:
+        if self.batch.pending:
             self.batch.flush()
         self._active = self._step % self.every == 0
         self._step += 1
         if self._active:
             self.sampled_steps += 1
+        self._arm()
         return self._active
 
     @property
@@ -279,10 +411,12 @@ class HealthMonitor:
     def paused(self) -> Iterator[None]:
         """Measure nothing inside (validation passes, inference)."""
         previous, self._paused = self._paused, True
+        self._arm()
         try:
             yield
         finally:
             self._paused = previous
+            self._arm()
 
     # -- model-level signals ----------------------------------------------------------------
     def observe_power(self, phi_out: torch.Tensor, phi_target: torch.Tensor) -> None:
@@ -331,9 +465,8 @@ class HealthMonitor:
     def remove_hooks(self) -> None:
         """Remove every hook; state, schedule and buffers stay (``reopen()`` re-registers)."""
         self.batch.flush()
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+        self._open = False
+        self._arm()
 
     def close(self) -> None:
         """Remove every hook this monitor registered and drop the window's statistics."""

@@ -85,3 +85,16 @@ def master_runs():
     runs = MasterRuns()
     yield runs
     runs.close()
+
+
+@pytest.fixture(params=["one_pass", "vectorised"])
+def hook_path(request, monkeypatch):
+    """Run a hook test on both CPU paths: the one-pass compiled kernel and the vectorised
+    PyTorch ops (accelerators, and where numba cannot load)."""
+    from monitor.signals import fused
+
+    if request.param == "vectorised":
+        monkeypatch.setattr(fused, "available", lambda: False)
+    elif not fused.available():
+        pytest.fail(f"numba, a dependency, did not load: {fused.unavailable_reason()}")
+    return request.param

@@ -11,6 +11,8 @@ from torch import nn
 from monitor.hooks import HealthMonitor, attach
 from monitor.signals.power import power_db, power_loss, power_spectrum
 
+pytestmark = pytest.mark.usefixtures("hook_path")
+
 
 class Net(nn.Module):
     def __init__(self) -> None:
@@ -158,17 +160,27 @@ def test_no_host_sync_in_hooks(monkeypatch):
     assert calls == ["cpu", "tolist"]
 
 
-def test_close_removes_every_hook():
+def test_hooks_are_registered_only_on_sampled_steps_and_close_removes_them():
     model = Net()
-    monitor = attach(model, taps=("fc",))
+    monitor = attach(model, taps=("fc",), every=2)
     assert set(monitor.probes) == {"act", "act2", "act3", "fc"}
-    assert len(monitor.handles) == 4
+    hooked = lambda: sum(len(m._forward_hooks) for m in model.modules())  # noqa: E731
+    assert hooked() == 0  # before the first step nothing is sampled
+    assert monitor.step() and hooked() == len(monitor.handles) == 4
+    assert not monitor.step() and hooked() == 0  # unsampled: PyTorch's hook-free path
+    assert monitor.step() and hooked() == 4
+    with monitor.paused():
+        assert hooked() == 0
+    assert hooked() == 4
     monitor.remove_hooks()
-    assert all(not m._forward_hooks for m in model.modules())
+    assert hooked() == 0
+    monitor.step()
+    monitor.step()
+    assert hooked() == 0  # removed stays removed across steps
     monitor.reopen()
-    assert len(monitor.handles) == 4
+    assert hooked() == 4
     monitor.close()
-    assert all(not m._forward_hooks for m in model.modules())
+    assert hooked() == 0
 
 
 def test_bad_arguments_are_rejected():

@@ -16,6 +16,8 @@ from monitor.hooks import DEFAULT_EVERY, HealthMonitor, attach
 from monitor.signals import FOLD_AT, release_scratch
 from tests.test_hooks import Net, check, record
 
+pytestmark = pytest.mark.usefixtures("hook_path")
+
 
 def test_attach_samples_one_step_in_four_by_default():
     monitor = attach(Net())
@@ -155,7 +157,7 @@ class InPlaceAfterReLU(nn.Module):
         return h
 
 
-def test_output_modified_in_place_is_never_measured_wrong(caplog):
+def test_output_modified_in_place_is_never_measured_wrong(caplog, hook_path):
     torch.manual_seed(0)
     model = InPlaceAfterReLU()
     monitor = HealthMonitor(model, every=1)
@@ -166,9 +168,13 @@ def test_output_modified_in_place_is_never_measured_wrong(caplog):
             monitor.step()
             model(torch.randn(4, 3, 8))
     report = monitor.collect()
-    assert "modified in place" in caplog.text
     assert report["sampled_steps"] == 3
-    expected = reference(torch.cat(seen[1:], 0), 1)  # the first sample was lost, not faked
+    if hook_path == "one_pass":  # measured in the hook, before the change
+        assert "modified in place" not in caplog.text
+        expected = reference(torch.cat(seen, 0), 1)
+    else:  # measured later in a batch: the changed sample is lost, not faked
+        assert "modified in place" in caplog.text
+        expected = reference(torch.cat(seen[1:], 0), 1)
     for signal, value in expected.items():
         assert report["layers"]["act"][signal] == pytest.approx(value, rel=1e-4, abs=1e-6)
 
@@ -210,3 +216,60 @@ def test_small_bfloat16_layers_batched_match_reference():
     report = monitor.collect()["layers"]["1"]
     for signal, value in reference(seen[0], 1).items():
         assert report[signal] == pytest.approx(value, rel=1e-3, abs=1e-4), signal
+
+
+class MixedSmallLayers(nn.Module):
+    """Small layers of several activation families (some outputs negative), and a tapped
+    near-constant output (mean 100, spread ~1e-3) whose spread only a shift keeps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        acts = [kind() for kind in (nn.ReLU, nn.GELU, nn.LeakyReLU, nn.SiLU, nn.ReLU6) * 2]
+        self.fcs = nn.ModuleList(nn.Linear(16, 16) for _ in acts)
+        self.acts = nn.ModuleList(acts)
+        self.level = nn.Identity()
+
+    def forward(self, x):
+        level = self.level(100.0 + 1e-2 * x)
+        for fc, act in zip(self.fcs, self.acts):
+            x = act(fc(x))
+        return x + level.mean()
+
+
+def test_batches_split_at_the_limit_and_mixed_signs_match_reference(monkeypatch):
+    from monitor import hooks
+
+    monkeypatch.setattr(hooks, "CHUNK", 256)  # three 5 x 16 layers per batch
+    monkeypatch.setattr(hooks.SmallLayerBatch, "LIMIT", 256)
+    torch.manual_seed(0)
+    model = MixedSmallLayers()
+    monitor = HealthMonitor(model, every=1, taps=("level",))
+    seen: dict[str, list[torch.Tensor]] = {}
+    for name in monitor.probes:
+        model.get_submodule(name).register_forward_hook(
+            lambda m, i, o, n=name: seen.setdefault(n, []).append(o.detach().double()))
+    for i in range(4):
+        monitor.step()
+        model(torch.randn(5, 16) * (1 + i)).sum().backward()
+    report = monitor.collect()["layers"]
+    assert set(report) == set(seen) and len(seen) == 11
+    for name, outputs in seen.items():
+        for signal, value in reference(torch.cat(outputs, 0), 1).items():
+            assert report[name][signal] == pytest.approx(value, rel=1e-3, abs=1e-6), (
+                name, signal)
+    assert report["level"]["activation_std"] > 1e-4  # not lost to float32 cancellation
+
+
+def test_batched_small_layers_count_nonfinite_values():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.GELU())
+    monitor = HealthMonitor(model, every=1)
+    x = torch.randn(6, 4)
+    monitor.step()
+    model(x)
+    x[2, 1] = math.nan  # one sample's row becomes NaN in every layer after it
+    monitor.step()
+    model(x)
+    report = monitor.collect()["layers"]
+    assert report["1"]["nonfinite_count"] == 8.0
+    assert report["3"]["nonfinite_count"] == 8.0
+    assert math.isnan(report["1"]["activation_std"])
