@@ -83,8 +83,8 @@ def paired_ratio(times: dict[str, list[float]], mode: str, every: int) -> float:
 
     Pairing steps of one round cancels the machine's drift, and the median per phase drops
     the few steps another process preempted, while the sampled phase still counts once per
-    period: the expected cost per step. On this VM it spreads about three times less between
-    runs than ``block_ratio`` (whose blocks each hold one sampled step and inherit its noise).
+    period: the expected cost per step. (On this VM both this and ``block_ratio`` still vary
+    by about +-0.5 % between runs.)
     """
     base, other = times["unmonitored"], times[mode]
     ratios = [o / b for o, b in zip(other, base)]

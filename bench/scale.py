@@ -264,7 +264,7 @@ def gpu_section(steps: int) -> dict[str, Any] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=400, help="MLP steps per mode")
+    parser.add_argument("--steps", type=int, default=800, help="MLP steps per mode")
     parser.add_argument("--master-steps", type=int, default=200, help="master steps per mode")
     parser.add_argument("--store-results", type=int, default=20000)
     parser.add_argument("--only", nargs="*", default=None,

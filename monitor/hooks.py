@@ -95,9 +95,7 @@ class LayerProbe:
         f = self.fused
         if (f.shape is not None and output.is_cpu and output.dtype == f.dtype
                 and output.shape == f.shape and output.is_contiguous()):
-            if not f.add(output):
-                f.count_nonfinite(*unit_view(output.detach(), self.unit_dim))
-            self.samples += 1
+            self._add_fused(output)
             return True
         if (output.dtype not in fused.FUSED_DTYPES or not output.is_cpu
                 or output.numel() > CHUNK or not fused.available()):
@@ -111,6 +109,11 @@ class LayerProbe:
             return False
         self.samples += done
         return done
+
+    def _add_fused(self, output: torch.Tensor) -> None:
+        if not self.fused.add(output):
+            self.fused.count_nonfinite(*unit_view(output.detach(), self.unit_dim))
+        self.samples += 1
 
     def drain_fused(self) -> None:
         """Hand the one-pass accumulators to the quantities, about this window's shift."""
@@ -376,10 +379,17 @@ class HealthMonitor:
         self.handles = [slot[1] for slot in self._slots] if wanted else []
 
     def _hook(self, probe: LayerProbe):
-        small, batch = SmallLayerBatch.SMALL, self.batch
+        small, batch, one_pass = SmallLayerBatch.SMALL, self.batch, probe.fused
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self._active or self._paused or not isinstance(output, torch.Tensor):
+                return
+            # the usual sampled step: the window's shape again, straight to the kernel
+            if (output.shape == one_pass.shape and output.is_cpu
+                    and output.dtype == one_pass.dtype and output.is_contiguous()):
+                if not one_pass.add(output):
+                    one_pass.count_nonfinite(*unit_view(output.detach(), probe.unit_dim))
+                probe.samples += 1
                 return
             if probe.update_fused(output):
                 return

@@ -102,26 +102,44 @@ if njit is not None:
     @_jit
     def _units_middle(address, batch, units, rest, accumulators, first,
                       like):  # pragma: no cover
-        """[batch, units, rest] of ``like``'s dtype, ``rest`` innermost."""
+        """[batch, units, rest] of ``like``'s dtype, ``rest`` innermost: for each unit, the
+        same vectorisable row loop over its [batch, rest] slab (local arrays of ``rest``),
+        folded into the unit's float64 sums every ``BLOCK`` rows."""
         x = carray(_pointer(address, like), (batch, units, rest))
         acc = carray(_pointer(accumulators, 0.0), (5, units))
         if first:
             for u in range(units):
                 acc[4, u] = x[0, u, 0]
-        for b in range(batch):
-            for u in range(units):
-                k = acc[4, u]
-                low, high, s, q = acc[0, u], acc[1, u], 0.0, 0.0
+        low, high = np.empty_like(x[0, 0]), np.empty_like(x[0, 0])
+        a, q, k = np.zeros_like(low), np.zeros_like(low), np.empty_like(low[:1])
+        for u in range(units):
+            k[0] = acc[4, u]
+            shift = k[0]
+            low[:] = x[0, u]
+            high[:] = x[0, u]
+            s1, s2 = 0.0, 0.0
+            for start in range(0, batch, BLOCK):
+                for b in range(start, min(batch, start + BLOCK)):
+                    row = x[b, u]
+                    for r in range(rest):
+                        v = row[r]
+                        low[r] = min(low[r], v)
+                        high[r] = max(high[r], v)
+                        d = v - shift
+                        a[r] += d
+                        q[r] += d * d
                 for r in range(rest):
-                    v = x[b, u, r]
-                    low = min(low, v)
-                    high = max(high, v)
-                    d = np.float64(v) - k
-                    s += d
-                    q += d * d
-                acc[0, u], acc[1, u] = low, high
-                acc[2, u] += s
-                acc[3, u] += q
+                    s1 += a[r]
+                    s2 += q[r]
+                    a[r] = 0
+                    q[r] = 0
+            lo_u, hi_u = acc[0, u], acc[1, u]
+            for r in range(rest):
+                lo_u = min(lo_u, low[r])
+                hi_u = max(hi_u, high[r])
+            acc[0, u], acc[1, u] = lo_u, hi_u
+            acc[2, u] += s1
+            acc[3, u] += s2
         total = 0.0
         for u in range(units):
             total += acc[3, u]
@@ -224,12 +242,18 @@ class FusedUnits:
         """Add one step of a module output of ``self.shape`` and the window's dtype,
         contiguous on the CPU (the caller checks; a new window may start here). False where
         this step may hold NaN or infinite values: the caller then passes its view to
-        ``count_nonfinite``."""
+        ``count_nonfinite``. The hot path: one call, a few attribute reads."""
         kernel, args, per_step, like = self.steady
         first = self.samples == 0
         if first:
             self._reset()
-        return self._added(kernel(output.data_ptr(), *args, first, like), per_step)
+        squares = kernel(output.data_ptr(), *args, first, like)
+        self.count += per_step
+        self.samples += 1
+        if self.finite and squares - squares == 0.0:  # finite (NaN and inf give NaN)
+            return True
+        self.finite = False  # the window's sum stays NaN/inf: count every later step
+        return False
 
     def _added(self, squares: float, per_step: int) -> bool:
         self.count += per_step
