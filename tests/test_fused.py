@@ -97,3 +97,32 @@ def test_without_kernels_the_hooks_fall_back_and_say_why(monkeypatch, caplog):
     assert "no compiler here" in caplog.text
     assert not fused.available()
     assert_matches(report, xs, rel=1e-5, abs=1e-7)
+
+
+def test_kernels_work_where_numba_finds_no_writable_cache_directory(monkeypatch):
+    """A read-only install with an unwritable home: numba refuses ``cache=True`` at import
+    (checked by hand as user nobody); the kernels are then compiled without a disk cache."""
+    import importlib
+
+    import numba
+
+    real = numba.njit
+
+    def refusing(*args, **kwargs):
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", refusing)
+    try:
+        importlib.reload(fused)
+        assert type(fused._units_last._cache).__name__ == "NullCache"
+        torch.manual_seed(4)
+        model, monitor = tap()
+        xs = [torch.randn(5, 12) for _ in range(2)]
+        assert_matches(feed(model, monitor, xs), xs, rel=1e-5, abs=1e-7)
+        assert monitor.probes["act"].fused.shape is not None  # measured by the kernels
+    finally:
+        monkeypatch.undo()
+        importlib.reload(fused)
+    assert type(fused._units_last._cache).__name__ != "NullCache"

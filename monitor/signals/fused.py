@@ -61,7 +61,14 @@ if njit is not None:
             return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
         return types.CPointer(like)(address, like), codegen
 
-    _jit = njit(cache=True, nogil=True, error_model="numpy")
+    def _jit(function: Any) -> Any:
+        """Compiled lazily, cached on disk where numba finds a writable place (beside the
+        module, ``NUMBA_CACHE_DIR`` or the user's cache directory); where none is, without a
+        disk cache (numba would otherwise refuse at import)."""
+        try:
+            return njit(cache=True, nogil=True, error_model="numpy")(function)
+        except RuntimeError:
+            return njit(nogil=True, error_model="numpy")(function)
 
     @_jit
     def _units_last(address, rows, units, accumulators, first, like):  # pragma: no cover
