@@ -153,7 +153,8 @@ class SmallLayerBatch:
     ``collect()`` and before hooks go) or as soon as ``CHUNK`` elements wait. Per batch: the
     stacking copy, a minimum, a sum, a shifted square and its sum; the maximum only where the
     minimum is negative (for a non-negative activation the sum is positive exactly when the
-    maximum is), and the non-finite count only where the minimum and sum are not finite.
+    maximum is), and the non-finite count only where the minimum or the sum of squares is
+    not finite.
     On an accelerator nothing is read back: the maximum and the count always run.
     An activation modified in place before its batch ran (its version counter moved) is not
     measured: that layer is measured at once from then on, and a warning says so.
