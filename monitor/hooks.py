@@ -91,12 +91,8 @@ class LayerProbe:
         """Measure ``output`` in one compiled pass (float32/64 on the CPU); False where it
         cannot (not contiguous, too large, or the kernels could not compile): the caller
         then uses the vectorised ops. After a window's first step an output of the same
-        shape goes straight to the kernel (a few attribute reads: this runs in every hook)."""
+        shape goes straight to the kernel (the hook checks that first)."""
         f = self.fused
-        if (f.shape is not None and output.is_cpu and output.dtype == f.dtype
-                and output.shape == f.shape and output.is_contiguous()):
-            self._add_fused(output)
-            return True
         if (output.dtype not in fused.FUSED_DTYPES or not output.is_cpu
                 or output.numel() > CHUNK or not fused.available()):
             return False
@@ -109,11 +105,6 @@ class LayerProbe:
             return False
         self.samples += done
         return done
-
-    def _add_fused(self, output: torch.Tensor) -> None:
-        if not self.fused.add(output):
-            self.fused.count_nonfinite(*unit_view(output.detach(), self.unit_dim))
-        self.samples += 1
 
     def drain_fused(self) -> None:
         """Hand the one-pass accumulators to the quantities, about this window's shift."""
@@ -170,7 +161,6 @@ class SmallLayerBatch:
         # sums of squares about the shifts, non-finite counts or None, elements per unit,
         # shifts), one row per layer.
         self.results: list[tuple] = []
-        self._shifts: dict[tuple, tuple[tuple, torch.Tensor]] = {}
 
     def add(self, probe: LayerProbe, output: torch.Tensor, n: int) -> None:
         self.pending.append((probe, output, output._version))
@@ -194,7 +184,6 @@ class SmallLayerBatch:
     def clear(self) -> None:
         self.pending.clear()
         self.results.clear()
-        self._shifts.clear()
         self.waiting = 0
 
     def absorb(self) -> None:
@@ -235,26 +224,19 @@ class SmallLayerBatch:
                                 "measured in the hook from now on (one sample lost)", probe.name)
         return fresh
 
-    def _shift(self, probes: tuple[LayerProbe, ...], total: torch.Tensor, count: int,
+    @staticmethod
+    def _shift(probes: tuple[LayerProbe, ...], total: torch.Tensor, count: int,
                keep: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The layers' shifts stacked ``[layers, *keep]`` and ``[layers, units]``; a layer's
         first sampled step in the window sets its shift to that step's per-unit mean (from
         ``total``: no extra pass)."""
-        shifts = tuple(p.moments.shift for p in probes)
-        cached = self._shifts.get(probes)
-        if cached is not None and all(a is b for a, b in zip(cached[0], shifts)):
-            return cached[1]
-        if any(s is None for s in shifts):
-            means = total / count
-            for i, probe in enumerate(probes):
-                if probe.moments.shift is None:
-                    probe.moments.shift = means[i].reshape(keep)
-            shifts = tuple(p.moments.shift for p in probes)
-        stacked = torch.stack(shifts)
-        if len(self._shifts) > 64:
-            self._shifts.clear()
-        self._shifts[probes] = (shifts, (stacked, stacked.view(total.shape)))
-        return self._shifts[probes][1]
+        means = None
+        for i, probe in enumerate(probes):
+            if probe.moments.shift is None:
+                means = total / count if means is None else means
+                probe.moments.shift = means[i].reshape(keep)
+        stacked = torch.stack([probe.moments.shift for probe in probes])
+        return stacked, stacked.view(total.shape)
 
     def _run(self, group: list[tuple[LayerProbe, torch.Tensor, int]]) -> None:
         fresh = self._fresh(group)

@@ -87,8 +87,7 @@ def test_without_kernels_the_hooks_fall_back_and_say_why(monkeypatch, caplog):
 
     monkeypatch.setattr(fused, "_KERNELS", {})
     monkeypatch.setattr(fused, "_units_last", broken)
-    monkeypatch.setattr(fused, "njit", fused.njit)  # restored after the test
-    monkeypatch.setattr(fused, "_REASON", "")
+    monkeypatch.setattr(fused, "_REASON", "")  # restored after the test
     torch.manual_seed(3)
     model, monitor = tap()
     xs = [torch.randn(6, 10) for _ in range(2)]

@@ -2,17 +2,18 @@
 
 On the CPU a sampled step of many small layers is dominated not by arithmetic but by the fixed
 cost of each PyTorch op (dispatch, and cold code and caches after the model's own kernels):
-the stacked reductions of ``SmallLayerBatch`` are six ops per batch. Here one compiled loop
+the stacked reductions of ``SmallLayerBatch`` are five ops per batch. Here one compiled loop
 (numba) reads the activation once, while it is still in cache, and adds into the window's
 per-unit accumulators in place: minimum, maximum, and the sums of ``x - shift`` and its
-square in float64 (``shift``: the unit's first value in the window, the shifted-data form of
+square (in the activation's precision over at most ``BLOCK`` rows, then in float64;
+``shift``: the unit's first value in the window, the shifted-data form of
 the variance, so a unit with a large mean and a tiny spread keeps its spread). Nothing is
 allocated per step; ``drain()`` hands the window's totals to the unit-class, moment and
 non-finite quantities once per report, as the other paths do.
 
-Non-finite values: the pass returns the sum of the squares it added, which is NaN or
-infinite exactly when a value was (or, harmlessly, when squares overflow); only then a second
-pass counts them and marks the units that saw a NaN (their minimum and maximum become NaN, as
+Non-finite values: the pass returns the window's sum of squares, which turns NaN or infinite
+with the first such value (or, harmlessly, when squares overflow); from then on a second pass
+counts them and marks the units that saw a NaN (their minimum and maximum become NaN, as
 ``amin``/``amax`` would make them).
 
 Used for float32/float64 CPU activations of at most ``CHUNK`` elements (larger ones keep the
@@ -46,8 +47,8 @@ BLOCK = 64  # rows summed in the activation's own precision before adding into f
 
 
 def available() -> bool:
-    """Whether the one-pass kernels can run here."""
-    return njit is not None
+    """Whether the one-pass kernels can run here (numba imported, and compiled them)."""
+    return not _REASON
 
 
 if njit is not None:
@@ -162,7 +163,7 @@ def kernels(dtype: torch.dtype) -> tuple[Any, Any, Any]:
     own kernels have evicted everything, building and typing numpy arrays costs more than the
     pass itself. Compiled on first use and cached on disk by numba; where they cannot
     compile, the one-pass path is switched off for this process with a warning."""
-    global njit, _REASON
+    global _REASON
     found = _KERNELS.get(dtype)
     if found is None:
         like = np.float32(0) if dtype == torch.float32 else np.float64(0)
@@ -171,7 +172,7 @@ def kernels(dtype: torch.dtype) -> tuple[Any, Any, Any]:
             _units_last(x.ctypes.data, 1, 1, probe.ctypes.data, True, like)
             _units_middle(x.ctypes.data, 1, 1, 1, probe.ctypes.data, True, like)
         except Exception as exc:  # noqa: BLE001 - any numba failure: fall back, say why
-            njit, _REASON = None, f"{type(exc).__name__}: {exc}"
+            _REASON = f"{type(exc).__name__}: {exc}"
             log.warning("one-pass hook kernels unavailable (%s); using vectorised ops",
                         _REASON)
             raise Unavailable(_REASON) from exc
@@ -249,18 +250,12 @@ class FusedUnits:
         """Add one step of a module output of ``self.shape`` and the window's dtype,
         contiguous on the CPU (the caller checks; a new window may start here). False where
         this step may hold NaN or infinite values: the caller then passes its view to
-        ``count_nonfinite``. The hot path: one call, a few attribute reads."""
+        ``count_nonfinite``. The hot path: a few attribute reads and the kernel."""
         kernel, args, per_step, like = self.steady
         first = self.samples == 0
         if first:
             self._reset()
-        squares = kernel(output.data_ptr(), *args, first, like)
-        self.count += per_step
-        self.samples += 1
-        if self.finite and squares - squares == 0.0:  # finite (NaN and inf give NaN)
-            return True
-        self.finite = False  # the window's sum stays NaN/inf: count every later step
-        return False
+        return self._added(kernel(output.data_ptr(), *args, first, like), per_step)
 
     def _added(self, squares: float, per_step: int) -> bool:
         self.count += per_step
