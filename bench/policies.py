@@ -396,24 +396,30 @@ def by_group(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def rule_firings(trials: list[Trial], rules: list[Any] | None = None
                  ) -> dict[str, list[dict[str, Any]]]:
     """Per trial, every rule that would fire (shadow mode: nothing stops), with the iteration
-    it first fires at and its value then - to see which rule catches or false-kills what."""
+    it first fires at and its value then - to see which rule catches or false-kills what.
+    One engine per group, fed round-robin by iteration as ``simulate`` does, so that rules
+    comparing a trial with its siblings (``peer_zscore``) see them."""
     from heuristics.rules import load_rules
 
     rules = rules if rules is not None else load_rules(["builtin"])
-    out: dict[str, list[dict[str, Any]]] = {}
+    engines: dict[str, tuple[Any, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+    first: dict[str, dict[str, dict[str, Any]]] = {t.name: {} for t in trials}
     for t in trials:
-        engine, prepare = rule_engine(rules, t, shadow=True)
-        first: dict[str, dict[str, Any]] = {}
-        for r in t.results:
-            for v in engine.observe(t.name, prepare(r), wall_time=0.0):
-                if v.rule not in first:
+        if t.group not in engines:
+            engines[t.group] = rule_engine(rules, t, shadow=True)
+    for i in range(max((len(t.results) for t in trials), default=0)):
+        for t in trials:
+            if i >= len(t.results):
+                continue
+            engine, prepare = engines[t.group]
+            for v in engine.observe(t.name, prepare(t.results[i]), wall_time=0.0):
+                if v.rule not in first[t.name]:
                     values = {k: x for k, x in (v.values or {}).items()
                               if isinstance(x, (int, float))}
-                    first[v.rule] = {"rule": v.rule, "action": v.action,
-                                     "iteration": v.iteration, "value": v.value,
-                                     "values": values, "summary": v.summary}
-        out[t.name] = sorted(first.values(), key=lambda f: f["iteration"])
-    return out
+                    first[t.name][v.rule] = {"rule": v.rule, "action": v.action,
+                                             "iteration": v.iteration, "value": v.value,
+                                             "values": values, "summary": v.summary}
+    return {name: sorted(f.values(), key=lambda f: f["iteration"]) for name, f in first.items()}
 
 
 def trials_from_store(path: Any, group: str, metric: str, mode: str, budget: int,

@@ -39,6 +39,7 @@ from typing import Any
 
 from heuristics.expr import (
     LAYER_SIGNALS,
+    PEER_LAG,
     Call,
     Report,
     Value,
@@ -145,6 +146,23 @@ class TrialState:
         self.reports: list[Record] = []
         self.killed: dict[str, Any] | None = None
         self.first: dict[str, int] = {}  # rule -> first iteration it still sees
+        # ``peer_zscore`` inputs of this trial: canonical text -> iteration -> value, kept for
+        # the trial's whole life (the other trials compare with them, whenever they run)
+        self.peer: dict[str, dict[int, Value]] = {}
+
+    def add_peer(self, record: Record) -> None:
+        for key, value in record.peer.items():
+            self.peer.setdefault(key, {})[record.iteration] = value
+
+    def peer_at(self, key: str, iteration: int) -> Value:
+        """This trial's ``key`` at ``iteration``, or at the newest of the PEER_LAG before."""
+        values = self.peer.get(key)
+        if not values:
+            return None
+        for it in range(iteration, iteration - PEER_LAG - 1, -1):
+            if it in values:
+                return values[it]
+        return None
 
     def view(self, rule: str, keep: int) -> list[Record]:
         """The reports ``rule`` sees now (call once per report): its last ``keep``, never
@@ -194,11 +212,16 @@ class RuleEngine:
         time_s = float(result.get("time_total_s", 0.0))
         while state.reports and state.reports[-1].iteration >= iteration:
             state.reports.pop()  # a restored trial replays iterations after its checkpoint
+        for values in state.peer.values():
+            for it in [it for it in values if it >= iteration]:
+                del values[it]
         obs = observe(result, self.vocabulary, iteration)
         layers = {layer: kept for layer, signals in obs.layers.items()
                   if (kept := {k: v for k, v in signals.items() if k in self.layer_signals})}
         scalars = {k: v for k, v in obs.scalars().items() if k in self.scalar_signals}
         record = Record(iteration, time_s, layers, scalars)
+        record.peers = lambda key: [s.peer_at(key, iteration)
+                                    for t, s in self.trials.items() if t != trial]
         state.reports.append(record)
         del state.reports[:-self.keep]
         budget = self.budget or _number(result.get("max_iterations")) or None
@@ -224,6 +247,8 @@ class RuleEngine:
             if (rule.action == "kill" and not shadow) or not was_firing:
                 verdicts.append(self._verdict(rule, trial, history, streak, budget, shadow,
                                               wall_time))
+        record.peers = None
+        state.add_peer(record)
         verdicts.sort(key=lambda v: not v.stops)
         if verdicts and verdicts[0].stops:
             state.killed = verdicts[0].to_dict()
@@ -281,7 +306,8 @@ class RuleEngine:
         """The whole state of ``trial`` (JSON-serialisable; NaN needs ``allow_nan``)."""
         s = self.trials[trial]
         return {"reports": [r.to_dict() for r in s.reports], "killed": s.killed,
-                "first": dict(s.first)}
+                "first": dict(s.first),
+                "peer": {k: {str(it): v for it, v in vals.items()} for k, vals in s.peer.items()}}
 
     def last_record(self, trial: str) -> dict[str, Any]:
         """The newest record of ``trial`` (what the last ``observe`` added) and the small
@@ -299,6 +325,10 @@ class RuleEngine:
         s = TrialState()
         s.reports = [Record.from_dict(r) for r in data["reports"]]
         s.reports.sort(key=lambda r: r.iteration)
+        s.peer = {k: {int(it): v for it, v in vals.items()}
+                  for k, vals in (data.get("peer") or {}).items()}
+        for r in s.reports:  # a store of records: each holds its own peer values
+            s.add_peer(r)
         del s.reports[:-self.keep]
         s.killed = data.get("killed")
         s.first = {k: int(v) for k, v in (data.get("first") or {}).items()}

@@ -63,12 +63,24 @@ REDUCTIONS = {"max", "min", "mean", "sum", "count", "fraction", "any", "all"}
 # when larger, at least 1e-9), shift-invariant, safe for losses of any sign; ``ratio(x, N)``:
 # x / median, only where the median is positive (absent otherwise), for quantities positive by
 # nature. Both are absent
-# until 3 earlier reports exist.
+# until 3 earlier reports exist. An optional third argument, ``zscore(x, N, K)``, ends the
+# baseline K reports earlier (Prometheus's ``offset``): a rule held for K+1 reports then
+# compares each of them with the same reports from before the excursion, which the excursion
+# cannot inflate.
 BASELINES = {"zscore", "ratio"}
+# ``peer_zscore(x)``: the robust z-score of ``x`` now against the same expression at the same
+# iteration of the experiment's other trials (each one's value at this iteration or up to
+# PEER_LAG before; stopped trials count with the values they reported): evidence that a trial
+# is an outlier among its siblings, which a population sharing a harmless trait cannot give.
+# ``x`` must be computed from one report (no window or history function inside). Absent with
+# fewer than MIN_PEERS other trials, and where the engine gives no population (one trial).
+PEERS = {"peer_zscore"}
+MIN_PEERS = 4
+PEER_LAG = 2
 WINDOWS = {"avg_over", "min_over", "max_over", "change"} | BASELINES
 HISTORY = {"min_ever", "max_ever"}  # over every report of the trial so far
 ELEMENTWISE = {"abs", "nonfinite", "log10"}
-FUNCTIONS = REDUCTIONS | WINDOWS | HISTORY | ELEMENTWISE | {"result"}
+FUNCTIONS = REDUCTIONS | WINDOWS | HISTORY | ELEMENTWISE | PEERS | {"result"}
 
 # Limits, checked when a rule is loaded, so that a rule that loads also evaluates and pickles
 # (a deeper or larger tree hits Python's recursion limit in the evaluator or in pickle).
@@ -206,6 +218,11 @@ class Parser:
         for i, n in enumerate(walk(node)):
             n.id = i
         annotate(node)
+        for n in walk(node):
+            if isinstance(n, Call) and n.fn in PEERS and not n.args[0].local:
+                raise ExprError(f"{n.fn} at column {n.pos + 1}: expected an argument computed "
+                                "from one report (signals, arithmetic, reductions), got one "
+                                "with a window, history or peer function inside", n.pos)
         return node
 
     def binary(self, ops: tuple[str, ...], operand) -> Node:
@@ -314,6 +331,16 @@ class Parser:
                 raise ExprError(f"{fn}: the window must be a whole number of reports from 1 to "
                                 f"{MAX_WINDOW}, got {n.text} at column {n.pos + 1}", n.pos)
             args.append(int(n.text))
+            if fn in BASELINES and self.peek().text == ",":
+                self.take(",")
+                k = self.take(kind="num")
+                number(k)
+                if not re.fullmatch(r"\d+", k.text) or not int(k.text) <= MAX_WINDOW:
+                    raise ExprError(f"{fn}: the offset must be a whole number of reports from 0 "
+                                    f"to {MAX_WINDOW}, got {k.text} at column {k.pos + 1}",
+                                    k.pos)
+                if int(k.text):
+                    args.append(int(k.text))
         self.take(")")
         return Call(pos=tok.pos, fn=fn, args=args)
 
@@ -389,13 +416,13 @@ def annotate(node: Node) -> None:
         args = (a.key if isinstance(a, Node) else repr(a) for a in node.args)
         node.key = f"{node.fn}({', '.join(args)})"
     window = isinstance(node, Call) and node.fn in WINDOWS
-    history = isinstance(node, Call) and node.fn in HISTORY
+    history = isinstance(node, Call) and node.fn in (HISTORY | PEERS)  # not from own data
     node.local = not window and not history and all(k.local for k in kids)
     if window:
         inner = node.args[0]
         inner.cached = not inner.local
         node.shared = inner.local
-        node.lookback = node.args[1]
+        node.lookback = span(node)
     else:
         node.shared = not history and all(k.shared or k.local for k in kids)
         node.lookback = max([k.lookback for k in kids], default=0)
@@ -419,8 +446,13 @@ def signals_of(node: Node) -> list[Signal]:
     return [n for n in walk(node) if isinstance(n, Signal)]
 
 
+def span(node: Call) -> int:
+    """Earlier reports a window call reads: its window plus its offset."""
+    return node.args[1] + (node.args[2] if len(node.args) > 2 else 0)
+
+
 def max_window(node: Node) -> int:
-    return max([1] + [n.args[1] for n in walk(node) if isinstance(n, Call) and n.fn in WINDOWS])
+    return max([1] + [span(n) for n in walk(node) if isinstance(n, Call) and n.fn in WINDOWS])
 
 
 def comparisons(node: Node) -> list[Binary]:
@@ -452,11 +484,18 @@ class Report:
         # Values of ``local`` and ``shared`` subtrees at this report, by canonical text (and
         # the first report a ``shared`` one reads): the same for every rule, never saved.
         self.memo: dict[Any, Value] = {}
+        # ``peer_zscore`` inputs at this report, by canonical text (what other trials compare
+        # with), and where the other trials' values come from (set by the engine, not saved).
+        self.peer: dict[str, Value] = {}
+        self.peers: Callable[[str], list[Value]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"v": STATE_VERSION, "iteration": self.iteration, "time_s": self.time_s,
-                "layers": self.layers, "scalars": self.scalars,
-                "cache": _slots_out(self.cache), "ever": _slots_out(self.ever)}
+        out = {"v": STATE_VERSION, "iteration": self.iteration, "time_s": self.time_s,
+               "layers": self.layers, "scalars": self.scalars,
+               "cache": _slots_out(self.cache), "ever": _slots_out(self.ever)}
+        if self.peer:
+            out["peer"] = self.peer
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Report:
@@ -469,6 +508,7 @@ class Report:
         mixed rules' values) are dropped."""
         if d.get("v") == STATE_VERSION:
             self.cache, self.ever = _slots_in(d["cache"]), _slots_in(d["ever"])
+        self.peer = dict(d.get("peer") or {})
 
 
 def _slots_out(slots: dict[str, dict[int, Value]]) -> dict[str, dict[str, Value]]:
@@ -626,6 +666,13 @@ def _eval(node: Node, history: list[Report], scope: str) -> Value:
     if fn == "result":
         return now.scalars.get(node.args[0])
     inner = evaluate(node.args[0], history, scope)
+    if fn in PEERS:
+        key = node.args[0].key
+        now.peer[key] = inner
+        others = [v for v in (now.peers(key) if now.peers else []) if v is not None]
+        if len(others) < MIN_PEERS:
+            return None
+        return _baseline("zscore", inner, others)
     if fn in REDUCTIONS:
         return _reduce(fn, inner)
     if fn == "abs":
@@ -648,8 +695,9 @@ def _eval(node: Node, history: list[Report], scope: str) -> Value:
             return None
         return _zip(lambda a, b: a - b, inner, _past(arg, history, -n - 1, scope))
     if fn in BASELINES:
-        before = [p for p in (_past(arg, history, i, scope) for i in range(-min(n + 1, size), -1))
-                  if p is not None]
+        end = -1 - (node.args[2] if len(node.args) > 2 else 0)  # the baseline stops before it
+        before = [p for p in (_past(arg, history, i, scope)
+                              for i in range(-min(n - end, size), end)) if p is not None]
         return _baseline(fn, inner, before)
     past = [p for p in (_past(arg, history, i, scope) for i in range(-min(n, size), 0))
             if p is not None]
