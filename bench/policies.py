@@ -205,7 +205,9 @@ class Heuristic(Policy):
         engine, prepare = self.engines[trial.group]
         verdicts = engine.observe(trial.name, prepare(result), wall_time=0.0)
         kill = next((v for v in verdicts if v.stops), None)
-        return Decision(kill.iteration, kill.rule, kill.reason) if kill else None
+        if kill is None or kill.iteration >= trial.budget:
+            return None  # a stop at the last iteration saves nothing: Tune completes the trial
+        return Decision(kill.iteration, kill.rule, kill.reason)
 
 
 class RayScheduler(Policy):

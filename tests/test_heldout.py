@@ -95,12 +95,15 @@ def test_the_population_is_late_and_names_only_known_families() -> None:
 
 
 def test_the_fresh_splits_repeat_the_designs_under_new_seeds() -> None:
-    dev, fresh, fresh2 = population(40), population(40, "fresh"), population(40, "fresh2")
-    for other in (fresh, fresh2):
+    from bench.heldout.population import SPLITS
+
+    dev, *others = [population(40, split) for split in SPLITS]
+    assert len(others) == 4
+    for other in others:
         assert [(s.name, s.setting, s.failure, s.onset) for s in dev] == \
             [(s.name, s.setting, s.failure, s.onset) for s in other]
-    seeds = [{s.seed for s in split} for split in (dev, fresh, fresh2)]
-    assert not (seeds[0] & seeds[1] or seeds[0] & seeds[2] or seeds[1] & seeds[2])
+    seeds = [{s.seed for s in split} for split in (dev, *others)]
+    assert all(not (a & b) for i, a in enumerate(seeds) for b in seeds[i + 1:])
     with pytest.raises(ValueError, match="split must be one of"):
         population(40, "test")
 
@@ -209,6 +212,25 @@ def test_the_heuristic_policy_reads_the_declared_training_loss(tmp_path) -> None
     rows = {r["trial"]: r for r in result["policies"][0]["trials"]}
     assert rows["c"]["stop"] == 7 and rows["c"]["by"] == "big"  # 1.2 at 6, 1.5 at 7
     assert not any(rows[t]["stopped"] for t in "abdef")
+
+
+def test_a_rule_that_fires_only_at_the_last_iteration_stops_nothing(tmp_path) -> None:
+    """Tune completes a trial at its last iteration whatever a scheduler says, so such a kill
+    saves nothing and is not scored as a catch (the Ray policies are scored the same way)."""
+    from heuristics.rules import load_rules
+
+    rules_file = tmp_path / "r.yaml"
+    name = "train_loss" if _engine_takes_vocabulary() else "loss"
+    rules_file.write_text(f"groups:\n  - name: t\n    rules:\n      - name: late\n"
+                          f"        expr: {name} > 1.9\n        for: 2\n        labels:\n"
+                          f"          action: kill\n          failure: divergence\n")
+    trials = population_of_five()  # c: 2.0 from iteration 8: held for 2 at 9, the last is 10
+    for budget, stop in ((10, 9), (9, None)):
+        cut = [Trial(t.name, t.group, t.failure, t.onset, budget, t.metric, t.mode,
+                     t.results[:budget], t.vocabulary) for t in trials]
+        result = policies.evaluate(cut, ("heuristic",), load_rules([str(rules_file)]))
+        rows = {r["trial"]: r for r in result["policies"][0]["trials"]}
+        assert rows["c"]["stop"] == stop, budget
 
 
 def _engine_takes_vocabulary() -> bool:
