@@ -217,3 +217,33 @@ def test_loss_jump_with_a_collapsed_layer_is_caught_on_its_second_report() -> No
                "min(ratio(activation_std, 5)) < 0.5)", hold=2, grace=9)
     assert feed(RuleEngine(old, "cnn", 40, vocabulary=vocabulary),
                 {"shifted": cnn_results(14)}) == {}
+
+
+def spike_results(spread_from: int | None, seed: int = 0) -> list[dict[str, Any]]:
+    """A loss 20x above its history at iterations 12-13; a layer's spread 3x its own level
+    from ``spread_from`` on (None: the spreads never move, a benign loss spike)."""
+    rng = random.Random(seed)
+    out = []
+    for it in range(1, 41):
+        loss = 0.1 + 0.5 * math.exp(-it / 3) + rng.gauss(0, 0.005)
+        if it in (12, 13):
+            loss += 2.0
+        moved = spread_from is not None and it >= spread_from
+        layer = {"dead_ratio": 0.0, "evergreen_ratio": 0.0, "nonfinite_count": 0.0}
+        out.append({"training_iteration": it, "time_total_s": float(it), "train_loss": loss,
+                    "val_loss": loss,
+                    "health": {"layers": {
+                        "1": {**layer, "activation_std": (1.5 if moved else 0.5)
+                              * (1 + rng.uniform(-.01, .01))},
+                        "2": {**layer, "activation_std": 0.7 * (1 + rng.uniform(-.01, .01))}}}})
+    return out
+
+
+def test_activations_that_move_a_report_after_the_loss_still_confirm_it() -> None:
+    """A learning-rate spike moves the loss in its own report and the activations in the
+    next: the loss held for 2 reports with the spreads moving on either is a divergence; the
+    same loss spike with the spreads still is not."""
+    vocabulary = Vocabulary(train_loss="train_loss", validation="val_loss")
+    engine = RuleEngine(BUILTIN, "x", 40, vocabulary=vocabulary)
+    stops = feed(engine, {"spiked": spike_results(13), "benign": spike_results(None, seed=1)})
+    assert stops == {"spiked": ("loss_explosion", 13)}

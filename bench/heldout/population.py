@@ -53,9 +53,11 @@ HEALTHY_SEEDS = 2  # seeds per healthy setting
 # kill), and evaluated once after that; ``fresh4`` was trained while its rules were written
 # (histories do not depend on the rules; none was read before the rules were committed:
 # ``loss_explosion``'s baseline offset and ``generator_outpaced``, chosen on the four splits
-# before it), and evaluated once after that.
+# before it), and evaluated once after that; ``fresh5`` was trained after ``loss_explosion``
+# let its activation confirmation come a report after the loss jump (fresh4's one miss), and
+# evaluated once after that.
 SPLITS = {"development": 0, "fresh": 500, "fresh2": 1000, "fresh3": 1500,
-          "fresh4": 2000}  # seed offsets
+          "fresh4": 2000, "fresh5": 2500}  # seed offsets
 
 
 def split_dir(split: str, root: Path = RESULTS) -> Path:
