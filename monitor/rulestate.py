@@ -25,6 +25,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     trial TEXT, iteration INTEGER, record TEXT, PRIMARY KEY (trial, iteration)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trials (trial TEXT PRIMARY KEY, first TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS peers (
+    trial TEXT, iteration INTEGER, peer TEXT, PRIMARY KEY (trial, iteration)) WITHOUT ROWID;
 """
 
 
@@ -85,8 +87,13 @@ class RuleStateStore:
         if newest is None or iteration <= newest:  # unknown, or a restored trial replays
             db.execute("DELETE FROM records WHERE trial = ? AND iteration >= ?",
                        (trial, iteration))
+            db.execute("DELETE FROM peers WHERE trial = ? AND iteration >= ?",
+                       (trial, iteration))
         db.execute("INSERT INTO records VALUES (?, ?, ?)",
                    (trial, iteration, encode(record)))
+        if record.get("peer"):  # population-rule inputs: kept for the trial's whole life
+            db.execute("INSERT INTO peers VALUES (?, ?, ?)",
+                       (trial, iteration, json.dumps(record["peer"])))
         # Old records go in batches: the rules read at most ``keep``, so up to ``keep`` more
         # may wait for the next batch.
         pruned = self._since_prune.get(trial, 0) + 1
@@ -102,7 +109,8 @@ class RuleStateStore:
             iteration, first, pruned
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """``{trial: {"reports": [...], "first": {...}}}`` for ``load_trial_state``."""
+        """``{trial: {"reports": [...], "first": {...}, "peer": {...}}}`` for
+        ``load_trial_state`` (``peer``: every population-rule input the trial reported)."""
         if not self.path.exists():
             return {}
         out: dict[str, dict[str, Any]] = {}
@@ -123,9 +131,23 @@ class RuleStateStore:
             except Exception as exc:  # noqa: BLE001 - any damage: that trial starts afresh
                 damaged.add(trial)
                 self._damaged(trial, exc)
+        for trial, iteration, peer in self.db.execute(
+                "SELECT trial, iteration, peer FROM peers ORDER BY trial, iteration"):
+            if trial not in out or trial in damaged:
+                continue
+            try:
+                values = json.loads(peer)
+            except ValueError as exc:  # that trial's population inputs start afresh
+                self._damaged(trial, exc)
+                out[trial]["peer"] = {}
+                damaged.add(trial)
+                continue
+            table = out[trial].setdefault("peer", {})
+            for key, value in values.items():
+                table.setdefault(key, {})[iteration] = value
         for trial, data in out.items():
             if trial in damaged:
-                data["reports"], data["first"] = [], {}
+                data["reports"], data["first"], data["peer"] = [], {}, {}
             del data["reports"][:-self.keep]  # those a later batch would have deleted
         return out
 

@@ -247,3 +247,68 @@ def test_activations_that_move_a_report_after_the_loss_still_confirm_it() -> Non
     engine = RuleEngine(BUILTIN, "x", 40, vocabulary=vocabulary)
     stops = feed(engine, {"spiked": spike_results(13), "benign": spike_results(None, seed=1)})
     assert stops == {"spiked": ("loss_explosion", 13)}
+
+
+# -- on recorded real trainings (held-out split fresh3: the histories in the repository) ---------
+def recorded(family: str) -> list[Any]:
+    from bench.heldout.__main__ import as_trial
+    from bench.heldout.population import History, split_dir
+
+    directory = split_dir("fresh3") / "histories"
+    return [as_trial(History.from_dict(json.loads(p.read_text())))
+            for p in sorted(directory.glob(f"{family}__*.json"))]
+
+
+def test_recorded_gans_lose_only_the_one_whose_discriminator_was_boosted() -> None:
+    """Nine real hinge-GAN trainings (5 healthy settings x seeds, 3 broken): the built-in rules
+    stop the boosted-discriminator GAN by its adversarial loss against its siblings', one
+    report after its onset (its spreads moved less than 3x for 2 reports), and no healthy GAN."""
+    from bench import policies
+
+    trials = recorded("gan")
+    assert len(trials) == 9 and sum(t.failure == "healthy" for t in trials) == 6
+    decisions = policies.simulate(policies.make("heuristic", BUILTIN), trials)
+    stopped = {t.name: (d.by, d.stop) for t, d in
+               ((t, decisions[t.name]) for t in trials) if d.stop is not None}
+    assert stopped["gan/d_lr_boost_ttur_b32"] == ("generator_outpaced", 13)
+    assert not any(t.failure == "healthy" and t.name in stopped for t in trials)
+
+
+def test_recorded_cnn_batchnorm_shift_is_caught_a_report_after_its_onset() -> None:
+    from bench import policies
+
+    trials = recorded("cnn")
+    decisions = policies.simulate(policies.make("heuristic", BUILTIN), trials)
+    shifted = decisions["cnn/bias_shift_adam_b64"]
+    assert (shifted.by, shifted.stop) == ("loss_explosion", 15)
+    assert not any(decisions[t.name].stop for t in trials if t.failure == "healthy")
+
+
+def test_the_rule_state_store_keeps_every_population_input_across_a_restart(tmp_path) -> None:
+    """The store prunes records no window reads; a trial's population inputs stay whole, so
+    trials run one after another still compare with the whole of the earlier ones."""
+    from monitor.rulestate import RuleStateStore
+
+    population = gan_population(jump_at=16)
+    engine = RuleEngine(BUILTIN, "gan", 40, vocabulary=HINGE)
+    store = RuleStateStore(tmp_path, keep=4)
+    finished = {t: rs for t, rs in population.items() if t != "boosted"}
+    for trial, results in finished.items():  # one after another, to the end
+        for r in results:
+            engine.observe(trial, r, wall_time=0.0)
+            store.append(trial, engine.last_record(trial))
+    # healthy_0 was restored from iteration 30 and replayed it once more
+    engine.observe("healthy_0", {**population["healthy_0"][29], "g_adv": 50.0}, wall_time=0.0)
+    store.append("healthy_0", engine.last_record("healthy_0"))
+    store.close()
+
+    reopened = RuleStateStore(tmp_path, keep=4)
+    restored = RuleEngine(BUILTIN, "gan", 40, vocabulary=HINGE)
+    for trial, data in reopened.load().items():
+        assert len(data["reports"]) <= 8  # pruned
+        restored.load_trial_state(trial, data)
+    values = restored.trials["healthy_0"].peer["adversarial_loss"]
+    assert sorted(values) == list(range(1, 31)) and values[30] == 50.0
+    assert restored.trials["healthy_1"].peer == engine.trials["healthy_1"].peer
+    assert feed(restored, {"boosted": population["boosted"]}) == {
+        "boosted": ("generator_outpaced", 17)}
