@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,9 +205,7 @@ class Heuristic(Policy):
         engine, prepare = self.engines[trial.group]
         verdicts = engine.observe(trial.name, prepare(result), wall_time=0.0)
         kill = next((v for v in verdicts if v.stops), None)
-        if kill is None or kill.iteration >= trial.budget:
-            return None  # a stop at the last iteration saves nothing: Tune completes the trial
-        return Decision(kill.iteration, kill.rule, kill.reason)
+        return Decision(kill.iteration, kill.rule, kill.reason) if kill else None
 
 
 class RayScheduler(Policy):
@@ -238,7 +236,7 @@ class RayScheduler(Policy):
         action = self.schedulers[trial.group].on_trial_result(
             self.controller, self.stubs[trial.name], flatten(result))
         it = result["training_iteration"]
-        if action == TrialScheduler.STOP and it < trial.budget:
+        if action == TrialScheduler.STOP:
             return Decision(it, self.name, f"{self.name} stopped it at iteration {it}")
         return None
 
@@ -278,25 +276,34 @@ def make(name: str, rules: list[Any] | None = None) -> Policy:
     raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {name!r}")
 
 
+def round_robin(trials: list[Trial]) -> Iterator[tuple[Trial, int]]:
+    """``(trial, index of its result)`` by iteration, every trial's i-th result before any
+    (i+1)-th, as Tune delivers results of trials that run side by side."""
+    for i in range(max((len(t.results) for t in trials), default=0)):
+        for t in trials:
+            if i < len(t.results):
+                yield t, i
+
+
 def simulate(policy: Policy, trials: list[Trial]) -> dict[str, Decision]:
-    """Feed every trial's results to ``policy`` round-robin by iteration."""
+    """Feed every trial's results to ``policy`` round-robin by iteration. A stop at a trial's
+    last iteration saves nothing (Tune completes the trial whatever a scheduler says), so it
+    is no stop."""
     for t in trials:
         policy.add(t)
     decisions = {t.name: Decision() for t in trials}
-    running = list(trials)
-    longest = max((len(t.results) for t in trials), default=0)
-    for i in range(longest):
-        for t in list(running):
-            if i >= len(t.results):
-                continue
-            result = t.results[i]
-            decision = policy.result(t, result)
-            if decision is not None:
-                decisions[t.name] = decision
-                running.remove(t)
-            elif i == len(t.results) - 1:
-                policy.complete(t, result)
-                running.remove(t)
+    ended: set[str] = set()
+    for t, i in round_robin(trials):
+        if t.name in ended:
+            continue
+        result = t.results[i]
+        decision = policy.result(t, result)
+        if decision is not None and decision.stop is not None and decision.stop < t.budget:
+            decisions[t.name] = decision
+            ended.add(t.name)
+        elif i == len(t.results) - 1:
+            policy.complete(t, result)
+            ended.add(t.name)
     return decisions
 
 
@@ -409,18 +416,15 @@ def rule_firings(trials: list[Trial], rules: list[Any] | None = None
     for t in trials:
         if t.group not in engines:
             engines[t.group] = rule_engine(rules, t, shadow=True)
-    for i in range(max((len(t.results) for t in trials), default=0)):
-        for t in trials:
-            if i >= len(t.results):
-                continue
-            engine, prepare = engines[t.group]
-            for v in engine.observe(t.name, prepare(t.results[i]), wall_time=0.0):
-                if v.rule not in first[t.name]:
-                    values = {k: x for k, x in (v.values or {}).items()
-                              if isinstance(x, (int, float))}
-                    first[t.name][v.rule] = {"rule": v.rule, "action": v.action,
-                                             "iteration": v.iteration, "value": v.value,
-                                             "values": values, "summary": v.summary}
+    for t, i in round_robin(trials):
+        engine, prepare = engines[t.group]
+        for v in engine.observe(t.name, prepare(t.results[i]), wall_time=0.0):
+            if v.rule not in first[t.name]:
+                values = {k: x for k, x in (v.values or {}).items()
+                          if isinstance(x, (int, float))}
+                first[t.name][v.rule] = {"rule": v.rule, "action": v.action,
+                                         "iteration": v.iteration, "value": v.value,
+                                         "values": values, "summary": v.summary}
     return {name: sorted(f.values(), key=lambda f: f["iteration"]) for name, f in first.items()}
 
 

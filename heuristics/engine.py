@@ -154,6 +154,13 @@ class TrialState:
         for key, value in record.peer.items():
             self.peer.setdefault(key, {})[record.iteration] = value
 
+    def forget_peer_from(self, iteration: int) -> None:
+        """Drop the values of ``iteration`` and later (a restored trial replays them). Values
+        are added in iteration order, so the newest is the last key: one look per result."""
+        for values in self.peer.values():
+            while values and next(reversed(values)) >= iteration:
+                values.popitem()
+
     def peer_at(self, key: str, iteration: int) -> Value:
         """This trial's ``key`` at ``iteration``, or at the newest of the PEER_LAG before."""
         values = self.peer.get(key)
@@ -212,9 +219,7 @@ class RuleEngine:
         time_s = float(result.get("time_total_s", 0.0))
         while state.reports and state.reports[-1].iteration >= iteration:
             state.reports.pop()  # a restored trial replays iterations after its checkpoint
-        for values in state.peer.values():
-            for it in [it for it in values if it >= iteration]:
-                del values[it]
+        state.forget_peer_from(iteration)
         obs = observe(result, self.vocabulary, iteration)
         layers = {layer: kept for layer, signals in obs.layers.items()
                   if (kept := {k: v for k, v in signals.items() if k in self.layer_signals})}

@@ -310,6 +310,15 @@ class Parser:
             self.take("}")
         return Signal(pos=tok.pos, name=tok.text, layer=layer)
 
+    def reports(self, fn: str, what: str, least: int) -> int:
+        """A whole number of reports from ``least`` to MAX_WINDOW (a window, an offset)."""
+        n = self.take(kind="num")
+        number(n)
+        if not re.fullmatch(r"\d+", n.text) or not least <= int(n.text) <= MAX_WINDOW:
+            raise ExprError(f"{fn}: the {what} must be a whole number of reports from {least} "
+                            f"to {MAX_WINDOW}, got {n.text} at column {n.pos + 1}", n.pos)
+        return int(n.text)
+
     def call(self, tok: Token) -> Call:
         fn = tok.text
         if fn not in FUNCTIONS:
@@ -325,22 +334,12 @@ class Parser:
         self.depth -= 1
         if fn in WINDOWS:
             self.take(",")
-            n = self.take(kind="num")
-            number(n)
-            if not re.fullmatch(r"\d+", n.text) or not 1 <= int(n.text) <= MAX_WINDOW:
-                raise ExprError(f"{fn}: the window must be a whole number of reports from 1 to "
-                                f"{MAX_WINDOW}, got {n.text} at column {n.pos + 1}", n.pos)
-            args.append(int(n.text))
+            args.append(self.reports(fn, "window", 1))
             if fn in BASELINES and self.peek().text == ",":
                 self.take(",")
-                k = self.take(kind="num")
-                number(k)
-                if not re.fullmatch(r"\d+", k.text) or not int(k.text) <= MAX_WINDOW:
-                    raise ExprError(f"{fn}: the offset must be a whole number of reports from 0 "
-                                    f"to {MAX_WINDOW}, got {k.text} at column {k.pos + 1}",
-                                    k.pos)
-                if int(k.text):
-                    args.append(int(k.text))
+                offset = self.reports(fn, "offset", 0)
+                if offset:  # 0 is the default: the same canonical text as without it
+                    args.append(offset)
         self.take(")")
         return Call(pos=tok.pos, fn=fn, args=args)
 
@@ -446,9 +445,14 @@ def signals_of(node: Node) -> list[Signal]:
     return [n for n in walk(node) if isinstance(n, Signal)]
 
 
+def offset(node: Call) -> int:
+    """Reports a baseline ends before the current one's predecessor (0 without one)."""
+    return node.args[2] if len(node.args) > 2 else 0
+
+
 def span(node: Call) -> int:
     """Earlier reports a window call reads: its window plus its offset."""
-    return node.args[1] + (node.args[2] if len(node.args) > 2 else 0)
+    return node.args[1] + offset(node)
 
 
 def max_window(node: Node) -> int:
@@ -695,7 +699,7 @@ def _eval(node: Node, history: list[Report], scope: str) -> Value:
             return None
         return _zip(lambda a, b: a - b, inner, _past(arg, history, -n - 1, scope))
     if fn in BASELINES:
-        end = -1 - (node.args[2] if len(node.args) > 2 else 0)  # the baseline stops before it
+        end = -1 - offset(node)  # the baseline stops before it
         before = [p for p in (_past(arg, history, i, scope)
                               for i in range(-min(n - end, size), end)) if p is not None]
         return _baseline(fn, inner, before)
