@@ -24,7 +24,9 @@ NaN policy: a comparison with NaN is false (IEEE); reductions skip NaN layers (a
 NaN); ``fraction`` counts NaN as false. Use ``nonfinite(x)`` to test for NaN/Inf explicitly.
 A signal missing from a report (e.g. no sampled step, or ``loss_d`` for a student) makes the
 expression *absent*: the rule neither holds nor breaks its ``for`` streak on that report. In
-``a or b`` an absent side leaves the other side to decide.
+``a or b`` an absent side leaves the other side to decide. ``absent(x)`` is 1 where ``x`` is
+absent and 0 where it has a value (PromQL's ``absent``): ``a and (absent(x) or x > 0)`` makes a
+confirmation by ``x`` optional for trainings that do not report it.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ PEER_LAG = 2
 WINDOWS = {"avg_over", "min_over", "max_over", "change"} | BASELINES
 HISTORY = {"min_ever", "max_ever"}  # over every report of the trial so far
 ELEMENTWISE = {"abs", "nonfinite", "log10"}
-FUNCTIONS = REDUCTIONS | WINDOWS | HISTORY | ELEMENTWISE | PEERS | {"result"}
+FUNCTIONS = REDUCTIONS | WINDOWS | HISTORY | ELEMENTWISE | PEERS | {"result", "absent"}
 
 # Limits, checked when a rule is loaded, so that a rule that loads also evaluates and pickles
 # (a deeper or larger tree hits Python's recursion limit in the evaluator or in pickle).
@@ -677,6 +679,8 @@ def _eval(node: Node, history: list[Report], scope: str) -> Value:
         if len(others) < MIN_PEERS:
             return None
         return _baseline("zscore", inner, others)
+    if fn == "absent":
+        return 1.0 if inner is None else 0.0
     if fn in REDUCTIONS:
         return _reduce(fn, inner)
     if fn == "abs":

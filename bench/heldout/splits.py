@@ -1,4 +1,4 @@
-"""``python -m bench.heldout.splits``: the kill benchmark on seven splits, side by side.
+"""``python -m bench.heldout.splits``: the kill benchmark on eight splits, side by side.
 
 * **in-sample**: the master_v464 + student_v464_failures populations the rule thresholds were
   chosen on (recorded no-stopping runs, ``bench.heldout.insample``);
@@ -20,7 +20,13 @@
   led to a fourth revision (``loss_explosion`` takes the activation confirmation from either
   of its 2 reports);
 * **fresh5**: other seeds again (``--split fresh5``), trained after that revision and
-  evaluated once: the split no choice has seen.
+  evaluated once; its one miss (a transformer stuck at chance after a learning-rate spike) and
+  its one false kill (a ConvNeXt whose spreads grew while it learned) led to a fifth revision
+  (``learning_undone``; ``spread_explosion`` vetoed by a falling loss), chosen on the six
+  splits before;
+* **fresh6**: other seeds again (``--split fresh6``), trained before that revision was written
+  (a history does not depend on the rules), read only after it was committed, evaluated once:
+  the split no choice has seen.
 
 ``tables(rules)`` returns the reports (policy tables under ``"policies"``) and writes
 ``bench/results/heldout/splits.md``; ``bench.kill --heldout`` can call it.
@@ -79,7 +85,7 @@ def summary_row(split: str, report: dict[str, Any], policy: str) -> str:
 
 def splits_markdown(reports: dict[str, dict[str, Any]], rules: list[str]) -> str:
     commit = next((r.get("commit") for r in reports.values() if r.get("commit")), None)
-    lines = [f"# Kill quality on seven splits (rules: {', '.join(rules)} at "
+    lines = [f"# Kill quality on eight splits (rules: {', '.join(rules)} at "
              f"{commit or 'unknown commit'})", "",
              "Thresholds were chosen on the in-sample split only; rule forms were revised on "
              "the development split; the fresh split (new seeds) was evaluated once, after, "
@@ -91,7 +97,10 @@ def splits_markdown(reports: dict[str, dict[str, Any]], rules: list[str]) -> str
              "population-relative rule; loss_explosion's baseline offset); the fresh4 split "
              "(other seeds again) was evaluated once, and its one miss informed a fourth "
              "(loss_explosion's activation confirmation from either of its 2 reports); the "
-             "fresh5 split (other seeds again) was evaluated once, last. "
+             "fresh5 split (other seeds again) was evaluated once, and its miss and false kill "
+             "informed a fifth (learning_undone; spread_explosion vetoed by a falling loss); "
+             "the fresh6 split (other seeds again, trained before that revision, read after "
+             "it was committed) was evaluated once, last. "
              "Recall over trials that really fail; false kills of healthy trials; premature: "
              "broken trials stopped before their onset; delay after onset as % of the budget; "
              "lead: reports the kill came before the quality metric showed the failure.", "",
