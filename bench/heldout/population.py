@@ -57,9 +57,12 @@ HEALTHY_SEEDS = 2  # seeds per healthy setting
 # let its activation confirmation come a report after the loss jump (fresh4's one miss), and
 # evaluated once after that; ``fresh6`` was trained at the start of the fifth revision
 # (``learning_undone``, ``spread_explosion``'s veto by a falling loss: fresh5's miss and false
-# kill), none of it read before those rules were committed, and evaluated once after that.
+# kill), none of it read before those rules were committed, and evaluated once after that;
+# ``fresh7`` was trained after fresh6's evaluation, with the rules unchanged (7f82995), and
+# evaluated once: a second untouched split for the same rules.
 SPLITS = {"development": 0, "fresh": 500, "fresh2": 1000, "fresh3": 1500,
-          "fresh4": 2000, "fresh5": 2500, "fresh6": 3000}  # seed offsets
+          "fresh4": 2000, "fresh5": 2500, "fresh6": 3000,
+          "fresh7": 3500}  # seed offsets
 
 
 def split_dir(split: str, root: Path = RESULTS) -> Path:
