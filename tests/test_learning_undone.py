@@ -4,44 +4,21 @@ is still falling: scripted populations, then the recorded real trainings of spli
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from heuristics.engine import RuleEngine
 from heuristics.expr import Report, evaluate, parse
 from heuristics.rules import load_rules
 from heuristics.vocabulary import Vocabulary
+from tests.rule_helpers import feed, heuristic_stops, rule
+from tests.rule_helpers import recorded as recorded_split
 
 BUILTIN = load_rules(["builtin"])
 PLAIN = Vocabulary(train_loss="train_loss", validation="val_loss")
-
-
-def rule(expr: str, hold: int = 1, grace: int | str = 0) -> list[Any]:
-    path = Path(tempfile.mkdtemp()) / "rule.yaml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [
-        {"name": "r", "expr": expr, "for": hold, "grace": grace,
-         "labels": {"action": "kill", "failure": "test_failure"}}]}]}))
-    return load_rules([str(path)])
-
-
-def feed(engine: RuleEngine, population: dict[str, list[dict[str, Any]]]
-         ) -> dict[str, tuple[str, int]]:
-    """Round-robin by iteration, as Tune reports; the first stop of each trial."""
-    stops: dict[str, tuple[str, int]] = {}
-    for i in range(max(map(len, population.values()))):
-        for trial, results in population.items():
-            if i < len(results):
-                for v in engine.observe(trial, results[i], wall_time=0.0):
-                    if v.stops and trial not in stops:
-                        stops[trial] = (v.rule, v.iteration)
-    return stops
 
 
 # -- absent() -------------------------------------------------------------------------------------
@@ -171,20 +148,12 @@ def test_spread_explosion_still_fires_for_a_training_that_reports_no_loss() -> N
 
 
 # -- on recorded real trainings (held-out split fresh5: the histories in the repository) ---------
-def recorded(family: str, split: str = "fresh5") -> list[Any]:
-    from bench.heldout.__main__ import as_trial
-    from bench.heldout.population import History, split_dir
-
-    directory = split_dir(split) / "histories"
-    return [as_trial(History.from_dict(json.loads(p.read_text())))
-            for p in sorted(directory.glob(f"{family}__*.json"))]
+def recorded(family: str) -> list[Any]:
+    return recorded_split(family, "fresh5")
 
 
 def stops(trials: list[Any]) -> dict[str, tuple[str, int]]:
-    from bench import policies
-
-    decisions = policies.simulate(policies.make("heuristic", BUILTIN), trials)
-    return {name: (d.by, d.stop) for name, d in decisions.items() if d.stop is not None}
+    return heuristic_stops(trials, BUILTIN)
 
 
 def test_recorded_transformer_stuck_at_chance_after_a_spike_is_stopped() -> None:

@@ -7,29 +7,20 @@ from __future__ import annotations
 import json
 import math
 import random
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from heuristics.engine import RuleEngine
 from heuristics.expr import ExprError, Report, evaluate, max_window, parse
 from heuristics.rules import load_rules
 from heuristics.vocabulary import Vocabulary
+from tests.rule_helpers import feed, heuristic_stops, rule
+from tests.rule_helpers import recorded as recorded_split
 
 BUILTIN = load_rules(["builtin"])
 HINGE = Vocabulary(generator_loss="g_loss", discriminator_loss="d_loss",
                    adversarial_loss="g_adv", gan_loss="hinge", validation="val_spec_db")
-
-
-def rule(expr: str, hold: int = 1, grace: int = 0, action: str = "kill") -> list[Any]:
-    path = Path(tempfile.mkdtemp()) / "rule.yaml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [
-        {"name": "r", "expr": expr, "for": hold, "grace": grace,
-         "labels": {"action": action, "failure": "test_failure"}}]}]}))
-    return load_rules([str(path)])
 
 
 def reports(values: list[float]) -> list[Report]:
@@ -74,23 +65,6 @@ def test_bad_offsets_and_peer_arguments_are_refused_with_the_column(text: str,
 
 
 # -- peer_zscore in the engine -------------------------------------------------------------------
-def feed(engine: RuleEngine, population: dict[str, list[dict[str, Any]]],
-         order: str = "round-robin") -> dict[str, tuple[str, int]]:
-    """Feed ``population``'s results (round-robin by iteration, or one trial after another);
-    return the first stopping verdict of each trial as (rule, iteration)."""
-    stops: dict[str, tuple[str, int]] = {}
-    if order == "round-robin":
-        steps = [(t, r) for i in range(max(map(len, population.values())))
-                 for t, rs in population.items() if i < len(rs) for r in [rs[i]]]
-    else:
-        steps = [(t, r) for t, rs in population.items() for r in rs]
-    for trial, result in steps:
-        for v in engine.observe(trial, result, wall_time=0.0):
-            if v.stops and trial not in stops:
-                stops[trial] = (v.rule, v.iteration)
-    return stops
-
-
 def losses(seed: int, n: int = 40, scale: float = 1.0, jump_at: int | None = None,
            jump: float = 6.0, everyone_jumps_at: int | None = None) -> list[dict[str, Any]]:
     rng = random.Random(seed)
@@ -251,37 +225,25 @@ def test_activations_that_move_a_report_after_the_loss_still_confirm_it() -> Non
 
 # -- on recorded real trainings (held-out split fresh3: the histories in the repository) ---------
 def recorded(family: str) -> list[Any]:
-    from bench.heldout.__main__ import as_trial
-    from bench.heldout.population import History, split_dir
-
-    directory = split_dir("fresh3") / "histories"
-    return [as_trial(History.from_dict(json.loads(p.read_text())))
-            for p in sorted(directory.glob(f"{family}__*.json"))]
+    return recorded_split(family, "fresh3")
 
 
 def test_recorded_gans_lose_only_the_one_whose_discriminator_was_boosted() -> None:
     """Nine real hinge-GAN trainings (5 healthy settings x seeds, 3 broken): the built-in rules
     stop the boosted-discriminator GAN by its adversarial loss against its siblings', one
     report after its onset (its spreads moved less than 3x for 2 reports), and no healthy GAN."""
-    from bench import policies
-
     trials = recorded("gan")
     assert len(trials) == 9 and sum(t.failure == "healthy" for t in trials) == 6
-    decisions = policies.simulate(policies.make("heuristic", BUILTIN), trials)
-    stopped = {t.name: (d.by, d.stop) for t, d in
-               ((t, decisions[t.name]) for t in trials) if d.stop is not None}
+    stopped = heuristic_stops(trials, BUILTIN)
     assert stopped["gan/d_lr_boost_ttur_b32"] == ("generator_outpaced", 13)
     assert not any(t.failure == "healthy" and t.name in stopped for t in trials)
 
 
 def test_recorded_cnn_batchnorm_shift_is_caught_a_report_after_its_onset() -> None:
-    from bench import policies
-
     trials = recorded("cnn")
-    decisions = policies.simulate(policies.make("heuristic", BUILTIN), trials)
-    shifted = decisions["cnn/bias_shift_adam_b64"]
-    assert (shifted.by, shifted.stop) == ("loss_explosion", 15)
-    assert not any(decisions[t.name].stop for t in trials if t.failure == "healthy")
+    stopped = heuristic_stops(trials, BUILTIN)
+    assert stopped["cnn/bias_shift_adam_b64"] == ("loss_explosion", 15)
+    assert not any(t.name in stopped for t in trials if t.failure == "healthy")
 
 
 def test_the_rule_state_store_keeps_every_population_input_across_a_restart(tmp_path) -> None:
