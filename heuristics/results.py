@@ -9,16 +9,206 @@ ones; both are read here. Tune's bookkeeping keys (``pid``, ``timestamp``...) ar
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from heuristics.vocabulary import BOOKKEEPING, Vocabulary
 
+_MAX_ITERATION = 2 ** 53  # an iteration a float, SQLite and JSON all hold exactly
 
-def _number(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
+
+def number(x: Any) -> float | None:
+    """The one place that turns a reported value into a number: ``float`` for every kind of
+    real number a training can hand over (Python ``int``/``float``, ``Decimal``,
+    ``Fraction``, numpy scalars of any width, 0-d numpy arrays, one-element torch tensors and
+    anything else with ``ndim == 0`` and ``item()``), ``None`` for everything else (text,
+    ``bool``, containers, complex numbers). Integers beyond the float range become ``inf``
+    with their sign, never ``OverflowError``; NaN stays NaN (the ``divergence`` rule's)."""
+    kind = type(x)
+    if kind is float:
+        return x
+    if kind is int:
+        try:
+            return float(x)
+        except OverflowError:
+            return math.inf if x > 0 else -math.inf
+    if x is None or kind is bool or kind is str or kind is bytes:
         return None
-    return float(x)
+    if getattr(x, "ndim", None) == 0 and callable(getattr(x, "item", None)):
+        try:  # numpy 0-d arrays and scalars, torch scalar tensors
+            item = x.item()
+        except Exception:  # noqa: BLE001 - an object that only looks like an array
+            return None
+        return None if item is x else number(item)
+    if isinstance(x, (numbers.Real, Decimal)) and not isinstance(x, bool):
+        try:
+            return float(x)
+        except OverflowError:
+            return math.inf if x > 0 else -math.inf
+        except (TypeError, ValueError, ArithmeticError):
+            return None
+    return None
+
+
+_number = number
+
+
+def text_ok(name: Any) -> bool:
+    """Whether ``name`` is a string every store and file can hold (valid Unicode: no lone
+    surrogates)."""
+    if type(name) is not str:
+        return False
+    if name.isascii():
+        return True
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _clean_signals(block: Any, where: str, problems: list[str]) -> dict[str, Any]:
+    """``{name: float}`` of a mapping of signals; what is not one is dropped and said."""
+    if not isinstance(block, Mapping):
+        problems.append(f"{where}: expected a mapping of signals, got {_shown(block)}; ignored")
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in block.items():
+        if not text_ok(key) or "/" in key:
+            problems.append(f"{where}: key {_shown(key)} is not a name (text without '/'); "
+                            "ignored")
+            continue
+        kind = type(value)
+        if kind is float:
+            out[key] = value
+        elif (v := number(value)) is not None:
+            out[key] = v
+        elif value is not None:
+            problems.append(f"{where}/{key}: {_shown(value)} is not a number; ignored")
+    return out
+
+
+def clean_health(health: Any, problems: list[str]) -> dict[str, Any] | None:
+    """A ``health`` block as ``HealthMonitor.collect()`` makes it (``layers``: layer ->
+    signal -> number, ``model``: signal -> number, other numbers), every number a float;
+    anything else is dropped and said in ``problems``. ``None`` if nothing is left."""
+    if not isinstance(health, Mapping):
+        problems.append(f"health: expected the block of HealthMonitor.collect() (a mapping), "
+                        f"got {_shown(health)}; ignored")
+        return None
+    out: dict[str, Any] = {}
+    for key, value in health.items():
+        if key == "layers":
+            if not isinstance(value, Mapping):
+                problems.append(f"health/layers: expected a mapping of layers, got "
+                                f"{_shown(value)}; ignored")
+                continue
+            layers = {}
+            for layer, signals in value.items():
+                if not text_ok(layer) or "/" in layer:
+                    problems.append(f"health/layers: layer {_shown(layer)} is not a name "
+                                    "(text without '/'); ignored")
+                    continue
+                layers[layer] = _clean_signals(signals, f"health/layers/{layer}", problems)
+            out["layers"] = layers
+        elif key == "model":
+            out["model"] = _clean_signals(value, "health/model", problems)
+        elif not text_ok(key) or "/" in key:
+            problems.append(f"health: key {_shown(key)} is not a name; ignored")
+        elif (v := number(value)) is not None:
+            out[key] = v
+    return out
+
+
+_CLEAN_KEYS: set[str] = set()  # plain keys already seen to be names (keys repeat)
+_SPECIAL = {"health", "training_iteration", "time_total_s"}
+
+
+def _health_key(key: str) -> bool:
+    """Whether a flattened ``health/...`` key has the shape Tune gives the block's numbers."""
+    parts = key.split("/")
+    if len(parts) == 4:
+        return parts[1] == "layers" and all(parts[2:])
+    if len(parts) == 3:
+        return parts[1] == "model" and bool(parts[2])
+    return len(parts) == 2 and parts[1] not in ("", "layers", "model")
+
+
+def clean_result(result: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``result`` as every reader expects it, and what was wrong with it (one sentence each).
+
+    Keys are text (others dropped); every numeric value is a ``float`` (``number``; plain
+    ``int``\\s in range stay), ``training_iteration`` a whole number from 0 to 2**53 and
+    ``time_total_s`` a finite number (else dropped), the ``health`` block in its shape
+    (``clean_health``, nested or as Tune flattens it). The usual result, plain floats under
+    text keys, is returned as it is, without a copy.
+    """
+    problems: list[str] = []
+    out: dict[str, Any] | None = None
+    for key, value in result.items():
+        kind = type(value)
+        if (kind is float or kind is str) and key in _CLEAN_KEYS:
+            continue
+        fixed: Any = value
+        drop = False
+        if not text_ok(key):
+            problems.append(f"key {_shown(key)} is not a name (valid text); its value is "
+                            "ignored")
+            drop = True
+        elif key == "health":
+            fixed = clean_health(value, problems)
+            drop = fixed is None
+        elif key == "training_iteration":
+            it = number(value)
+            if it is None or not math.isfinite(it) or it != int(it) \
+                    or not 0 <= it < _MAX_ITERATION:
+                problems.append(f"training_iteration: expected a whole number from 0 to 2**53, "
+                                f"got {_shown(value)}; ignored")
+                drop = True
+            elif kind is not int:
+                fixed = int(it)
+        elif key == "time_total_s":
+            t = number(value)
+            if t is None or not math.isfinite(t):
+                problems.append(f"time_total_s: expected a finite number of seconds, got "
+                                f"{_shown(value)}; ignored")
+                drop = True
+            elif kind is not float:
+                fixed = t
+        elif key.startswith("health/"):
+            v = number(value)
+            if not _health_key(key) or v is None:
+                problems.append(f"{key}: {_shown(value)} is not a signal of the health block "
+                                "(a number under health/layers/LAYER/SIGNAL or "
+                                "health/model/SIGNAL); ignored")
+                drop = True
+            elif kind is not float:
+                fixed = v
+        elif kind is int:
+            if not -2 ** 1023 < value < 2 ** 1023:
+                fixed = number(value)
+        elif kind is not float and kind is not str and (v := number(value)) is not None:
+            fixed = v
+        if fixed is value and not drop:
+            if (kind is float or kind is str) and key not in _SPECIAL \
+                    and len(_CLEAN_KEYS) < 100_000:
+                _CLEAN_KEYS.add(key)
+            continue
+        if out is None:
+            out = dict(result)
+        if drop:
+            del out[key]
+        else:
+            out[key] = fixed
+    return (out if out is not None else result), problems  # type: ignore[return-value]
 
 
 METRIC, SKIP = ("metric",), ("skip",)
@@ -99,10 +289,9 @@ def observe(result: dict[str, Any], vocabulary: Vocabulary | None = None,
     nested = result.get("health")
     flat = not isinstance(nested, dict)
     for key, value in result.items():  # one pass: results carry hundreds of flattened keys
-        kind = type(value)
-        if kind is float or kind is int:
-            value = float(value)
-        elif (value := _number(value)) is None:
+        if type(value) is not float and (value := number(value)) is None:
+            continue
+        if type(key) is not str:
             continue
         where = _KEYS.get(key) or _where(key)
         if where is METRIC:
@@ -117,18 +306,16 @@ def observe(result: dict[str, Any], vocabulary: Vocabulary | None = None,
         elif where[0] == "model":
             model[where[1]] = value
     if isinstance(nested, dict):
-        layers = {str(layer): {k: float(v) for k, v in sig.items() if _number(v) is not None}
-                  for layer, sig in (nested.get("layers") or {}).items()
-                  if isinstance(sig, dict)}
-        model = {k: float(v) for k, v in (nested.get("model") or {}).items()
-                 if _number(v) is not None}
+        nested = clean_health(nested, []) or {}
+        layers = nested.get("layers") or {}
+        model = nested.get("model") or {}
     roles = {role: metrics[key] for role, key in vocabulary.keys().items() if key in metrics}
-    iteration = _number(result.get("training_iteration"))
-    time_s = _number(result.get("time_total_s"))
+    iteration = number(result.get("training_iteration"))
+    time_s = number(result.get("time_total_s"))
     role = result.get("role")
     return Observation(
         iteration=int(iteration) if iteration is not None and math.isfinite(iteration)
         else default_iteration,
-        time_s=time_s if time_s is not None else 0.0,
+        time_s=time_s if time_s is not None and math.isfinite(time_s) else 0.0,
         layers=layers, model=model, metrics=metrics, roles=roles,
         role=str(role) if isinstance(role, str) and role else vocabulary.role)

@@ -12,7 +12,9 @@ from typing import Any
 
 from ray import tune
 
+from heuristics.results import clean_result
 from heuristics.vocabulary import Vocabulary
+from monitor.durability import describe
 from monitor.exporter import Exporter
 from monitor.recording import StoreWriter
 from monitor.scheduler import kill_of
@@ -50,7 +52,12 @@ class HealthExporterCallback(tune.Callback):
         self.start()
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        self.start().snapshot.update(self.experiment, trial.trial_id, result)
+        exporter = self.start()
+        try:  # what a trial reports never stops the sweep (the scheduler notes the problems)
+            exporter.snapshot.update(self.experiment, trial.trial_id, clean_result(result)[0])
+        except Exception as exc:  # noqa: BLE001
+            log.warning("the exporter could not take a result of %s (%s)", trial.trial_id,
+                        describe(exc))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         if self.exporter:
@@ -101,7 +108,7 @@ class RunStoreCallback(tune.Callback):
         self.writer.start(trial.trial_id, str(name), config)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        self.writer.add(trial.trial_id, result)
+        self.writer.add(trial.trial_id, clean_result(result)[0])
         kill = kill_of(self.writer.run, trial.trial_id)
         if kill is not None:  # Tune's own results and tables show why the trial stopped
             result["monitor_killed"] = kill["rule"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
@@ -21,22 +21,49 @@ class GrafanaError(RuntimeError):
 
 
 def client(url: str, token: str | None, timeout: float = 5.0):
+    """A grafana-client API for ``url``; a URL it cannot even parse is a ``GrafanaError``."""
     from grafana_client import GrafanaApi
 
     if not url:
         raise GrafanaError("no Grafana URL: pass --url or set GRAFANA_URL")
-    return GrafanaApi.from_url(url=url, credential=token or None, timeout=timeout)
+    try:
+        return GrafanaApi.from_url(url=url, credential=token or None, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - ValueError for '[::1', and whatever it meets
+        raise GrafanaError(f"{redact(url)} is not a usable Grafana URL "
+                           f"({type(exc).__name__}); expected e.g. http://localhost:3000"
+                           ) from None
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/+")
 
 
 def redact(url: str) -> str:
-    """``url`` without credentials (``https://user:secret@host`` -> ``https://***@host``)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+    """``url`` with no secret left in it, whatever its form: everything between the scheme
+    (``http://``, ``http:/``, or none at all) and the last ``@`` becomes ``***``, and a
+    query or fragment becomes ``?***``; never raises (it does not need a valid URL).
+
+    ``https://user:secret@host`` -> ``https://***@host``; ``admin:secret@host:9`` ->
+    ``***@host:9``; ``http://u:p@[::1`` -> ``http://***@[::1``.
+    """
+    text = str(url)
+    if "@" in text:
+        scheme = _SCHEME.match(text)
+        start = scheme.end() if scheme else 0
+        text = text[:start] + "***" + text[text.rindex("@"):]
+    for mark in "?#":
+        if mark in text:
+            text = text[:text.index(mark)] + "?***"
+    return text
+
+
+def has_credentials(url: str) -> bool:
+    """Whether ``url`` carries anything ``redact`` would hide."""
+    return redact(url) != str(url)
 
 
 def _explain(exc: Exception, url: str) -> GrafanaError:
+    if isinstance(exc, GrafanaError):
+        return exc
     url = redact(url)
     from grafana_client.client import (
         GrafanaClientError,
@@ -133,10 +160,16 @@ class KillAnnotator:
             return False
 
     def __getstate__(self) -> dict[str, Any]:
+        """Neither the token nor a URL with credentials is pickled (Tune writes this object
+        into the run's ``tuner.pkl``): both are read from the environment again on restore."""
         state = self.__dict__.copy()
-        state["_token"] = None  # never pickled into the experiment state; re-read on use
+        state["_token"] = None
+        if has_credentials(self.url):
+            state["url"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if self.url is None:
+            self.url = os.environ.get("GRAFANA_URL", "")
         self._token = os.environ.get("GRAFANA_TOKEN")

@@ -15,24 +15,65 @@
 
 The same rules, engine, run store, verdict log (and, on request, Prometheus metrics) as under
 Tune, so ``monitor kill-report``, ``replay`` and ``calibrate`` work on its runs too.
+
+``report`` refuses, with a ``ValueError``/``TypeError`` that says what was expected and before
+anything is recorded, what is not a report (metrics that are not a mapping, a trial name that
+is not text, an iteration that is not a whole number from 0 to 2**53); within a report,
+values that are not signals are left out with a notice (``heuristics.results.clean_result``).
+``close()`` never raises: a write that fails is named in the summary.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import numbers
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from heuristics.coverage import SignalCoverage, undeclared
 from heuristics.engine import RuleEngine
+from heuristics.results import clean_result, text_ok
 from heuristics.vocabulary import Vocabulary
 from monitor.console import console
 from monitor.console import plain as console_plain
+from monitor.durability import describe, note_loss
 from monitor.recording import StoreWriter
 from monitor.run import RuleSources, RunSpec
 from monitor.summary import plain, print_summary, summarise
-from monitor.verdicts import VerdictRecorder
+from monitor.verdicts import RunLock, VerdictRecorder, recover
+
+log = logging.getLogger(__name__)
+MAX_ITERATION = 2 ** 53
+
+
+def _shown(x: object) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_report(metrics: object, trial: object, iteration: object) -> None:
+    """Refuse what is not a report, before anything is recorded (``TypeError``/
+    ``ValueError`` saying what was expected)."""
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"LoopMonitor.report: metrics: expected a mapping of reported values "
+                        f"(e.g. {{'loss': 0.31}}), got {_shown(metrics)}")
+    if not isinstance(trial, str) or not trial or not text_ok(trial):
+        raise ValueError(f"LoopMonitor.report: trial: expected a non-empty name (valid text), "
+                         f"got {_shown(trial)}")
+    if iteration is None:
+        return
+    if isinstance(iteration, bool) or not isinstance(iteration, numbers.Integral):
+        if not (isinstance(iteration, float) and math.isfinite(iteration)
+                and iteration.is_integer()):
+            raise ValueError(f"LoopMonitor.report: iteration: expected a whole number from 0 to "
+                             f"2**53, got {_shown(iteration)}")
+    if not 0 <= iteration < MAX_ITERATION:
+        raise ValueError(f"LoopMonitor.report: iteration: expected a whole number from 0 to "
+                         f"2**53, got {_shown(iteration)}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +117,9 @@ class LoopMonitor:
             self.exporter.snapshot.declare_rules(experiment, self.engine.rules, shadow)
         self._trials: dict[str, dict[str, Any]] = {}  # trial -> {"n", "started", "last"}
         self._closed = False
+        self._lock = RunLock(spec.run_dir)
+        self._lock.acquire()
+        recover(spec.run_dir.parent, experiment, exclude=spec.run_dir)  # earlier runs killed
         for n in undeclared(self.engine.rules, spec.vocabulary, experiment):
             self.recorder.note(n.rule, n.signal, n.message)
 
@@ -94,6 +138,7 @@ class LoopMonitor:
         decision. A killed trial's later reports are ignored and keep saying stop."""
         if self._closed:
             raise RuntimeError(f"LoopMonitor {self.name} is closed; create a new one")
+        check_report(metrics, trial, iteration)
         state = self._trials.get(trial)
         if state is None:
             state = self._trials[trial] = {"n": 0, "started": time.time(), "last": {}}
@@ -106,8 +151,15 @@ class LoopMonitor:
         result = dict(metrics)
         if health is not None:
             result["health"] = health.collect() if hasattr(health, "collect") else health
-        result["training_iteration"] = iteration if iteration is not None else state["n"]
-        result.setdefault("time_total_s", time.time() - state["started"])
+        result["training_iteration"] = int(iteration) if iteration is not None else state["n"]
+        result, problems = clean_result(result)
+        if "time_total_s" not in result:
+            result["time_total_s"] = time.time() - state["started"]
+        for problem in problems:
+            key = problem.split(": ", 1)[0]
+            if self.recorder.note("(input)", f"{trial}:{key}",
+                                  f"trial {trial} reported {problem}"):
+                console.print(plain(f"Warning: trial {trial} reported {problem}"))
         state["last"] = result
         self.writer.add(trial, result)
         if self.exporter is not None:
@@ -145,15 +197,22 @@ class LoopMonitor:
     def close(self) -> dict[str, Any]:
         """End every trial, flush the store, stop the exporter; return the run's summary."""
         if not self._closed:
-            for trial in list(self._trials):
-                self.end(trial)
-            self.writer.close()
-            self.recorder.close()
-            if self.exporter is not None:
-                self.exporter.stop()
             self._closed = True
-        return summarise(self.run_dir, self.spec.experiment, self.spec.vocabulary,
-                         started=self.spec.started, store_failed=self.writer.failed)
+            steps = [*(lambda t=t: self.end(t) for t in list(self._trials)),
+                     self.writer.close, self.recorder.close]
+            if self.exporter is not None:
+                steps.append(self.exporter.stop)
+            for step in steps:  # each step is tried; none stops the others or the summary
+                try:
+                    step()
+                except Exception as exc:  # noqa: BLE001
+                    what = f"closing the run: {describe(exc)}"
+                    if note_loss(self.run_dir, what):
+                        log.warning("%s", what)
+        summary = summarise(self.run_dir, self.spec.experiment, self.spec.vocabulary,
+                            started=self.spec.started, store_failed=self.writer.failed)
+        self._lock.release()
+        return summary
 
     def print_summary(self) -> dict[str, Any]:
         summary = self.close()

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from heuristics.results import number
 from heuristics.vocabulary import Vocabulary
+from monitor.durability import describe, note_loss
 from monitor.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,9 @@ class StoreWriter:
         return self.store
 
     def _fault(self, exc: BaseException) -> None:
-        self.failed = f"{type(exc).__name__}: {exc}"
+        self.failed = describe(exc)
+        note_loss(self.run_dir, f"run store ({self.run_dir / 'monitor.sqlite'}): samples not "
+                  f"recorded from here on ({self.failed})")
         log.warning("run store in %s cannot be written (%s); trainings and kills go on, "
                     "samples are not recorded from here on", self.run_dir, self.failed)
         self.store = None
@@ -72,6 +76,11 @@ class StoreWriter:
             action(store)
         except STORE_FAULTS as exc:
             self._fault(exc)
+        except Exception as exc:  # noqa: BLE001 - data it cannot take: this write only
+            what = f"run store ({self.run_dir / 'monitor.sqlite'}): a write failed " \
+                   f"({describe(exc)})"
+            if note_loss(self.run_dir, what):
+                log.warning("%s", what)
 
     def open(self) -> None:
         self._open()
@@ -82,15 +91,29 @@ class StoreWriter:
             status="RUNNING", budget=self.budget, started=time.time()))
 
     def add(self, trial: str, result: dict[str, Any]) -> None:
+        """Record one result (its iteration and time read through
+        ``heuristics.results.number``; a result the store cannot key is left out, said once,
+        and never costs another trial's buffered results)."""
+        from monitor.store import iteration_of
+
         role = result.get("role")
-        self._iterations[trial] = int(result.get("training_iteration", 0))
+        try:
+            iteration = iteration_of(result)
+        except StoreError as exc:
+            what = f"results of trial {trial}: some not recorded ({exc})"
+            if note_loss(self.run_dir, what):
+                log.warning("%s", what)
+            return
+        self._iterations[trial] = iteration
+        seconds = number(result.get("time_total_s"))
 
         def write(store) -> None:
             store.add_result(trial, result)
             store.upsert_trial(trial,
                                role=role if isinstance(role, str) else self.vocabulary.role,
-                               iterations=int(result.get("training_iteration", 0)),
-                               time_total_s=float(result.get("time_total_s", 0.0)))
+                               iterations=iteration,
+                               time_total_s=seconds if seconds is not None
+                               and seconds == seconds else 0.0)
             if time.time() - self._last_flush > self.flush_s:
                 store.flush()
                 self._last_flush = time.time()
@@ -100,7 +123,7 @@ class StoreWriter:
     def end(self, trial: str, status: str, last: dict[str, Any] | None) -> None:
         def write(store) -> None:
             store.flush()
-            metric = (last or {}).get(self.metric) if self.metric else None
+            metric = number((last or {}).get(self.metric)) if self.metric else None
             kill = next((v for v in store.verdicts("kill")
                          if v["trial"] == trial and not v.get("shadow")), None)
             outcome = source = None
@@ -112,12 +135,12 @@ class StoreWriter:
                 extra["iterations"] = max(self._iterations.get(trial, 0), kill["iteration"])
             elif status == "ERROR":
                 outcome, source = "error", "error"
-            elif self.healthy_threshold is not None and isinstance(metric, (int, float)):
+            elif self.healthy_threshold is not None and metric is not None:
                 good = (metric == self.healthy_threshold
                         or self.vocabulary.better(metric, self.healthy_threshold))
                 outcome, source = ("healthy" if good else "failed"), "quality"
             store.upsert_trial(trial, status=final, ended=time.time(),
-                               final_metric=metric if isinstance(metric, (int, float)) else None,
+                               final_metric=metric,
                                outcome=outcome, outcome_source=source, **extra)
 
         self._write(write)

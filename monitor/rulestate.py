@@ -6,6 +6,11 @@ after each result, one INSERT in one transaction) and one small row per trial (w
 changes). The cost of a result does not grow with the trial's history: old records beyond
 what the rules still read are deleted in batches.
 Kills are not taken from here but from the recorded verdicts (``monitor.verdicts``).
+
+The rule state is a convenience for a restore, never the truth: a state file that cannot be
+written (full disk, read-only) is reported once and the run goes on without it; one that is
+not a database when a run is restored is moved aside (``state.sqlite.damaged``) with one
+warning, and the rules start afresh.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import json
 import logging
 import pickle
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
+
+from monitor.durability import describe, disk_full, note_loss
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +72,50 @@ class RuleStateStore:
         self._newest: dict[str, int] = {}
         self._first: dict[str, str] = {}
         self._since_prune: dict[str, int] = {}
+        self.failed: str | None = None  # why the state stopped being written, if it did
 
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # verdicts, not this, are the truth
-            self._db.executescript(SCHEMA)
+            db = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # verdicts, not this, are the truth
+                db.executescript(SCHEMA)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
         return self._db
 
     def append(self, trial: str, last: dict[str, Any]) -> None:
         """Store ``RuleEngine.last_record(trial)``: it replaces records of the same or later
-        iterations (a restored trial replays them); only the last ``keep`` stay."""
+        iterations (a restored trial replays them); only the last ``keep`` stay. A state that
+        cannot be written is reported once, and the run goes on without it."""
+        if self.failed is not None:
+            return
+        try:
+            self._append(trial, last)
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failed = describe(exc)
+        what = (f"rule state ({self.path}): not saved from here on ({self.failed}); trainings "
+                "and kills go on, a restored run would restart the rules' streaks")
+        if note_loss(self.path.parent.parent, what):
+            log.warning("%s", what)
+        if self._db is not None:
+            try:
+                self._db.rollback()
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
+    def _append(self, trial: str, last: dict[str, Any]) -> None:
+        disk_full("state.sqlite")
         record = last["record"]
         iteration = int(record["iteration"])
         first = json.dumps(last.get("first") or {})
@@ -113,6 +151,27 @@ class RuleStateStore:
         ``load_trial_state`` (``peer``: every population-rule input the trial reported)."""
         if not self.path.exists():
             return {}
+        try:
+            return self._load()
+        except sqlite3.Error as exc:  # not a database, or damaged beyond its rows
+            self.close()
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    part = Path(f"{self.path}{suffix}")
+                    if part.exists():
+                        part.rename(Path(f"{aside}{suffix}"))
+                where = f"moved to {aside.name}"
+            except OSError as move:
+                where = f"left in place ({describe(move)})"
+                self.failed = "the rule state file is damaged"
+            log.warning("%s: not a readable rule state (%s); %s, every trial's rules start "
+                        "afresh (kills are kept: they come from the verdicts)", self.path,
+                        describe(exc), where)
+            return {}
+
+    def _load(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         damaged: set[str] = set()
         for trial, first in self.db.execute("SELECT trial, first FROM trials"):

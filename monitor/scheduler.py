@@ -11,6 +11,10 @@ This one keeps its rule state in ``<run dir>/heuristics/state.sqlite`` (the newe
 appended after every result, after the verdicts: ``monitor.rulestate``) and its verdicts in
 the store and log; after ``Tuner.restore`` it reconciles both on its first call, so no kill
 is forgotten, lost or repeated and ``for`` streaks continue.
+
+Nothing a trial reports stops the sweep: each result is first made readable
+(``heuristics.results.clean_result``: any numeric type to a float, what is no signal left out
+with a notice), and a write that fails (full disk) is reported and skipped.
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from heuristics.coverage import SignalCoverage, undeclared
 from heuristics.engine import RuleEngine, TrialState, Verdict
+from heuristics.results import clean_result
 from heuristics.rules import Rule
 from heuristics.vocabulary import Vocabulary
 from monitor.console import plain
+from monitor.durability import describe
 from monitor.exporter import Exporter
 from monitor.faults import crash_point
 from monitor.grafana import KillAnnotator
 from monitor.rulestate import RuleStateStore
-from monitor.verdicts import VerdictRecorder
+from monitor.verdicts import RunLock, VerdictRecorder
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,8 @@ class HeuristicScheduler(FIFOScheduler):
         self._state: RuleStateStore | None = None  # opened on first use (not pickled)
         self._loaded = False
         self._supports_buffered_results = False  # act on every result as it arrives
+        self._lock = RunLock(self.run_dir)  # "a live driver writes this run"
+        self._failed: set[str] = set()  # trials whose result could not be evaluated
 
     @property
     def state(self) -> RuleStateStore:
@@ -93,6 +101,7 @@ class HeuristicScheduler(FIFOScheduler):
         if self._loaded:
             return
         self._loaded = True
+        self._lock.acquire()
         if self.run:
             _LIVE[self.run] = self
         for trial, data in self.state.load().items():
@@ -141,10 +150,33 @@ class HeuristicScheduler(FIFOScheduler):
         if self.wrapped is not None:
             self.wrapped.on_trial_add(tune_controller, trial)
 
+    def _input_notices(self, trial: str, problems: list[str]) -> None:
+        for problem in problems:
+            key = problem.split(": ", 1)[0]
+            self.recorder.note("(input)", f"{trial}:{key}",
+                               f"trial {trial} reported {problem}")
+
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._load()
         if self.engine.killed(trial.trial_id) is not None:
             return TrialScheduler.STOP  # killed before a restart: never resumed, never twice
+        result, problems = clean_result(result)
+        if problems:
+            self._input_notices(trial.trial_id, problems)
+        try:
+            return self._evaluate(tune_controller, trial, result)
+        except Exception as exc:  # noqa: BLE001 - one trial's result never ends the sweep
+            if trial.trial_id not in self._failed:
+                self._failed.add(trial.trial_id)
+                log.error("result of trial %s at iteration %s could not be evaluated (%s); "
+                          "the trial goes on", trial.trial_id,
+                          result.get("training_iteration"), describe(exc))
+                self.recorder.note("(input)", f"{trial.trial_id}:evaluation",
+                                   f"trial {trial.trial_id}: a result could not be evaluated "
+                                   f"({describe(exc)})")
+            return TrialScheduler.CONTINUE
+
+    def _evaluate(self, tune_controller, trial, result: dict) -> str:
         verdicts = self.engine.observe(trial.trial_id, result)
         for verdict in verdicts:
             self._record(verdict)  # durable before the state says killed and before STOP

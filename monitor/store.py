@@ -30,8 +30,9 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from heuristics.results import unflatten_health
+from heuristics.results import number, text_ok, unflatten_health
 from heuristics.vocabulary import BOOKKEEPING
+from monitor.durability import disk_full
 
 STORE_FILE = "monitor.sqlite"
 SCHEMA_VERSION = 2
@@ -73,10 +74,31 @@ class StoreError(RuntimeError):
     """A run store that cannot be opened or read (missing, damaged, not a store)."""
 
 
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x)
+_num = number  # the one conversion of a reported value (heuristics.results.number)
+MAX_INTEGER = 2 ** 63 - 1  # SQLite's INTEGER
+
+
+def _text(name: Any) -> str:
+    """A name as SQLite can store it: text, lone surrogates shown as escapes (``\\udcff``)."""
+    name = name if isinstance(name, str) else str(name)
+    return name if text_ok(name) else name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def iteration_of(result: dict[str, Any]) -> int:
+    """The result's iteration as the store keeps it (``StoreError`` if SQLite cannot)."""
+    value = result.get("training_iteration", 0)
+    it = number(value)
+    if it is None or it != it or abs(it) == float("inf") or not -MAX_INTEGER <= int(it) \
+            <= MAX_INTEGER:
+        raise StoreError(f"training_iteration: expected a whole number SQLite can store, got "
+                         f"{value!r:.60}")
+    return int(value) if type(value) is int else int(it)
+
+
+def _unwritable(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed for lack of write access rather than a damaged file."""
+    text = str(exc).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text
 
 
 def _f64(blob: bytes | None, pos: int) -> float | None:
@@ -120,9 +142,9 @@ Layout = tuple  # (((layer, ...), ((signal, ...), ...)), (model signal, ...), (r
 def _numbers(d: dict[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
     """Names and values of the numbers in ``d`` (fast path: every value a plain number)."""
     values = list(d.values())
-    if set(map(type, values)) <= _NUMBER_TYPES:
+    if set(map(type, values)) <= _NUMBER_TYPES and all(map(text_ok, d)):
         return tuple(d), values
-    pairs = [(k, v) for k, v in d.items() if _num(v) is not None]
+    pairs = [(_text(k), n) for k, v in d.items() if (n := _num(v)) is not None]
     return tuple(k for k, _ in pairs), [v for _, v in pairs]
 
 
@@ -131,20 +153,22 @@ def result_samples(result: dict[str, Any]) -> tuple[Layout, list[Any]]:
     ``layout_keys``) and their values. Per-layer health signals, model signals, and every other
     top-level number that is not Tune bookkeeping."""
     health = unflatten_health(result)
-    layers = health.get("layers") or {}
+    layers = health.get("layers") if isinstance(health.get("layers"), dict) else {}
     values = [v for signals in layers.values() for v in signals.values()]
-    if set(map(type, values)) <= _NUMBER_TYPES:  # the usual case: one C-level pass
-        structure = (tuple(layers), tuple(map(tuple, layers.values())))
+    if set(map(type, values)) <= _NUMBER_TYPES and all(map(text_ok, layers)) \
+            and all(text_ok(k) for signals in layers.values() for k in signals):
+        structure = (tuple(layers), tuple(map(tuple, layers.values())))  # the usual case
     else:
-        numbers = [(str(layer), _numbers(signals)) for layer, signals in layers.items()
+        numbers = [(_text(layer), _numbers(signals)) for layer, signals in layers.items()
                    if isinstance(signals, dict)]
         structure = (tuple(layer for layer, _ in numbers),
                      tuple(names for _, (names, _) in numbers))
         values = [v for _, (_, vs) in numbers for v in vs]
-    model, model_values = _numbers(health.get("model") or {})
-    scalars = [(k, v) for k, v in result.items()
-               if (type(v) in _NUMBERS or _num(v) is not None) and "/" not in k
-               and k not in BOOKKEEPING]
+    model_block = health.get("model")
+    model, model_values = _numbers(model_block if isinstance(model_block, dict) else {})
+    scalars = [(k, v if type(v) in _NUMBERS else _num(v)) for k, v in result.items()
+               if type(k) is str and (type(v) in _NUMBERS or _num(v) is not None)
+               and "/" not in k and k not in BOOKKEEPING and text_ok(k)]
     values += model_values
     values += [v for _, v in scalars]
     return (structure, model, tuple(k for k, _ in scalars)), values
@@ -204,6 +228,10 @@ class RunStore:
                 self.db.execute("SELECT count(*) FROM trials").fetchone()
                 self.db.execute("SELECT count(*) FROM results").fetchone()
         except sqlite3.DatabaseError as exc:
+            if _unwritable(exc):
+                raise StoreError(f"{self.path}: cannot be written ({exc}: a read-only file "
+                                 "system, or no write permission); reports read it as it is"
+                                 ) from None
             raise StoreError(f"{self.path}: damaged or not a run store ({exc})") from None
 
     # -- interning ---------------------------------------------------------------------------
@@ -219,10 +247,12 @@ class RunStore:
         return found
 
     def _name(self, name: str) -> int:
+        name = _text(name)
         return self._key(self._names, name, "SELECT id FROM names WHERE name = ?",
                          "INSERT INTO names (name) VALUES (?)", (name,))
 
     def _trial(self, trial: str) -> int:
+        trial = _text(trial)
         return self._key(self._trial_keys, trial, "SELECT id FROM trial_keys WHERE trial_id = ?",
                          "INSERT INTO trial_keys (trial_id) VALUES (?)", (trial,))
 
@@ -254,13 +284,17 @@ class RunStore:
 
     # -- writing ----------------------------------------------------------------------------
     def set_meta(self, **values: Any) -> None:
+        disk_full("monitor.sqlite")
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                 [(k, json.dumps(v)) for k, v in values.items()])
 
     def upsert_trial(self, trial: str, **fields: Any) -> None:
+        disk_full("monitor.sqlite")
+        trial = _text(trial)
         if "config" in fields and not isinstance(fields["config"], str):
             fields["config"] = json.dumps(fields["config"], default=str)
+        fields = {k: _text(v) if isinstance(v, str) else v for k, v in fields.items()}
         cols = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         updates = ", ".join(f"{c}=excluded.{c}" for c in fields)
@@ -271,10 +305,10 @@ class RunStore:
 
     def add_result(self, trial: str, result: dict[str, Any]) -> None:
         """Buffer the samples of one result; flushes when ``batch_size`` samples wait."""
+        iteration = iteration_of(result)  # refused here, never in a later batch of others
         layout, values = result_samples(result)
-        iteration = int(result.get("training_iteration", 0))
         time_s = _num(result.get("time_total_s")) or 0.0
-        self._pending.append((trial, iteration, time_s, layout, _pack(values)))
+        self._pending.append((_text(trial), iteration, time_s, layout, _pack(values)))
         self._pending_samples += len(values)
         if self._pending_samples >= self.batch_size:
             self.flush()
@@ -284,6 +318,7 @@ class RunStore:
         pending, self._pending = self._pending, []
         count, self._pending_samples = self._pending_samples, 0
         if pending:
+            disk_full("monitor.sqlite")
             with self.db:
                 rows = [(self._trial(trial), iteration, time_s, self._layout(layout), blob)
                         for trial, iteration, time_s, layout, blob in pending]
@@ -293,15 +328,16 @@ class RunStore:
     def add_verdict(self, verdict: dict[str, Any]) -> None:
         """Commit one verdict now (before the scheduler acts on it); idempotent."""
         data = json.dumps(verdict, default=str, allow_nan=True)
+        disk_full("monitor.sqlite")
         self.db.execute("PRAGMA synchronous=FULL")  # this commit reaches the disk (fsync)
         try:
             with self.db:
                 self.db.execute(
                     "INSERT OR IGNORE INTO verdicts (trial_id, iteration, wall_time, rule, "
                     "failure, action, shadow, reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (verdict["trial"], verdict["iteration"], verdict["wall_time"],
-                     verdict["rule"], verdict["failure"], verdict["action"],
-                     int(bool(verdict.get("shadow"))), verdict["reason"], data))
+                    (_text(verdict["trial"]), verdict["iteration"], verdict["wall_time"],
+                     _text(verdict["rule"]), _text(verdict["failure"]), verdict["action"],
+                     int(bool(verdict.get("shadow"))), _text(verdict["reason"]), data))
         finally:
             self.db.execute("PRAGMA synchronous=NORMAL")
 

@@ -2,7 +2,9 @@
 
 Built from what the run recorded (the run store and the verdict log, reconciled) plus, for Tune
 runs, Tune's own results (checkpoints, errors); written to ``<run dir>/summary.json`` and shown
-as a table that stays readable at 80 columns.
+as a table that stays readable at 80 columns. ``not_recorded`` names everything the run could
+not write (``monitor.durability.losses``: store, verdict log, rule state, notices, exporter
+files, and this summary itself); ``summary.json`` is replaced atomically, never left torn.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rich.text import Text
 
 from heuristics.vocabulary import Vocabulary
 from monitor.console import plain as console_plain
+from monitor.durability import describe, losses, note_loss, write_atomic
 from monitor.verdicts import VerdictRecorder, read_notices
 
 
@@ -89,7 +92,12 @@ def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
     ranked = sorted((t for t in trials.values() if _finite(t.get("metric"))
                      and not t.get("killed") and not t.get("error")),
                     key=lambda t: sign * t["metric"])
-    not_recorded = [x for x in (store_failed, unreadable) if x]
+    lost = losses(run_dir)
+    not_recorded = [x for x in lost if x.startswith("run store")]
+    if store_failed and not not_recorded:
+        not_recorded.append(f"run store ({run_dir / 'monitor.sqlite'}): not fully written "
+                            f"({store_failed})")
+    not_recorded += [x for x in (unreadable, *lost) if x and x not in not_recorded]
     summary = {"name": run_dir.name, "experiment": experiment, "metric": metric,
                "mode": vocabulary.mode, "verdicts": len(verdicts),
                "kills": len(kills),
@@ -98,8 +106,13 @@ def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
                "not_recorded": not_recorded,
                "storage": str(run_dir), "started": started, "finished": time.time(),
                "trials": list(trials.values()), "best": ranked[0] if ranked else None}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    except OSError as exc:
+        what = f"summary ({run_dir / 'summary.json'}): not written ({describe(exc)})"
+        note_loss(run_dir, what)
+        summary["not_recorded"].append(what)
     return summary
 
 
@@ -137,8 +150,7 @@ def print_summary(summary: dict[str, Any], console: Console,
     for notice in summary.get("notices", []):
         console.print(plain(f"Warning: {notice}"))
     for gap in summary.get("not_recorded", []):
-        console.print(plain(f"Not recorded: {gap}; the verdict log "
-                            f"{summary['storage']}/heuristics/verdicts.jsonl holds every verdict"))
+        console.print(plain(f"Not recorded: {gap}"))
     if summary.get("best"):
         best = summary["best"]
         where = f", checkpoint {best['checkpoint']}" if best.get("checkpoint") else ""

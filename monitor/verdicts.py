@@ -6,11 +6,19 @@ and the rule state say "killed". After a crash, ``VerdictRecorder.reconcile()`` 
 found in only one of the two into the other, so each appears exactly once in both.
 
 A store that cannot be written (full disk, read-only, permissions) is reported once and
-skipped: the verdict log still holds every verdict, and the run goes on.
+skipped: the verdict log still holds every verdict, and the run goes on; a log that cannot be
+written is reported the same way (the store holds them), and the summary names what was lost
+(``monitor.durability``). Every line read back is checked: a torn line, or one that is not a
+verdict (valid JSON of another shape), is skipped with a warning naming file and line.
+
+A plain loop has no ``--resume``: a process killed between the store and the log is repaired
+by the next ``LoopMonitor`` of the same experiment (``recover``), which reconciles every
+earlier run of it that no live process holds (``RunLock``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -18,6 +26,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from monitor.durability import describe, disk_full, note_loss
 from monitor.faults import crash_point
 from monitor.store import StoreError
 
@@ -25,6 +34,9 @@ log = logging.getLogger(__name__)
 STORE_FAULTS = (OSError, sqlite3.Error, StoreError)  # full disk, read-only, damaged
 LOG_FILE = Path("heuristics") / "verdicts.jsonl"
 NOTICES_FILE = Path("heuristics") / "notices.jsonl"
+LOCK_FILE = Path("heuristics") / "driver.lock"
+VERDICT_KEYS = ("trial", "rule", "failure", "action", "iteration", "wall_time", "reason")
+NOTICE_KEYS = ("rule", "signal", "message")
 
 
 def verdict_key(v: dict[str, Any]) -> tuple:
@@ -34,31 +46,52 @@ def verdict_key(v: dict[str, Any]) -> tuple:
 
 
 class VerdictLog:
-    """Append-only JSON-lines file of verdicts; every append is fsynced."""
+    """Append-only JSON-lines file of verdicts (or notices); every append is fsynced.
 
-    def __init__(self, path: str | Path) -> None:
+    Every entry is a JSON object; ``required``: the keys each must have (a line without them
+    is not one of ours).
+    """
+
+    def __init__(self, path: str | Path, required: tuple[str, ...] = ()) -> None:
         self.path = Path(path)
+        self.required = required
 
-    def append(self, verdict: dict[str, Any]) -> None:
+    def append(self, entry: dict[str, Any]) -> None:
+        """Append one entry, durable when this returns (``OSError`` when it cannot be)."""
+        disk_full(self.path.name)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(verdict, allow_nan=True, default=str)
+        line = json.dumps(entry, allow_nan=True, default=str)
         with open(self.path, "a") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def read(self) -> list[dict[str, Any]]:
-        """Every complete verdict; a torn line (crash mid-write) is skipped with a warning."""
-        if not self.path.exists():
+        """Every complete entry; a torn line (crash mid-write) or one of another shape is
+        skipped with a warning naming the file and line, and a log that cannot be read at all
+        with one warning."""
+        try:
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            log.warning("%s: cannot be read (%s); its entries are left out (the run store "
+                        "holds the verdicts)", self.path, describe(exc))
             return []
         out = []
-        for i, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+        for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
+                entry = json.loads(line)
             except json.JSONDecodeError:
-                log.warning("%s:%d: skipped an incomplete verdict line", self.path, i)
+                log.warning("%s:%d: skipped an incomplete line", self.path, i)
+                continue
+            if not isinstance(entry, dict) or any(k not in entry for k in self.required):
+                log.warning("%s:%d: skipped a line that is not an entry of this log (expected "
+                            "an object with %s)", self.path, i, ", ".join(self.required))
+                continue
+            out.append(entry)
         return out
 
 
@@ -70,9 +103,12 @@ class VerdictRecorder:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.log = VerdictLog(self.run_dir / LOG_FILE)
+        self.log = VerdictLog(self.run_dir / LOG_FILE, VERDICT_KEYS)
+        self.notices_log = VerdictLog(self.run_dir / NOTICES_FILE, NOTICE_KEYS)
         self._store = None
         self.store_failed: str | None = None
+        self.log_failed: str | None = None
+        self._noted: set[tuple[str, str]] | None = None  # (rule, signal) of recorded notices
 
     def _open_store(self):
         if self._store is None and self.store_failed is None:
@@ -85,13 +121,28 @@ class VerdictRecorder:
         return self._store
 
     def _store_fault(self, exc: BaseException) -> None:
-        self.store_failed = f"{type(exc).__name__}: {exc}"
+        self.store_failed = describe(exc)
+        note_loss(self.run_dir, f"run store ({self.run_dir / 'monitor.sqlite'}): verdicts not "
+                  f"stored from here on ({self.store_failed}); the verdict log holds them")
         log.warning("run store in %s cannot be written (%s); verdicts go on in %s only",
                     self.run_dir, self.store_failed, self.log.path)
         self._store = None
 
+    def _log_fault(self, exc: BaseException, verdict: dict[str, Any]) -> None:
+        first = self.log_failed is None
+        self.log_failed = describe(exc)
+        where = "the run store holds it" if self.store_failed is None else \
+            "and the run store cannot be written either: it is recorded nowhere"
+        what = (f"verdict log ({self.log.path}): not appended from {verdict.get('rule')} on "
+                f"{verdict.get('trial')} at iteration {verdict.get('iteration')} on "
+                f"({self.log_failed}); {where}")
+        if first or self.store_failed is not None:
+            note_loss(self.run_dir, what)
+            log.warning("%s", what)
+
     def record(self, verdict: dict[str, Any]) -> None:
-        """Store, then log: both durable when this returns (the log at least)."""
+        """Store, then log: both durable when this returns (one of them at least; a write
+        that fails is reported, never raised: the decision stands)."""
         stops = verdict.get("action") == "kill" and not verdict.get("shadow")
         if stops:
             crash_point("kill:before-record")
@@ -103,7 +154,10 @@ class VerdictRecorder:
                 self._store_fault(exc)
         if stops:
             crash_point("kill:after-store")
-        self.log.append(verdict)
+        try:
+            self.log.append(verdict)
+        except OSError as exc:
+            self._log_fault(exc, verdict)
         if stops:
             crash_point("kill:after-log")
 
@@ -118,11 +172,16 @@ class VerdictRecorder:
                 stored = store.verdicts()
             except STORE_FAULTS as exc:
                 self._store_fault(exc)
+        stored = [v for v in stored
+                  if isinstance(v, dict) and all(k in v for k in VERDICT_KEYS)]
         in_log = {verdict_key(v) for v in logged}
         in_store = {verdict_key(v) for v in stored}
         for v in stored:
             if verdict_key(v) not in in_log:
-                self.log.append(v)
+                try:
+                    self.log.append(v)
+                except OSError as exc:
+                    self._log_fault(exc, v)
                 logged.append(v)
         if store is not None and self.store_failed is None:
             for v in logged:
@@ -141,11 +200,19 @@ class VerdictRecorder:
         return out
 
     def note(self, rule: str, signal: str, message: str) -> bool:
-        """Record a notice (a rule that cannot see a signal) once per run; True if new."""
-        notices = VerdictLog(self.run_dir / NOTICES_FILE)
-        if any(n.get("rule") == rule and n.get("signal") == signal for n in notices.read()):
+        """Record a notice (a rule that cannot see a signal, a report that was refused in
+        part) once per run; True if new. One that cannot be written is reported once."""
+        if self._noted is None:
+            self._noted = {(n["rule"], n["signal"]) for n in self.notices_log.read()}
+        if (rule, signal) in self._noted:
             return False
-        notices.append({"rule": rule, "signal": signal, "message": message})
+        self._noted.add((rule, signal))
+        try:
+            self.notices_log.append({"rule": rule, "signal": signal, "message": message})
+        except OSError as exc:
+            what = f"notices ({self.notices_log.path}): not all written ({describe(exc)})"
+            if note_loss(self.run_dir, what):
+                log.warning("%s; the notice was: %s", what, message)
         log.info("%s", message)
         return True
 
@@ -160,9 +227,75 @@ class VerdictRecorder:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_store"] = None  # a database connection is not part of the saved state
+        state["_noted"] = None
         return state
 
 
 def read_notices(run_dir: str | Path) -> list[dict[str, Any]]:
     """The run's notices: rules that referred to signals nobody declared or reported."""
-    return VerdictLog(Path(run_dir) / NOTICES_FILE).read()
+    return VerdictLog(Path(run_dir) / NOTICES_FILE, NOTICE_KEYS).read()
+
+
+class RunLock:
+    """Says "a live driver writes this run": an exclusive ``flock`` on
+    ``heuristics/driver.lock``, released by the kernel when the process ends, however."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False if a live process holds it (or no lock file
+        can be made)."""
+        if self._fd is not None:
+            return True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_fd": None}
+
+
+def recover(storage: str | Path, experiment: str, exclude: Path | None = None) -> list[Path]:
+    """Reconcile the verdicts of earlier runs of ``experiment`` under ``storage`` whose driver
+    died (no ``summary.json``, no live process holding their lock): a verdict found in only
+    the store or only the log is copied into the other. Returns the runs repaired."""
+    repaired = []
+    for run_dir in sorted(Path(storage).glob(f"{experiment}_*")):
+        if run_dir == exclude or not (run_dir / "heuristics").is_dir() \
+                or (run_dir / "summary.json").exists():
+            continue
+        lock = RunLock(run_dir)
+        if not lock.acquire():
+            continue
+        try:
+            before = len(VerdictLog(run_dir / LOG_FILE).read())
+            recorder = VerdictRecorder(run_dir)
+            try:
+                after = len(recorder.reconcile())
+            finally:
+                recorder.close()
+            if after != before:
+                repaired.append(run_dir)
+                log.info("%s: verdicts of the interrupted run reconciled", run_dir)
+        except Exception as exc:  # noqa: BLE001 - repairing an old run never stops a new one
+            log.warning("%s: the interrupted run's verdicts could not be reconciled (%s)",
+                        run_dir, describe(exc))
+        finally:
+            lock.release()
+    return repaired
