@@ -33,18 +33,25 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from monitor import compiled
+from monitor.distributed import combine_across_ranks
+from monitor.functional import ActivationMode
+from monitor.naming import (
+    ACTIVATION_TYPES,
+    activation_kind,
+    is_compiled,
+    named_modules,
+    units_last,
+    unwrapped,
+)
 from monitor.signals import CHUNK, FOLD_AT, fused, release_scratch, scratch
 from monitor.signals.nonfinite import NonFinite
 from monitor.signals.power import OutputPower, power_spectrum
 from monitor.signals.spread import ActivationMoments
 from monitor.signals.units import UnitClasses, per_unit_min_max
 
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
-    nn.SiLU, nn.Hardswish, nn.Mish,
-)
 LAYER_SIGNALS = ("dead_ratio", "evergreen_ratio", "healthy_ratio", "activation_std",
-                 "activation_mean", "nonfinite_count")
+                 "activation_mean", "nonfinite_count", "saturated_ratio")
 MODEL_SIGNALS = ("output_power_db", "target_power_db", "power_loss", "power_ratio_db")
 DEFAULT_EVERY = 4  # sample one training step in four
 log = logging.getLogger(__name__)
@@ -70,9 +77,10 @@ def unit_view(x: torch.Tensor, unit_dim: int) -> tuple[torch.Tensor, tuple[int, 
 class LayerProbe:
     """Statistics of one hooked module over the current window."""
 
-    def __init__(self, name: str, unit_dim: int) -> None:
+    def __init__(self, name: str, unit_dim: int, kind: str = "activation") -> None:
         self.name = name
         self.unit_dim = unit_dim
+        self.kind = kind
         self.units, self.moments, self.nonfinite = UnitClasses(), ActivationMoments(), NonFinite()
         self.quantities = (self.units, self.moments, self.nonfinite)
         self.fused = fused.FusedUnits()
@@ -125,6 +133,8 @@ class LayerProbe:
         out: dict[str, torch.Tensor] = {}
         for q in self.quantities:
             out.update(q.values())
+        if self.kind == "recurrent":
+            out["saturated_ratio"] = self.units.saturated()
         return out
 
     def reset(self) -> None:
@@ -281,114 +291,305 @@ def _nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.sub(x, x).nan_to_num_(nan=1.0).sum(dim=tuple(range(1, x.dim())))
 
 
+class _Slot:
+    """One hook, registered once and then put into (armed) or taken out of (disarmed) its
+    module's hook dict under the same id: two dict operations, where registering anew costs
+    several microseconds; an unarmed module runs PyTorch's hook-free path."""
+
+    __slots__ = ("module", "fn", "pre", "always", "handle", "hooks")
+
+    def __init__(self, module: nn.Module, fn: Any, pre: bool = False,
+                 always: bool = False) -> None:
+        self.module, self.fn, self.pre, self.always = module, fn, pre, always
+        self.handle: torch.utils.hooks.RemovableHandle | None = None
+        self.hooks: Any = None
+
+    def arm(self) -> None:
+        module = self.module
+        hooks = module._forward_pre_hooks if self.pre else module._forward_hooks
+        if self.handle is not None and hooks is self.hooks:
+            hooks[self.handle.id] = self.fn
+            if self.always:
+                module._forward_hooks_always_called[self.handle.id] = True
+            return
+        self.handle = (module.register_forward_pre_hook(self.fn) if self.pre
+                       else module.register_forward_hook(self.fn, always_call=self.always))
+        self.hooks = hooks
+
+    def disarm(self) -> None:
+        if self.handle is None:
+            return
+        if self.hooks is (self.module._forward_pre_hooks if self.pre
+                          else self.module._forward_hooks):
+            self.hooks.pop(self.handle.id, None)
+            self.module._forward_hooks_always_called.pop(self.handle.id, None)
+        else:
+            self.handle.remove()
+            self.handle = None
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    """The activation in a module's output: the tensor itself, a recurrent layer's output
+    sequence (the first element of its tuple; a ``PackedSequence``'s data)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple) and output:
+        first = output[0]
+        if isinstance(first, torch.Tensor):
+            return first
+        data = getattr(first, "data", None)  # PackedSequence
+        if isinstance(data, torch.Tensor):
+            return data
+    return None
+
+
 class HealthMonitor:
-    """Hooks on a model's activation layers, sampled every ``every`` steps.
+    """Hooks on a model's activations, sampled every ``every`` steps.
+
+    Watched: activation modules (by type, or a leaf whose class name says it is one: see
+    ``monitor.naming``), recurrent layers (their output sequence), activation functions
+    called anywhere in the model's forward (``monitor.functional``), and modules named as
+    taps. Names do not depend on DDP/FSDP/``torch.compile`` wrappers.
 
     Args:
-        model: the network to watch.
+        model: the network to watch (plain, DDP-wrapped or compiled).
         every: measure one step in ``every`` (the first step of each period; default 4).
-        include: glob patterns of module names to watch (default: every activation module).
+        include: glob patterns of layer names to watch (default: all).
         taps: extra module names to watch whatever their type (named output taps).
-        unit_dims: glob pattern -> dimension holding the units (default 1: channels of conv
-            activations; use -1 for linear layers on [batch, time, features]).
+        unit_dims: glob pattern -> dimension holding the units (default: 1, channels of conv
+            activations; the last axis for recurrent layers and for activations computed
+            among linear layers, such as transformers' MLPs).
+        activation_types: module types watched as activations.
+        functional: watch activation functions called in the forward (default True).
+        combine_ranks: in data-parallel training, combine each window's statistics across
+            ranks at ``collect()`` (every rank must call it; a unit is dead only if it is
+            dead on every rank).
     """
 
     def __init__(self, model: nn.Module, every: int = DEFAULT_EVERY,
                  include: tuple[str, ...] = ("*",), taps: tuple[str, ...] = (),
                  unit_dims: dict[str, int] | None = None,
-                 activation_types: tuple[type[nn.Module], ...] = ACTIVATION_TYPES) -> None:
+                 activation_types: tuple[type[nn.Module], ...] = ACTIVATION_TYPES,
+                 functional: bool = True, combine_ranks: bool = False) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer, got {every!r}")
         self.every = every
+        self.include = tuple(include)
+        self.unit_dims = dict(unit_dims or {})
+        self.functional = functional
+        self.combine_ranks = combine_ranks
         self.probes: dict[str, LayerProbe] = {}
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.power = OutputPower()
         self.batch = SmallLayerBatch()
         self._step = 0
         self._active = False
         self._paused = False
+        self._open = True
+        self._measuring = False  # active, not paused, open: read by every hook
         self.sampled_steps = 0
-        self._targets: list[tuple[nn.Module, LayerProbe]] = []
-        self._open = True
-        # (module, handle, its hook dict, hook): registered once, armed on sampled steps
-        self._slots: list[tuple[nn.Module, torch.utils.hooks.RemovableHandle, Any, Any]] = []
-        unit_dims = unit_dims or {}
-        modules = dict(model.named_modules())
-        missing = [t for t in taps if t not in modules]
+        root = unwrapped(model)
+        self.model_name = type(root).__name__
+        self._compiled = is_compiled(model)
+        self._compile_seen = False
+        self._key = compiled.register(self)
+        self._measure_untraced = torch.compiler.disable(self._measure)
+        self._token = torch.zeros(1)
+        self._stack: list[list[Any]] = []
+        self._mode: ActivationMode | None = None
+        self._excluded: set[str] = set()
+        self._functional_probing = True  # next sampled forward looks for activation calls
+        self._functional_found = False
+        self._warned_empty = False
+        modules = list(named_modules(root))
+        by_name = dict(modules)
+        missing = [t for t in taps if t not in by_name]
         if missing:
-            raise ValueError(f"taps not found in the model: {missing}")
-        for name, module in modules.items():
-            wanted = (isinstance(module, activation_types)
-                      and any(fnmatch.fnmatchcase(name, p) for p in include)) or name in taps
-            if not wanted or not name:
+            raise ValueError(f"taps not found in the model: {missing} (module names as in "
+                             f"named_modules(), without DDP/compile wrapper prefixes)")
+        self._measured: list[_Slot] = []
+        self._stacked: list[_Slot] = []
+        for name, module in modules:
+            kind = "tap" if name in taps else activation_kind(module, activation_types)
+            if kind is None or not name or (kind != "tap" and not self._included(name)):
                 continue
-            unit_dim = next((d for p, d in unit_dims.items() if fnmatch.fnmatchcase(name, p)), 1)
-            probe = LayerProbe(name, unit_dim)
+            library = kind == "activation" and not isinstance(module, activation_types)
+            parent = by_name.get(name.rpartition(".")[0]) if "." in name else root
+            last = kind == "recurrent" or (library and units_last(parent))
+            probe = LayerProbe(name, self._unit_dim(name, -1 if last else 1), kind)
             self.probes[name] = probe
-            self._targets.append((module, probe))
-        self._hooks = [self._hook(probe) for _, probe in self._targets]
+            self._measured.append(_Slot(module, self._module_hook(probe)))
+        hooked = {id(slot.module) for slot in self._measured}
+        if functional:
+            for name, module in modules:
+                self._stacked += self._stack_hooks(name, module, id(module) in hooked)
+        self._root_slots = [_Slot(root, self._root_pre, pre=True),
+                            _Slot(root, self._root_post, always=True)]
+        for slot in self._root_slots:  # always there: they notice torch.compile tracing
+            slot.arm()
+        if not self.probes:
+            log.warning("attach(%s): no activation module or recurrent layer found%s",
+                        self.model_name, "; activation functions called in its forward are "
+                        "looked for on the first sampled step" if functional else "")
+        if self._compiled:
+            self._arm()
 
-    def reopen(self) -> None:
-        """Let the hooks run again after ``remove_hooks()``; schedule and window go on."""
-        self._open = True
-        self._arm()
+    def _included(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.include)
 
+    def _unit_dim(self, name: str, default: int) -> int:
+        return next((d for p, d in self.unit_dims.items() if fnmatch.fnmatchcase(name, p)),
+                    default)
+
+    # -- what is watched --------------------------------------------------------------------
+    def watched(self) -> dict[str, str]:
+        """Every layer watched so far and its kind (``activation``, ``recurrent``,
+        ``functional``, ``tap``); activation functions appear once a sampled step ran
+        them."""
+        return {name: probe.kind for name, probe in self.probes.items()}
+
+    # -- hooks ------------------------------------------------------------------------------
     def _arm(self) -> None:
-        """Hooks are registered only while a step is sampled (not paused): an unsampled step
-        runs the model's modules on PyTorch's hook-free path and costs nothing. Each hook is
-        registered once; arming puts it back in its module's hook dict under the same id
-        (two dict operations per layer, where registering anew costs several microseconds;
-        registered anew where a module keeps no such dict)."""
-        wanted = self._open and self._active and not self._paused
-        if wanted == bool(self.handles):
-            return
-        if wanted and not self._slots:
-            for (module, _), hook in zip(self._targets, self._hooks):
-                handle = module.register_forward_hook(hook)
-                self._slots.append((module, handle, getattr(module, "_forward_hooks", None),
-                                    hook))
-        elif wanted:
-            for i, (module, handle, hooks, hook) in enumerate(self._slots):
-                if isinstance(hooks, dict) and hooks is module._forward_hooks:
-                    hooks[handle.id] = hook
-                else:
-                    self._slots[i] = (module, module.register_forward_hook(hook), None, hook)
-        else:
-            for _, handle, hooks, _ in self._slots:
-                if hooks is None:
-                    handle.remove()
-                else:
-                    hooks.pop(handle.id, None)
-        self.handles = [slot[1] for slot in self._slots] if wanted else []
+        """Hooks are in their modules only while a step is sampled (not paused): an
+        unsampled step runs the model's modules on PyTorch's hook-free path and costs
+        nothing. A compiled model keeps every hook (the graph was traced with them; dynamo
+        guards on ``_measuring`` instead, one graph with the measurement and one without)."""
+        self._measuring = self._open and self._active and not self._paused
+        armed = self._measuring or (self._compiled and self._open)
+        stacked = armed and (self._compiled or self._functional_probing
+                             or self._functional_found)
+        for slot in self._measured:
+            slot.arm() if armed else slot.disarm()
+        for slot in self._stacked:
+            slot.arm() if stacked else slot.disarm()
 
-    def _hook(self, probe: LayerProbe):
-        small, batch, one_pass = SmallLayerBatch.SMALL, self.batch, probe.fused
+    @property
+    def handles(self) -> list[torch.utils.hooks.RemovableHandle]:
+        """Handles of the hooks now in the model (root hooks included)."""
+        slots = self._measured + self._stacked + self._root_slots
+        return [s.handle for s in slots if s.handle is not None
+                and s.handle.id in (s.module._forward_pre_hooks if s.pre
+                                    else s.module._forward_hooks)]
 
+    def _module_hook(self, probe: LayerProbe):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not self._active or self._paused or not isinstance(output, torch.Tensor):
+            if not self._measuring:
                 return
-            # the usual sampled step: the window's shape again, straight to the kernel
-            if (output.shape == one_pass.shape and output.is_cpu
-                    and output.dtype == one_pass.dtype and output.is_contiguous()):
-                if not one_pass.add(output):
-                    one_pass.count_nonfinite(*unit_view(output.detach(), probe.unit_dim))
-                probe.samples += 1
+            out = _first_tensor(output)
+            if out is None:
                 return
-            if probe.update_fused(output):
-                return
-            n = output.numel()
-            if n <= small and probe.deferrable:
-                batch.add(probe, output.detach(), n)
-                probe.samples += 1
+            if torch.compiler.is_compiling():
+                torch.ops.voice_monitor.observe(out, self._token, self._key, probe.name,
+                                                probe.unit_dim)
+            elif self._compiled:  # an eager part of a compiled model: not to be traced
+                self._measure_untraced(probe, out)
             else:
-                probe.update(output)
+                self._measure(probe, out)
         return hook
+
+    def _stack_hooks(self, name: str, module: nn.Module, hooked: bool) -> list[_Slot]:
+        """Hooks that keep the stack of modules running, for naming activation calls:
+        ``(name, hooked, units last)`` and the calls counted in this invocation."""
+        static = (name, hooked, units_last(module))
+        stack = self._stack
+
+        def push(module: nn.Module, inputs: Any) -> None:
+            if self._measuring:
+                stack.append([static, {}])
+
+        def pop(module: nn.Module, inputs: Any, output: Any) -> None:
+            if stack and stack[-1][0] is static:
+                stack.pop()
+        return [_Slot(module, push, pre=True), _Slot(module, pop, always=True)]
+
+    def _root_pre(self, module: nn.Module, inputs: Any) -> None:
+        if torch.compiler.is_compiling():
+            if not self._compiled:  # dynamo guards on this: the graph is traced again
+                self._compile_seen = True
+        if self._measuring and self.functional and self._mode is None and (
+                self._compiled or self._functional_probing or self._functional_found):
+            self._mode = ActivationMode(self)
+            self._mode.__enter__()
+
+    def _root_post(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            mode.__exit__(None, None, None)
+            if not torch.compiler.is_compiling():
+                self._functional_probing = False
+        if self._measuring and not self.probes and not self._warned_empty:
+            self._warned_empty = True
+            log.warning("attach(%s): nothing to measure in its forward: no activation "
+                        "module, recurrent layer or activation function call", self.model_name)
+
+    def _functional(self, kind: str, out: torch.Tensor) -> None:
+        """An activation function's output, from ``ActivationMode``: named after the
+        innermost module running and the call's index there."""
+        if not self._stack:
+            return
+        (module_name, hooked, last), counts = self._stack[-1]
+        if hooked:
+            return  # a watched module's own computation
+        k = counts.get(kind, 0)
+        counts[kind] = k + 1
+        name = f"{module_name}:{kind}.{k}" if module_name else f"{kind}.{k}"
+        if name in self._excluded:
+            return
+        if torch.compiler.is_compiling():
+            torch.ops.voice_monitor.observe(out, self._token, self._key, name,
+                                            self._unit_dim(name, -1 if last else 1))
+            return
+        probe = self.probes.get(name)
+        if probe is None:
+            probe = self._new_functional(name, self._unit_dim(name, -1 if last else 1))
+            if probe is None:
+                return
+        self._functional_found = True
+        (self._measure_untraced if self._compiled else self._measure)(probe, out)
+
+    def _new_functional(self, name: str, unit_dim: int) -> LayerProbe | None:
+        if not self._included(name):
+            self._excluded.add(name)
+            return None
+        probe = self.probes[name] = LayerProbe(name, unit_dim, "functional")
+        return probe
+
+    def _measure_named(self, name: str, x: torch.Tensor, unit_dim: int = 1) -> None:
+        """Measure ``x`` as layer ``name`` (from a compiled graph's ``observe`` operator)."""
+        probe = self.probes.get(name) or self._new_functional(name, unit_dim)
+        if probe is not None:
+            self._measure(probe, x)
+
+    def _measure(self, probe: LayerProbe, output: torch.Tensor) -> None:
+        """One sampled activation into ``probe``'s window."""
+        if torch._C._current_graph_task_id() != -1:
+            return  # recomputed in backward (activation checkpointing): already counted
+        one_pass = probe.fused
+        # the usual sampled step: the window's shape again, straight to the kernel
+        if (output.shape == one_pass.shape and output.is_cpu
+                and output.dtype == one_pass.dtype and output.is_contiguous()):
+            if not one_pass.add(output):
+                one_pass.count_nonfinite(*unit_view(output.detach(), probe.unit_dim))
+            probe.samples += 1
+            return
+        if probe.update_fused(output):
+            return
+        n = output.numel()
+        if n <= SmallLayerBatch.SMALL and probe.deferrable:
+            self.batch.add(probe, output.detach(), n)
+            probe.samples += 1
+        else:
+            probe.update(output)
 
     # -- schedule ---------------------------------------------------------------------------
     def step(self) -> bool:
         """Advance to the next training step; return whether it is sampled."""
         if self.batch.pending:
             self.batch.flush()
+        if self._compile_seen and not self._compiled:
+            self._compiled = True
+            log.info("attach(%s): the model runs under torch.compile; its hooks stay in "
+                     "the graph (one graph for sampled steps, one for the others)",
+                     self.model_name)
         self._active = self._step % self.every == 0
         self._step += 1
         if self._active:
@@ -398,7 +599,7 @@ class HealthMonitor:
 
     @property
     def sampling(self) -> bool:
-        return self._active and not self._paused
+        return self._measuring
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -410,6 +611,13 @@ class HealthMonitor:
         finally:
             self._paused = previous
             self._arm()
+
+    def reopen(self) -> None:
+        """Let the hooks run again after ``remove_hooks()``; schedule and window go on."""
+        self._open = True
+        for slot in self._root_slots:
+            slot.arm()
+        self._arm()
 
     # -- model-level signals ----------------------------------------------------------------
     def observe_power(self, phi_out: torch.Tensor, phi_target: torch.Tensor) -> None:
@@ -432,6 +640,8 @@ class HealthMonitor:
         """
         self.batch.flush()
         self.batch.absorb()
+        if self.combine_ranks:
+            combine_across_ranks(self.probes)
         keys: list[tuple[str | None, str]] = []
         tensors: list[torch.Tensor] = []
         for name, probe in self.probes.items():
@@ -448,11 +658,18 @@ class HealthMonitor:
         model: dict[str, float] = {}
         for (layer, signal), v in zip(keys, values):
             (model if layer is None else layers.setdefault(layer, {}))[signal] = v
+        if self._compiled and self.sampled_steps and not layers and self.probes:
+            log.warning("attach(%s): the compiled model ran %d sampled steps and no layer was "
+                        "measured: it was compiled and run before attach(); attach before "
+                        "its first call (or call torch._dynamo.reset() after attach)",
+                        self.model_name, self.sampled_steps)
         report = {"layers": layers, "model": model, "sampled_steps": self.sampled_steps}
         for probe in self.probes.values():
             probe.reset()
         self.power.reset()
         self.sampled_steps = 0
+        self._functional_probing = True  # look for activation calls again next window
+        self._functional_found = False
         return report
 
     def remove_hooks(self) -> None:
@@ -460,6 +677,11 @@ class HealthMonitor:
         self.batch.flush()
         self._open = False
         self._arm()
+        for slot in self._root_slots:
+            slot.disarm()
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
 
     def close(self) -> None:
         """Remove every hook this monitor registered and drop the window's statistics."""

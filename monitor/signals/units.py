@@ -6,6 +6,10 @@ nonlinearity does nothing), and *healthy* otherwise. A unit with a NaN output in
 counts as neither positive nor evergreen (NaN compares false): the layer's ``nonfinite_count``
 tells such layers apart from really dead ones.
 
+A recurrent layer's output (``h = o * tanh(c)``, bounded by 1) has a fourth class: a unit is
+*saturated* when every value in the window lies beyond ``SATURATED_AT`` of that bound on one
+side (pinned: its gates pass no gradient, the recurrent analogue of a dead unit).
+
 Only the per-unit minimum and maximum are computed (``amin``, ``amax``), never a boolean mask
 of the activation.
 """
@@ -15,6 +19,8 @@ from __future__ import annotations
 import torch
 
 from monitor.signals import Partials, stack
+
+SATURATED_AT = 0.95  # of the bound (1) of a tanh-bounded output
 
 
 def per_unit_min_max(view: torch.Tensor,
@@ -47,6 +53,11 @@ class UnitClasses:
         evergreen = (low > 0).float().mean()
         return {"dead_ratio": dead, "evergreen_ratio": evergreen,
                 "healthy_ratio": 1.0 - dead - evergreen}
+
+    def saturated(self) -> torch.Tensor:
+        """Fraction of units pinned near +-1 over the window (tanh-bounded outputs)."""
+        low, high = self.partials.total()
+        return ((low >= SATURATED_AT) | (high <= -SATURATED_AT)).float().mean()
 
     def reset(self) -> None:
         self.partials.clear()

@@ -1,0 +1,52 @@
+"""The measurement as an operator of its own, for models run under ``torch.compile``.
+
+A compiled graph runs no Python hook: the hooks, and the activation-function mode, run while
+dynamo *traces* the model and what they do becomes part of the graph. There they call
+``voice_monitor::observe(x, token, monitor, layer, unit_dim)``, an opaque custom operator that the
+graph keeps (it is declared to write ``token``, so it is never pruned as dead code) and that
+runs the same eager measurement on the activation the compiled code produced. Dynamo guards
+on the monitor's ``measuring`` flag, so a model compiles at most twice more: a graph for
+sampled steps, with the operator, and one for the others, without (nothing is measured there
+and nothing costs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from monitor.hooks import HealthMonitor
+
+_MONITORS: weakref.WeakValueDictionary[int, HealthMonitor] = weakref.WeakValueDictionary()
+_IDS = itertools.count(1)
+
+
+def register(monitor: HealthMonitor) -> int:
+    """A number naming ``monitor`` inside compiled graphs."""
+    key = next(_IDS)
+    _MONITORS[key] = monitor
+    return key
+
+
+@torch.compiler.disable
+def _measure(monitor: int, layer: str, x: torch.Tensor, unit_dim: int) -> None:
+    target = _MONITORS.get(monitor)
+    if target is not None:
+        target._measure_named(layer, x, unit_dim)
+
+
+@torch.library.custom_op("voice_monitor::observe", mutates_args=("token",))
+def observe(x: torch.Tensor, token: torch.Tensor, monitor: int, layer: str,
+            unit_dim: int) -> None:
+    """Measure ``x`` as ``layer`` of monitor number ``monitor`` (gone monitors: nothing)."""
+    _measure(monitor, layer, x, unit_dim)
+
+
+@observe.register_fake
+def _observe_fake(x: torch.Tensor, token: torch.Tensor, monitor: int, layer: str,
+                  unit_dim: int) -> None:
+    return None
