@@ -165,8 +165,9 @@ def parse_grace(value: Any) -> Grace:
     if value is None:
         return Grace()
     if isinstance(value, str) and len(value) <= 32 and " or " in value:
-        first, _, second = (part.strip() for part in value.partition(" or "))
-        if first.isdigit() and second.endswith("%"):
+        parts = [part.strip() for part in value.split(" or ")]
+        first, second = parts if len(parts) == 2 else ("", "")
+        if first.isdigit() and second.endswith("%") and " or " not in second:
             return Grace(parse_grace(int(first)).iterations, parse_grace(second).fraction)
         raise ValueError(f"{expected}; got {_shown(value)}")
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:

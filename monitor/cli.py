@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from rich.table import Table
 from monitor.console import console, print_error, safe
 from monitor.paths import runs_dir
 from monitor.summary import plain
+
+FAILURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")  # as a rule's labels.failure
 
 
 def _experiment_file(path: str):
@@ -150,6 +153,11 @@ def _label(args: argparse.Namespace) -> int:
 
     if args.healthy == bool(args.failure):
         print_error("give exactly one of --failure NAME or --healthy")
+        return 2
+    if args.failure and (not FAILURE_NAME.fullmatch(args.failure) or args.failure == "healthy"):
+        print_error(f"--failure: expected a failure name in snake_case, as rules' "
+                    f"labels.failure (e.g. dead_relu_collapse), got {args.failure!r} (a healthy "
+                    "trial: --healthy)")
         return 2
     try:
         trial = label(find_run(args.storage, args.experiment), args.trial,

@@ -35,6 +35,7 @@ from prometheus_client.utils import floatToGoString
 
 from heuristics.results import observe
 from heuristics.vocabulary import Vocabulary
+from monitor.durability import describe, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -501,6 +502,7 @@ class Exporter:
         self.snapshot = SignalSnapshot(retain_s, vocabulary=vocabulary)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.sd_failed: str | None = None  # why the file_sd file could not be written
 
     @classmethod
     def for_run(cls, run: str) -> Exporter | None:
@@ -529,6 +531,11 @@ class Exporter:
         try:
             server = (_Server6 if _is_ipv6(self.host) else _Server)((self.host, self.port),
                                                                      _Handler)
+        except socket.gaierror as exc:
+            raise ExporterError(
+                f"cannot serve metrics on {self.host}:{self.port}: the host {self.host!r} does "
+                f"not resolve ({exc.strerror}); set MONITOR_EXPORTER_HOST to an address or name "
+                "of this machine (default 127.0.0.1)") from None
         except (OSError, OverflowError) as exc:
             why = getattr(exc, "strerror", None) or str(exc)
             raise ExporterError(
@@ -542,11 +549,14 @@ class Exporter:
         self._thread.start()
         ACTIVE[self.run] = self
         if self.sd_file:
-            self.sd_dir.mkdir(parents=True, exist_ok=True)
             target = [{"targets": [self.target], "labels": {"monitor_run": self.run}}]
-            tmp = self.sd_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(target, indent=2))
-            os.replace(tmp, self.sd_file)  # Prometheus never reads a half-written file
+            try:  # atomic: Prometheus never reads a half-written file
+                self.sd_dir.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.sd_file, json.dumps(target, indent=2), "file_sd")
+            except OSError as exc:  # full disk, read-only: serve anyway, say so
+                self.sd_failed = (f"file_sd file {self.sd_file}: not written ({describe(exc)}); "
+                                  f"Prometheus must be given the target {self.target} by hand")
+                log.warning("%s", self.sd_failed)
             atexit.register(self._remove_sd_file)  # also when the driver dies of an exception
         return self.port
 

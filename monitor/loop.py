@@ -114,6 +114,8 @@ class LoopMonitor:
             self.exporter = Exporter(experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd",
                                      vocabulary=spec.vocabulary)
             self.exporter.start()
+            if self.exporter.sd_failed:
+                note_loss(spec.run_dir, self.exporter.sd_failed)
             self.exporter.snapshot.declare_rules(experiment, self.engine.rules, shadow)
         self._trials: dict[str, dict[str, Any]] = {}  # trial -> {"n", "started", "last"}
         self._closed = False
@@ -210,7 +212,8 @@ class LoopMonitor:
                     if note_loss(self.run_dir, what):
                         log.warning("%s", what)
         summary = summarise(self.run_dir, self.spec.experiment, self.spec.vocabulary,
-                            started=self.spec.started, store_failed=self.writer.failed)
+                            started=self.spec.started, store_failed=self.writer.failed,
+                            known=[s.killed for s in self.engine.trials.values() if s.killed])
         self._lock.release()
         return summary
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from monitor.console import plain, safe
 from monitor.store import STORE_FILE, RunStore, StoreError
+from monitor.verdicts import read_notices
 
 
 class ReportError(StoreError):
@@ -179,6 +180,7 @@ def build(run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir), "trials": len(trials), "killed": len(kills),
         "kills": kills, "per_rule": sorted(per_rule.values(), key=lambda r: -r["kills"]),
         "warnings": list(warnings.values()),
+        "notices": [n["message"] for n in read_notices(run_dir)],
         "totals": {"budget_iterations": total_budget, "used_iterations": used,
                    "saved_iterations": saved,
                    "saved_pct": 100.0 * saved / total_budget if total_budget else 0.0,
@@ -239,6 +241,10 @@ def to_markdown(report: dict[str, Any]) -> str:
             kind = "would-be kill (shadow)" if w["shadow_kill"] else "warning"
             lines.append(f"- {plain(w['rule'])} ({plain(w['failure'])}, {kind}): {w['count']} "
                          f"on {len(w['trials'])} trial(s)")
+    if report.get("notices"):
+        lines += ["", "Notices (rules that cannot see their signal, reports left out in part):",
+                  ""]
+        lines += [f"- {plain(n)}" for n in report["notices"]]
     return "\n".join(lines) + "\n"
 
 
@@ -274,6 +280,8 @@ def print_table(report: dict[str, Any], console) -> None:
         kind = "would-be kills (shadow)" if w["shadow_kill"] else "warnings"
         console.print(f"{safe(w['rule'])} ({safe(w['failure'])}): {w['count']} {kind} on "
                       f"{len(w['trials'])} trial(s)")
+    for notice in report.get("notices", []):
+        console.print(f"Warning: {safe(notice)}")
 
 
 def _svg(series: dict[str, list[list[Any]]], kill_iteration: int, title: str) -> str:

@@ -9,27 +9,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heuristics.results import text_ok
 from heuristics.rules import Rule, load_rules
 from heuristics.vocabulary import Vocabulary
-from monitor.paths import runs_dir
+from monitor.console import CONTROL
+from monitor.paths import RUNS_ENV, runs_dir
 
 RuleSources = Sequence[str | Path] | Sequence[Rule]
 
 
+class StorageError(RuntimeError):
+    """Runs cannot be written where they should go (one line: where, why, what to do)."""
+
+
+def check_name(name: object, what: str = "experiment") -> str:
+    """``name`` if it can name a run directory and show on one line of a table: non-empty
+    text without '/', a leading '.', control characters or invalid Unicode; else
+    ``ValueError``."""
+    if not isinstance(name, str) or not name or "/" in name or name.startswith(".") \
+            or CONTROL.search(name) or not text_ok(name):
+        raise ValueError(f"{what}: expected a plain name (no '/', no leading '.', no control "
+                         f"characters such as line breaks), got {name!r}")
+    return name
+
+
 def new_run_dir(experiment: str, storage: str | Path | None = None) -> Path:
     """A fresh directory ``<storage>/<experiment>_<YYYYmmdd-HHMMSS>_<hex>``, created here (two
-    runs started in the same second never share one)."""
-    if not experiment or "/" in experiment or experiment.startswith("."):
-        raise ValueError(f"experiment: expected a plain name without '/', got {experiment!r}")
+    runs started in the same second never share one). ``StorageError`` when it cannot be
+    (``MONITOR_RUNS_DIR`` a file or a device, a read-only file system, no permission)."""
+    check_name(experiment)
     root = Path(storage) if storage is not None else runs_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    while True:
-        path = root / f"{experiment}_{time.strftime('%Y%m%d-%H%M%S')}_{secrets.token_hex(2)}"
-        try:
-            path.mkdir()
-            return path.resolve()
-        except FileExistsError:
-            continue
+    try:
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(root))
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = root / f"{experiment}_{time.strftime('%Y%m%d-%H%M%S')}_{secrets.token_hex(2)}"
+            try:
+                path.mkdir()
+                return path.resolve()
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise StorageError(f"{root}: runs cannot be written there ({why}); set "
+                           f"{RUNS_ENV} (or --storage) to a writable directory") from None
 
 
 def as_vocabulary(signals: Vocabulary | dict[str, Any] | None) -> Vocabulary:

@@ -23,7 +23,7 @@ from rich.text import Text
 from heuristics.vocabulary import Vocabulary
 from monitor.console import plain as console_plain
 from monitor.durability import describe, losses, note_loss, write_atomic
-from monitor.verdicts import VerdictRecorder, read_notices
+from monitor.verdicts import VerdictRecorder, read_notices, verdict_key
 
 
 def plain(value: Any) -> Text:
@@ -50,11 +50,15 @@ def _stored_trials(run_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
 
 def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
               results: Any = None, started: float | None = None,
-              store_failed: str | None = None) -> dict[str, Any]:
-    """The summary of the run in ``run_dir``; ``results``: Tune's ``ResultGrid``, if any."""
+              store_failed: str | None = None,
+              known: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The summary of the run in ``run_dir``; ``results``: Tune's ``ResultGrid``, if any;
+    ``known``: kills this process decided, counted even where no file could keep them."""
     run_dir = Path(run_dir)
     recorder = VerdictRecorder(run_dir)
     verdicts = recorder.reconcile()
+    seen = {verdict_key(v) for v in verdicts}
+    verdicts += [v for v in known or [] if verdict_key(v) not in seen]
     store_failed = store_failed or recorder.store_failed
     recorder.close()
     kills = {v["trial"]: v for v in verdicts if v["action"] == "kill" and not v.get("shadow")}

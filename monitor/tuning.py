@@ -26,6 +26,7 @@ from typing import Any
 from heuristics.vocabulary import Vocabulary
 from monitor.callback import HealthExporterCallback, RunStoreCallback
 from monitor.console import console
+from monitor.durability import note_loss
 from monitor.run import RuleSources, RunSpec
 from monitor.scheduler import HeuristicScheduler
 from monitor.summary import plain, print_summary, summarise
@@ -75,7 +76,9 @@ class TuneMonitor:
             self.exporter_callback = HealthExporterCallback(
                 experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd",
                 vocabulary=spec.vocabulary)
-            self.exporter_callback.start()  # a taken port fails here, before Tune starts
+            exporter = self.exporter_callback.start()  # a taken port fails here, before Tune
+            if exporter.sd_failed:
+                note_loss(spec.run_dir, exporter.sd_failed)
         self.notices = self.scheduler.declaration_notices()
 
     # -- what a Tuner needs ---------------------------------------------------------------------
@@ -138,8 +141,10 @@ class TuneMonitor:
         """The run's summary (also ``<run dir>/summary.json``); ``results``: ``tuner.fit()``'s
         ``ResultGrid``."""
         self.close()
+        engine = self.scheduler.engine
         return summarise(self.run_dir, self.spec.experiment, self.spec.vocabulary, results,
-                         self.spec.started, store_failed=self.store_callback.failed)
+                         self.spec.started, store_failed=self.store_callback.failed,
+                         known=[s.killed for s in engine.trials.values() if s.killed])
 
     def print_summary(self, results: Any = None,
                       extra_columns: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from heuristics.vocabulary import Vocabulary
 from heuristics.yamlfile import ConfigError, line_of, load_yaml
+from monitor.run import check_name
 from trainers.config import ConfigKeyError, merge_config
 from trainers.master import MASTER_DEFAULTS
 from trainers.student import STUDENT_DEFAULTS
@@ -138,6 +139,10 @@ def load(name_or_path: str) -> Experiment:
     for i, v in enumerate(variants_raw):
         if not isinstance(v, dict) or not isinstance(v.get("name"), str):
             raise fail(("variants", i), f"variants[{i}]: expected a mapping with a 'name'")
+        try:
+            check_name(v["name"], f"variants[{i}].name")
+        except ValueError as exc:
+            raise fail(("variants", i, "name"), str(exc)) from None
         if v["name"] in names:
             raise fail(("variants", i, "name"), f"duplicate variant name {v['name']!r}")
         names.add(v["name"])

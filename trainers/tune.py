@@ -21,8 +21,10 @@ from rich.table import Table
 from heuristics.rules import RuleErrors
 from heuristics.yamlfile import ConfigError
 from monitor.console import console, print_error, safe
+from monitor.durability import describe
 from monitor.exporter import ExporterError
 from monitor.paths import runs_dir
+from monitor.run import StorageError, check_name
 from trainers import experiment as experiments
 
 EXTRA_COLUMNS = ("val_logmel", "val_power_ratio_db", "n_parameters", "rtf")
@@ -46,8 +48,16 @@ def _distribution(spec: dict[str, Any]):
 def latest_summary(storage: Path, experiment: str) -> dict[str, Any]:
     """The summary of the most recent finished run of ``experiment`` under ``storage``."""
     summaries = []
-    for path in storage.glob(f"{experiment}_*/summary.json"):
-        data = json.loads(path.read_text())
+    for path in sorted(storage.glob(f"{experiment}_*/summary.json")):
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or not isinstance(data.get("finished", 0),
+                                                            (int, float)):
+                raise ValueError("expected the summary of a run (a JSON object)")
+        except (OSError, ValueError) as exc:  # torn, damaged, unreadable: that run is skipped
+            print_error(f"warning: {path}: not a readable run summary ({exc}); that run is "
+                        "skipped")
+            continue
         if data.get("experiment") == experiment:
             summaries.append((data.get("finished", 0), data))
     if not summaries:
@@ -155,7 +165,13 @@ def run(exp: experiments.Experiment, storage: Path | None = None,
         init_ray(address)
         resume = resume.resolve()
         tune_root = tune_storage.rstrip("/") if tune_storage else str(resume.parent)
-        tuner = tune.Tuner.restore(f"{tune_root}/{resume.name}", trainable, resume_errored=True)
+        try:
+            tuner = tune.Tuner.restore(f"{tune_root}/{resume.name}", trainable,
+                                       resume_errored=True)
+        except Exception as exc:  # noqa: BLE001 - Tune's own state (tuner.pkl...) is damaged
+            raise ConfigError(resume, None, f"--resume: Ray Tune cannot restore this run "
+                              f"({describe(exc)}); start the experiment again without "
+                              "--resume") from None
         return summarise(resume, exp.name, exp.vocabulary, tuner.fit(), started)
     mon = TuneMonitor(exp.name, signals=exp.vocabulary, rules=rules, budget=iterations,
                       scheduler=make_wrapped(wrap, exp, iterations), storage=storage,
@@ -243,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     storage = (args.storage or runs_dir()).resolve()
     try:
         exp = experiments.load(args.experiment)
+        try:
+            check_name(exp.name, "experiment (the file's name)")
+        except ValueError as exc:
+            raise ConfigError(exp.path, None, str(exc)) from None
         load_experiment_rules(exp)
         resolve_master_checkpoint(exp, storage)
         if args.resume and not (args.resume / "heuristics").is_dir() \
@@ -261,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run(exp, storage, args.max_iterations, args.address, shadow=args.shadow,
                       wrap=args.wrap, resume=args.resume, tune_storage=args.tune_storage)
-    except (ExporterError, ConfigError) as exc:
+    except (ExporterError, ConfigError, StorageError) as exc:
         print_error(str(exc))
         return 2
     print_summary(summary)

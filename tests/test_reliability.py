@@ -1,0 +1,458 @@
+"""Issue 25: nothing a training reports, no damaged file and no full disk ends a run, loses a
+verdict or leaks a secret. One test per defect found (numbered as in the issue), on real parts:
+real SQLite stores, real files, real subprocesses; Ray Tune runs are in
+``test_reliability_tune.py``, the property test in ``test_reliability_property.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import monitor
+from heuristics.rules import parse_grace
+from monitor import report
+from monitor.cli import main as cli
+from monitor.durability import DISK_FULL_ENV, write_atomic
+from monitor.exporter import Exporter, ExporterError
+from monitor.grafana import KillAnnotator, redact
+from monitor.rulestate import RuleStateStore
+from monitor.run import StorageError, new_run_dir
+from monitor.store import RunStore
+from monitor.verdicts import VerdictLog, VerdictRecorder
+
+VOCAB = monitor.Vocabulary(train_loss="loss", validation="val_loss", mode="min")
+SECRET = "s3cretPASS"
+TOKEN = "glsa_T0KENsecret"
+
+
+def loop(tmp_path: Path, name: str = "rel", **kwargs) -> monitor.LoopMonitor:
+    return monitor.LoopMonitor(name, signals=VOCAB, rules=["builtin"], budget=10,
+                               storage=tmp_path, **kwargs)
+
+
+def healthy(run: monitor.LoopMonitor, trial: str, n: int = 3) -> None:
+    for i in range(n):
+        assert not run.report({"loss": 1.0 / (i + 1), "val_loss": 1.0}, trial=trial).stop
+
+
+def stored_iterations(run_dir: Path) -> dict[str, int]:
+    with RunStore(run_dir, create=False) as store:
+        return {t["trial_id"]: t["iterations"] for t in store.trials()}
+
+
+# -- 1, 2, 12: Grafana credentials ---------------------------------------------------------------
+URLS = [f"http://admin:{SECRET}@127.0.0.1:9", f"admin:{SECRET}@127.0.0.1:9",
+        f"http:/admin:{SECRET}@127.0.0.1:9", f"http://u:{SECRET}@[::1",
+        f"https://admin:{SECRET}@127.0.0.1:9/grafana?x=1", f"http://admin:{SECRET}@[::1]:9/"]
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_2_12_no_form_of_url_prints_its_password(url, capsys, monkeypatch):
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    code = cli(["dashboards", "push", "--url", url])
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert code == 2 and "Traceback" not in out
+    assert SECRET not in out and TOKEN not in out and "***@" in out
+    assert len(captured.err.strip().splitlines()) == 1
+    assert SECRET not in redact(url)
+
+
+def test_1_the_annotator_pickles_no_credentials(monkeypatch):
+    """Tune writes the scheduler (and its annotator) into tuner.pkl."""
+    monkeypatch.setenv("GRAFANA_URL", URLS[0])
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    annotator = KillAnnotator()
+    blob = pickle.dumps(annotator)
+    assert SECRET.encode() not in blob and TOKEN.encode() not in blob
+    restored = pickle.loads(blob)  # restored where the environment still has them
+    assert restored.url == URLS[0] and restored._token == TOKEN
+    plain = KillAnnotator(url="http://127.0.0.1:3000")
+    assert pickle.loads(pickle.dumps(plain)).url == "http://127.0.0.1:3000"
+
+
+def test_1_a_failed_kill_annotation_logs_no_credentials(monkeypatch, caplog):
+    annotator = KillAnnotator(url=URLS[1], token=TOKEN, timeout=0.5)
+    verdict = {"wall_time": time.time(), "experiment": "e", "trial": "t", "rule": "r",
+               "failure": "f", "reason": "because"}
+    assert annotator.post(verdict) is False
+    assert caplog.records and SECRET not in caplog.text and TOKEN not in caplog.text
+
+
+# -- 3, 7: every numeric type, every size -------------------------------------------------------
+NAN_TYPES = {
+    "float": float("nan"), "float32": np.float32("nan"), "float16": np.float16("nan"),
+    "array0d": np.array(float("nan")), "tensor": torch.tensor(float("nan")),
+    "tensor_bf16": torch.tensor(float("nan"), dtype=torch.bfloat16),
+    "decimal": Decimal("NaN"), "huge_int": 10 ** 400, "minus_huge_int": -10 ** 400,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NAN_TYPES))
+def test_3_7_a_nonfinite_loss_of_any_type_is_killed_by_divergence(tmp_path, kind):
+    run = loop(tmp_path)
+    healthy(run, "other", 2)
+    healthy(run, kind, 2)
+    decision = run.report({"loss": NAN_TYPES[kind], "val_loss": 1.0}, trial=kind)
+    assert decision.stop and decision.rule == "divergence", decision
+    healthy(run, "other", 1)
+    summary = run.close()
+    assert {t["trial_id"]: t["status"] for t in summary["trials"]} == {
+        kind: "KILLED", "other": "TERMINATED"}
+    assert not any("has not reported" in n or "reported" in n and kind in n
+                   for n in summary["notices"]), summary["notices"]
+
+
+def test_7_a_finite_loss_of_any_type_is_read_as_its_value(tmp_path):
+    run = loop(tmp_path)
+    for value in [np.float32(0.5), np.float16(0.25), np.array(0.125), torch.tensor(0.0625),
+                  Decimal("0.03125")]:
+        assert not run.report({"loss": value, "val_loss": value}, trial="t").stop
+    summary = run.close()
+    assert summary["trials"][0]["metric"] == pytest.approx(0.03125)
+    assert not any("trial t reported" in n for n in summary["notices"]), summary["notices"]
+
+
+# -- 4, 11, 13: LoopMonitor.report refuses what is not a report, isolates what is odd ----------
+@pytest.mark.parametrize("call, expected", [
+    (dict(metrics={"loss": 1.0}, iteration=2 ** 63), "iteration: expected a whole number"),
+    (dict(metrics={"loss": 1.0}, iteration=float("nan")), "iteration: expected a whole"),
+    (dict(metrics={"loss": 1.0}, iteration=-1), "iteration: expected a whole number"),
+    (dict(metrics={"loss": 1.0}, iteration=True), "iteration: expected a whole number"),
+    (dict(metrics=None), "metrics: expected a mapping"),
+    (dict(metrics=[("loss", 1.0)]), "metrics: expected a mapping"),
+    (dict(metrics={"loss": 1.0}, trial="bad\udcff"), "trial: expected a non-empty name"),
+    (dict(metrics={"loss": 1.0}, trial=7), "trial: expected a non-empty name"),
+])
+def test_4_11_13_a_bad_report_is_refused_and_close_still_works(tmp_path, call, expected):
+    run = loop(tmp_path)
+    healthy(run, "other", 2)  # buffered results of another trial
+    with pytest.raises((ValueError, TypeError), match=expected):
+        run.report(**{"trial": "bad", **call})
+    healthy(run, "other", 1)
+    summary = run.close()  # never raises
+    assert summary["trials"] and stored_iterations(run.run_dir)["other"] == 3
+    assert (run.run_dir / "summary.json").exists()
+
+
+@pytest.mark.parametrize("metrics, health, notice", [
+    ({"loss": 1.0, 3: 2.0, ("a",): 1.0}, None, "is not a name"),
+    ({"loss": 1.0}, {"layers": "x"}, "health/layers: expected a mapping of layers"),
+    ({"loss": 1.0}, {"layers": {"enc": "x"}, "model": 3}, "expected a mapping of signals"),
+    ({"loss": 1.0}, [1, 2], "health: expected the block of HealthMonitor.collect()"),
+    ({"loss": 1.0, "time_total_s": "soon"}, None, "time_total_s: expected a finite number"),
+    ({"loss": 1.0, "bad\udcffkey": 1.0}, None, "is not a name"),
+    ({"loss": 1.0}, {"layers": {"bad\udcff": {"dead_ratio": 0.1}}}, "is not a name"),
+])
+def test_11_13_odd_parts_of_a_report_are_left_out_with_a_notice(tmp_path, metrics, health,
+                                                                 notice):
+    run = loop(tmp_path)
+    healthy(run, "other", 2)
+    for _ in range(3):
+        assert not run.report(metrics, health=health, trial="odd").stop
+    healthy(run, "other", 1)
+    summary = run.close()
+    assert any(notice in n and "odd" in n for n in summary["notices"]), summary["notices"]
+    assert stored_iterations(run.run_dir) == {"other": 3, "odd": 3}
+    assert report.build(run.run_dir)["trials"] == 2
+
+
+def test_13_a_variant_name_with_a_lone_surrogate_is_stored(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.upsert_trial("t\udcff", variant="v\udcff")
+        store.add_result("t\udcff", {"training_iteration": 1, "loss": 1.0,
+                                     "health": {"layers": {"l\udcff": {"dead_ratio": 0.1}}}})
+    with RunStore(tmp_path, create=False) as store:
+        assert store.trials()[0]["variant"] == "v\\udcff"
+        assert store.samples("t\\udcff")
+
+
+# -- 5: resume reads only what it can, with one line and a way on -------------------------------
+def test_5_a_state_file_that_is_not_a_database_is_moved_aside(tmp_path, caplog):
+    state = RuleStateStore(tmp_path, keep=10)
+    state.path.parent.mkdir(parents=True)
+    state.path.write_bytes(os.urandom(4096))
+    assert state.load() == {}
+    assert "not a readable rule state" in caplog.text and "start afresh" in caplog.text
+    assert not state.path.exists()
+    assert list(state.path.parent.glob("state.sqlite.damaged-*"))
+    state.append("t", {"record": {"iteration": 1}, "first": {}})  # a fresh one is written
+    assert state.failed is None and state.path.exists()
+
+
+def test_5_log_lines_that_are_not_verdicts_are_skipped_and_the_store_fills_the_log(tmp_path,
+                                                                                   caplog):
+    recorder = VerdictRecorder(tmp_path)
+    verdict = {"trial": "t", "rule": "divergence", "failure": "divergence", "action": "kill",
+               "iteration": 3, "wall_time": 1.0, "reason": "r", "shadow": False}
+    recorder._open_store().add_verdict(verdict)  # recorded in the store only (a crash)
+    recorder.close()
+    recorder.log.path.parent.mkdir(parents=True, exist_ok=True)
+    recorder.log.path.write_text('[1, 2]\n"text"\n{"rule": "x"}\n')
+    found = VerdictRecorder(tmp_path).reconcile()
+    assert [v["rule"] for v in found] == ["divergence"]
+    assert "is not an entry of this log" in caplog.text and "verdicts.jsonl:1" in caplog.text
+    assert [v["rule"] for v in VerdictLog(recorder.log.path).read()
+            if isinstance(v, dict) and "trial" in v] == ["divergence"]
+
+
+# -- 6 and the disk-full fault injection at every write ------------------------------------------
+@pytest.mark.parametrize("point", ["verdicts.jsonl", "monitor.sqlite", "notices.jsonl",
+                                   "summary.json", "file_sd", "all"])
+def test_6_a_full_disk_at_any_write_of_a_loop_run(tmp_path, monkeypatch, point):
+    """Each write fails as a full disk does; the run goes on, kills go on, each verdict is in
+    the store or the log, and the summary names what was not recorded. (A loop keeps no rule
+    state; Tune runs, which do, are in ``test_reliability_tune.py``.)"""
+    monkeypatch.setenv(DISK_FULL_ENV, point)
+    monkeypatch.setenv("MONITOR_EXPORTER_PORT", "0")
+    run = loop(tmp_path, exporter=True)
+    healthy(run, "ok", 4)
+    assert run.report({"loss": 1.0, "val_los": 1.0}, trial="typo").stop is False
+    for _ in range(6):
+        run.report({"loss": 1.0, "val_los": 1.0}, trial="typo")  # notices: val_loss missing
+    decision = run.report({"loss": float("nan"), "val_loss": 1.0}, trial="nan")
+    assert decision.stop and decision.rule == "divergence"
+    summary = run.close()
+    gaps = " ".join(summary["not_recorded"])
+    expected = {"verdicts.jsonl": "verdict log",
+                "monitor.sqlite": "run store", "notices.jsonl": "notices",
+                "summary.json": "summary", "file_sd": "file_sd"}
+    for name, words in expected.items():
+        if point in (name, "all"):
+            assert words in gaps, (point, summary["not_recorded"])
+    assert summary["kills"] == 1
+    monkeypatch.delenv(DISK_FULL_ENV)
+    durable = VerdictLog(run.run_dir / "heuristics" / "verdicts.jsonl").read()
+    if (run.run_dir / "monitor.sqlite").exists():
+        with RunStore(run.run_dir, create=False) as store:
+            durable += store.verdicts()
+    if point == "all":
+        assert "recorded nowhere" in gaps  # said, since nothing could hold it
+    else:
+        assert any(v["trial"] == "nan" and v["rule"] == "divergence" for v in durable)
+    if point in ("summary.json", "all"):
+        assert not (run.run_dir / "summary.json").exists()
+        assert not list(run.run_dir.glob(".summary.json.*"))  # no torn or temporary file
+    else:
+        assert json.loads((run.run_dir / "summary.json").read_text())["kills"] == 1
+
+
+def test_9_an_interrupted_atomic_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    write_atomic(path, '{"old": true}')
+    monkeypatch.setenv(DISK_FULL_ENV, "summary.json")
+    with pytest.raises(OSError):
+        write_atomic(path, '{"new": true}')
+    assert json.loads(path.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+# -- 8: where runs go ------------------------------------------------------------------------------
+def _chattr(flag: str, path: Path) -> bool:
+    return shutil.which("chattr") is not None and subprocess.run(
+        ["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("where", ["file", "devnull", "read_only"])
+def test_8_runs_dir_that_cannot_hold_runs_is_one_line(tmp_path, monkeypatch, capsys, where):
+    from trainers import tune as tune_cli
+
+    target = {"file": tmp_path / "a_file", "devnull": Path("/dev/null"),
+              "read_only": tmp_path / "ro"}[where]
+    if where == "file":
+        target.write_text("x")
+    if where == "read_only":
+        target.mkdir()
+        if os.geteuid() == 0:
+            if not _chattr("+i", target):
+                pytest.skip("chattr +i is not available here")
+        else:
+            target.chmod(0o555)
+    monkeypatch.setenv("MONITOR_RUNS_DIR", str(target))
+    try:
+        with pytest.raises(StorageError, match="runs cannot be written there"):
+            new_run_dir("exp")
+        code = tune_cli.main(["smoke"])
+    finally:
+        if where == "read_only":
+            _chattr("-i", target) if os.geteuid() == 0 else target.chmod(0o755)
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err + captured.out
+    [line] = captured.err.strip().splitlines()
+    assert line.startswith("error: ") and str(target) in line and "MONITOR_RUNS_DIR" in line
+
+
+# -- 9: the student experiment reads every master summary safely ---------------------------------
+def test_9_a_torn_master_summary_is_skipped(tmp_path, capsys):
+    from trainers.tune import latest_summary
+
+    good = tmp_path / "master_v464_20260101-000000_aaaa"
+    good.mkdir()
+    (good / "summary.json").write_text(json.dumps({"experiment": "master_v464",
+                                                   "finished": 1.0, "name": good.name}))
+    for i, text in enumerate(['{"experiment": "master_v464", "fini', "[1, 2]", ""]):
+        torn = tmp_path / f"master_v464_20260102-00000{i}_bbbb"
+        torn.mkdir()
+        (torn / "summary.json").write_text(text)
+    assert latest_summary(tmp_path, "master_v464")["name"] == good.name
+    err = capsys.readouterr().err
+    assert err.count("not a readable run summary") == 3 and "Traceback" not in err
+
+
+# -- 10: the kill report shows the notices ------------------------------------------------------
+def test_10_kill_report_shows_what_rules_cannot_see(tmp_path, capsys, monkeypatch):
+    from monitor import console as console_module
+
+    monkeypatch.setattr(console_module.console, "size", (300, 50))
+    run = monitor.LoopMonitor("rel", signals={"train_loss": "loss", "validation": "val_loss"},
+                              rules=["builtin"], budget=10, storage=tmp_path)
+    for _ in range(6):
+        run.report({"loss": 1.0, "val_los": 1.0}, trial="typo")  # validation never reported
+    run.report({"loss": float("nan")}, trial="nan")
+    summary = run.close()
+    assert summary["notices"]
+    capsys.readouterr()
+    for fmt in ("table", "markdown", "json"):
+        assert cli(["kill-report", str(run.run_dir), "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        for notice in summary["notices"]:
+            assert notice.split(":")[0] in out, (fmt, notice)
+    assert report.build(run.run_dir)["notices"] == summary["notices"]
+
+
+# -- 14, 15: monitor label ----------------------------------------------------------------------
+def _labelled_run(tmp_path: Path) -> Path:
+    run = loop(tmp_path)
+    healthy(run, "t1", 2)
+    run.close()
+    return run.run_dir
+
+
+def test_14_label_on_a_read_only_store_says_so(tmp_path, capsys):
+    run_dir = _labelled_run(tmp_path)
+    store = run_dir / "monitor.sqlite"
+    for p in run_dir.iterdir():
+        if p.name.startswith("monitor.sqlite-"):
+            p.unlink()
+    if os.geteuid() == 0:
+        if not (_chattr("+i", store) and _chattr("+i", run_dir)):
+            pytest.skip("chattr +i is not available here")
+    else:
+        store.chmod(0o444)
+        run_dir.chmod(0o555)
+    try:
+        code = cli(["label", str(run_dir), "t1", "--failure", "divergence"])
+    finally:
+        if os.geteuid() == 0:
+            _chattr("-i", run_dir), _chattr("-i", store)
+        else:
+            run_dir.chmod(0o755), store.chmod(0o644)
+    err = capsys.readouterr().err
+    assert code == 2 and "damaged" not in err and "cannot be written" in err
+    assert "read-only" in err
+
+
+@pytest.mark.parametrize("name", ["Divergence", "x; DROP TABLE trials", "", "a" * 80, "healthy",
+                                  "new\nline", "dead-relu"])
+def test_15_label_accepts_only_failure_names(tmp_path, capsys, name):
+    run_dir = _labelled_run(tmp_path)
+    code = cli(["label", str(run_dir), "t1", "--failure", name])
+    assert code == 2
+    assert cli(["label", str(run_dir), "t1", "--failure", "dead_relu_collapse"]) == 0
+    with RunStore(run_dir, create=False) as store:
+        assert store.trials()[0]["outcome"] == "dead_relu_collapse"
+
+
+# -- 16: grace ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["5 or 6 or 7%", "5 or 6", "or 5%", "5 or 7% or 8%"])
+def test_16_grace_with_more_than_two_parts_is_refused(text):
+    with pytest.raises(ValueError, match="grace: expected"):
+        parse_grace(text)
+    assert parse_grace("5 or 20%").iterations == 5
+
+
+# -- 17: the exporter's host ---------------------------------------------------------------------
+def test_17_an_unresolvable_exporter_host_is_named(tmp_path):
+    exporter = Exporter("e", "r", host="no-such-host.invalid", port=0, sd_dir=tmp_path)
+    with pytest.raises(ExporterError) as info:
+        exporter.start()
+    message = str(info.value)
+    assert "does not resolve" in message and "MONITOR_EXPORTER_HOST" in message
+    assert "choose another port" not in message
+
+
+# -- 18: names -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["two\nlines", "cr\r", "esc\x1b[2J", "bad\udcff", "tab\t"])
+def test_18_control_characters_never_reach_run_directories(tmp_path, name):
+    with pytest.raises(ValueError, match="no control characters"):
+        monitor.LoopMonitor(name, storage=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_18_a_variant_name_with_a_line_break_is_refused_with_its_line(tmp_path):
+    from heuristics.yamlfile import ConfigError
+    from trainers import experiment
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(textwrap.dedent("""\
+        trainer: master
+        metric: val_logmel
+        mode: min
+        max_iterations: 2
+        variants:
+          - name: "ok"
+          - name: "two\\nlines"
+        """))
+    with pytest.raises(ConfigError, match=r"exp.yaml:7: .*no control characters"):
+        experiment.load(str(path))
+
+
+# -- 19: a plain loop SIGKILLed between the store and the log ------------------------------------
+KILLED_LOOP = """
+import monitor
+run = monitor.LoopMonitor("crashy", signals={{"train_loss": "loss"}}, rules=["builtin"],
+                          budget=10, storage={storage!r})
+run.report({{"loss": 1.0}}, trial="t")
+run.report({{"loss": float("nan")}}, trial="t")
+"""
+
+
+def test_19_a_loop_killed_between_store_and_log_is_repaired_by_the_next(tmp_path):
+    env = {**os.environ, "MONITOR_CRASH_AT": "kill:after-store"}
+    proc = subprocess.run([sys.executable, "-c", KILLED_LOOP.format(storage=str(tmp_path))],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    (crashed,) = tmp_path.glob("crashy_*")
+    log_path = crashed / "heuristics" / "verdicts.jsonl"
+    assert not VerdictLog(log_path).read()  # the kill is in the store only
+    run = monitor.LoopMonitor("crashy", signals={"train_loss": "loss"}, rules=["builtin"],
+                              storage=tmp_path)
+    logged = VerdictLog(log_path).read()
+    assert [(v["trial"], v["rule"]) for v in logged] == [("t", "divergence")]
+    run.close()
+    monitor.LoopMonitor("crashy", storage=tmp_path).close()  # repaired once, never twice
+    assert len(VerdictLog(log_path).read()) == 1
+
+
+def test_19_a_live_run_is_not_touched_by_another_monitor(tmp_path):
+    first = loop(tmp_path, "live")
+    first.report({"loss": float("nan")}, trial="t")
+    first.recorder.log.path.write_text("")  # as if the log were behind: a live run is its own
+    second = loop(tmp_path, "live")
+    assert VerdictLog(first.recorder.log.path).read() == []
+    second.close()
+    first.close()
+
