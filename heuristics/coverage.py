@@ -4,7 +4,11 @@ Two checks. ``undeclared(rules, vocabulary)`` at run start: a rule naming a role
 (``discriminator_loss``...) that the experiment's vocabulary does not map to a reported key.
 ``SignalCoverage`` while trials run: once a trial has made ``after`` reports, every signal a
 rule names that the trial never reported (a misspelled key, another team's loss name, power
-without ``observe_output``) is reported once per run.
+without ``observe_output``) is reported once per run; and a population rule (``peer_zscore``)
+that cannot compare a trial with its siblings after its grace (fewer than ``MIN_PEERS`` other
+trials have reported that iteration: a small sweep, the first trials of a sweep run a few at a
+time, the survivors once siblings were stopped) is reported once per run, at the first report
+where it happens.
 """
 
 from __future__ import annotations
@@ -12,7 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from heuristics.expr import LAYER_SIGNALS, MODEL_SIGNALS, Call, Signal, walk
+from heuristics.expr import (
+    LAYER_SIGNALS,
+    MIN_PEERS,
+    MODEL_SIGNALS,
+    PEER_LAG,
+    PEERS,
+    Call,
+    Signal,
+    walk,
+)
 from heuristics.rules import BUILTIN_DIR, Rule
 from heuristics.vocabulary import ROLES, Vocabulary
 
@@ -82,14 +95,33 @@ def _reads_health(rule: Rule) -> bool:
     return any(s in LAYER_SIGNALS or s in MODEL_SIGNALS for s in rule_signals(rule))
 
 
-class SignalCoverage:
-    """Tracks which signals each trial has reported; names the ones rules wait for in vain."""
+def population_rules(rules: Iterable[Rule], vocabulary: Vocabulary) -> list[Rule]:
+    """Rules with a ``peer_zscore`` whose input the vocabulary declares (one it does not
+    declare gets the ``undeclared`` notice instead)."""
+    out = []
+    for rule in rules:
+        peers = [n for n in walk(rule.tree) if isinstance(n, Call) and n.fn in PEERS]
+        if peers and all(n.name not in ROLES or vocabulary.declares(n.name)
+                         for p in peers for n in walk(p) if isinstance(n, Signal)):
+            out.append(rule)
+    return out
 
-    def __init__(self, rules: Iterable[Rule], vocabulary: Vocabulary, after: int = 5) -> None:
+
+class SignalCoverage:
+    """Tracks which signals each trial has reported; names the ones rules wait for in vain,
+    and the population rules that find too few siblings to act."""
+
+    def __init__(self, rules: Iterable[Rule], vocabulary: Vocabulary, after: int = 5,
+                 budget: int | None = None) -> None:
         if after < 1:
             raise ValueError(f"after must be a positive number of reports, got {after}")
+        rules = list(rules)
         self.after = after
         self.vocabulary = vocabulary
+        # population rules not yet reported, with the first iteration they may fire at
+        self.population = {r.name: r.grace.first_iteration(budget)
+                           for r in population_rules(rules, vocabulary)}
+        self._reached: list[int] = [0]  # [k]: trials that have made at least k reports
         # Built-in rules over audio power are opt-in (observe_output): no notice for those.
         self.wanted = {r.name: [s for s in rule_signals(r)
                                 if (s not in ROLES or vocabulary.declares(s))
@@ -103,15 +135,18 @@ class SignalCoverage:
         """Take one report's signals (``Observation.layers`` and ``.scalars()``); after the
         ``after``-th report of a trial, the new notices."""
         n = self._reports[trial] = self._reports.get(trial, 0) + 1
+        if n >= len(self._reached):
+            self._reached.append(0)
+        self._reached[n] += 1
+        out = self._population(trial, n) if self.population else []
         if n > self.after:
-            return []  # decided at the ``after``-th report
+            return out  # signals: decided at the ``after``-th report
         seen = self._seen.setdefault(trial, set())
         for signals in layers.values():
             seen.update(signals)
         seen.update(scalars)
         if n != self.after:
-            return []
-        out = []
+            return out
         for rule, signals in self.wanted.items():
             for signal in signals:
                 if signal in seen or (rule, signal) in self._said:
@@ -124,4 +159,28 @@ class SignalCoverage:
                 out.append(Notice(rule, signal, (
                     f"rule {rule} refers to {what}, which trial {trial} has not reported in "
                     f"its first {n} reports ({hint}); the rule cannot fire on it.")))
+        return out
+
+    def _population(self, trial: str, n: int) -> list[Notice]:
+        """Population rules past their grace at ``trial``'s ``n``-th report that find fewer
+        than MIN_PEERS other trials with a report at ``n - PEER_LAG`` or later."""
+        first = max(1, n - PEER_LAG)
+        others = self._reached[first] - 1  # this trial has reached it too
+        if others >= MIN_PEERS:
+            return []
+        out = []
+        for rule, grace in list(self.population.items()):
+            if n < grace:
+                continue
+            del self.population[rule]
+            self._said.add((rule, "siblings"))
+            out.append(Notice(rule, "siblings", (
+                f"population rule {rule} cannot compare trial {trial} with its siblings at "
+                f"iteration {n}: {others} other trial{'s' if others != 1 else ''} reported "
+                f"iteration {first} or later, it needs {MIN_PEERS}; its evidence is absent "
+                f"there. It acts on a trial only where at least {MIN_PEERS} other trials of "
+                f"the experiment have reported the same iteration: trials that ran earlier "
+                f"count (in a sweep run a few at a time only its first trials lack them), "
+                f"stopped ones only up to where they stopped; a sweep of fewer than "
+                f"{MIN_PEERS + 1} trials never has them.")))
         return out

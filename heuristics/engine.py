@@ -40,11 +40,13 @@ from typing import Any
 from heuristics.expr import (
     LAYER_SIGNALS,
     PEER_LAG,
+    PEER_NOISE,
     Call,
     Report,
     Value,
     comparisons,
     evaluate,
+    noise,
     signals_of,
     truth,
     walk,
@@ -149,6 +151,10 @@ class TrialState:
         # ``peer_zscore`` inputs of this trial: canonical text -> iteration -> value, kept for
         # the trial's whole life (the other trials compare with them, whenever they run)
         self.peer: dict[str, dict[int, Value]] = {}
+        # the trial's own noise of each input at an iteration (``noise``), computed when a
+        # sibling first asks for it; an iteration's noise depends only on values up to it
+        self._noise: dict[str, dict[int, Value]] = {}
+        self._noise_newest: dict[str, int] = {}
 
     def add_peer(self, record: Record) -> None:
         for key, value in record.peer.items():
@@ -160,6 +166,11 @@ class TrialState:
         for values in self.peer.values():
             while values and next(reversed(values)) >= iteration:
                 values.popitem()
+        for key, newest in self._noise_newest.items():  # filled in the order siblings asked
+            if newest >= iteration:
+                kept = {it: v for it, v in self._noise[key].items() if it < iteration}
+                self._noise[key] = kept
+                self._noise_newest[key] = max(kept, default=0)
 
     def peer_at(self, key: str, iteration: int) -> Value:
         """This trial's ``key`` at ``iteration``, or at the newest of the PEER_LAG before."""
@@ -170,6 +181,30 @@ class TrialState:
             if it in values:
                 return values[it]
         return None
+
+    def peer_evidence(self, key: str, iteration: int) -> tuple[Value, Value]:
+        """(value, the trial's own noise there) of ``key`` at ``iteration`` or the newest of
+        the PEER_LAG before; (None, None) without one. The noise: ``noise`` over the trial's
+        last PEER_NOISE values up to that iteration."""
+        values = self.peer.get(key)
+        if not values:
+            return None, None
+        for it in range(iteration, iteration - PEER_LAG - 1, -1):
+            if it in values:
+                break
+        else:
+            return None, None
+        cache = self._noise.setdefault(key, {})
+        if it not in cache:
+            series = []
+            for k in reversed(values):  # added in iteration order
+                if k <= it:
+                    series.append(values[k])
+                    if len(series) == PEER_NOISE:
+                        break
+            cache[it] = noise(series)
+            self._noise_newest[key] = max(it, self._noise_newest.get(key, 0))
+        return values[it], cache[it]
 
     def view(self, rule: str, keep: int) -> list[Record]:
         """The reports ``rule`` sees now (call once per report): its last ``keep``, never
@@ -225,7 +260,7 @@ class RuleEngine:
                   if (kept := {k: v for k, v in signals.items() if k in self.layer_signals})}
         scalars = {k: v for k, v in obs.scalars().items() if k in self.scalar_signals}
         record = Record(iteration, time_s, layers, scalars)
-        record.peers = lambda key: [s.peer_at(key, iteration)
+        record.peers = lambda key: [s.peer_evidence(key, iteration)
                                     for t, s in self.trials.items() if t != trial]
         state.reports.append(record)
         del state.reports[:-self.keep]

@@ -76,9 +76,17 @@ BASELINES = {"zscore", "ratio"}
 # is an outlier among its siblings, which a population sharing a harmless trait cannot give.
 # ``x`` must be computed from one report (no window or history function inside). Absent with
 # fewer than MIN_PEERS other trials, and where the engine gives no population (one trial).
+# The scale is robust against failing siblings: 1.4826 x the siblings' MAD (a mean absolute
+# deviation, which one far-off sibling inflates, would mask a second failing trial), floored
+# by the siblings' own report-to-report noise (each sibling's 1.4826 MAD over its last
+# PEER_NOISE values of ``x``), of which the *lower median* is taken: a failing sibling's noisy
+# series cannot raise it, nor can half of the siblings failing at once. MIN_PEERS is 3, the
+# fewest siblings whose median one failing sibling cannot move past a healthy sibling's value
+# (with 2, the median is their mean).
 PEERS = {"peer_zscore"}
-MIN_PEERS = 4
+MIN_PEERS = 3
 PEER_LAG = 2
+PEER_NOISE = 8
 WINDOWS = {"avg_over", "min_over", "max_over", "change"} | BASELINES
 HISTORY = {"min_ever", "max_ever"}  # over every report of the trial so far
 ELEMENTWISE = {"abs", "nonfinite", "log10"}
@@ -493,7 +501,8 @@ class Report:
         # ``peer_zscore`` inputs at this report, by canonical text (what other trials compare
         # with), and where the other trials' values come from (set by the engine, not saved).
         self.peer: dict[str, Value] = {}
-        self.peers: Callable[[str], list[Value]] | None = None
+        # key -> [(a sibling's value, its own noise at that report)]
+        self.peers: Callable[[str], list[tuple[Value, Value]]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"v": STATE_VERSION, "iteration": self.iteration, "time_s": self.time_s,
@@ -675,10 +684,10 @@ def _eval(node: Node, history: list[Report], scope: str) -> Value:
     if fn in PEERS:
         key = node.args[0].key
         now.peer[key] = inner
-        others = [v for v in (now.peers(key) if now.peers else []) if v is not None]
+        others = [p for p in (now.peers(key) if now.peers else []) if p[0] is not None]
         if len(others) < MIN_PEERS:
             return None
-        return _baseline("zscore", inner, others)
+        return peer_zscore(inner, others)
     if fn == "absent":
         return 1.0 if inner is None else 0.0
     if fn in REDUCTIONS:
@@ -755,6 +764,68 @@ def _baseline(fn: str, now: Value, before: list[Value]) -> Value:
         return out or None
     value = one(now, [b for b in before if not isinstance(b, dict)])
     return value
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def robust_spread(values: list[float]) -> float | None:
+    """1.4826 x the median absolute deviation of ``values`` (NaN skipped; None with fewer than
+    MIN_BASELINE)."""
+    values = [v for v in values if not math.isnan(v)]
+    if len(values) < MIN_BASELINE:
+        return None
+    median = _median(values)
+    return 1.4826 * _median([abs(v - median) for v in values])
+
+
+def noise(series: list[Value]) -> Value:
+    """A trial's own report-to-report noise of one ``peer_zscore`` input: ``robust_spread``
+    of its values (per layer for vectors); None while too few."""
+    if any(isinstance(v, dict) for v in series):
+        layers: dict[str, list[float]] = {}
+        for v in series:
+            if isinstance(v, dict):
+                for layer, x in v.items():
+                    layers.setdefault(layer, []).append(x)
+        out = {layer: s for layer, xs in layers.items() if (s := robust_spread(xs)) is not None}
+        return out or None
+    return robust_spread([v for v in series if v is not None])
+
+
+def peer_zscore(now: Value, others: list[tuple[Value, Value]]) -> Value:
+    """Robust z-score of ``now`` against the siblings' values ``others`` ((value, noise)
+    pairs): (x - median) / max(1.4826 MAD, lower median of the siblings' noise, 1e-9); absent
+    with fewer than MIN_PEERS finite sibling values or before any sibling has a noise (per
+    layer for vectors)."""
+    if now is None:
+        return None
+
+    def one(x: float, pairs: list[tuple[float, float | None]]) -> float | None:
+        values = [v for v, _ in pairs if not math.isnan(v)]
+        if len(values) < MIN_PEERS:
+            return None
+        median = _median(values)
+        mad = 1.4826 * _median([abs(v - median) for v in values])
+        floors = sorted(n for _, n in pairs if n is not None and not math.isnan(n))
+        if not floors:  # no sibling has PEER_NOISE's first 3 values yet: no floor known
+            return None
+        return (x - median) / max(mad, floors[(len(floors) - 1) // 2], 1e-9)
+
+    if isinstance(now, dict):
+        out = {}
+        for layer, x in now.items():
+            pairs = [(v[layer], n.get(layer) if isinstance(n, dict) else None)
+                     for v, n in others if isinstance(v, dict) and layer in v]
+            value = one(x, pairs)
+            if value is not None:
+                out[layer] = value
+        return out or None
+    return one(now, [(v, n if not isinstance(n, dict) else None) for v, n in others
+                     if not isinstance(v, dict)])
 
 
 def truth(value: Value) -> bool | None:

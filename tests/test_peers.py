@@ -116,11 +116,11 @@ def test_a_trial_different_by_design_from_the_start_is_not_an_outlier_that_chang
 
 
 def test_too_few_siblings_give_no_evidence() -> None:
-    population = {f"healthy_{i}": losses(i) for i in range(3)}
+    population = {f"healthy_{i}": losses(i) for i in range(2)}
     population["boosted"] = losses(99, jump_at=16)
     bare = rule("peer_zscore(adversarial_loss) > 5", grace=12)
     assert feed(RuleEngine(bare, "gan", 40, vocabulary=HINGE), population) == {}
-    population["healthy_3"] = losses(3)  # four siblings: enough
+    population["healthy_2"] = losses(2)  # three siblings: enough
     assert feed(RuleEngine(bare, "gan", 40, vocabulary=HINGE), population) == {
         "boosted": ("r", 16)}
 
