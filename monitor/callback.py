@@ -22,6 +22,19 @@ from monitor.scheduler import kill_of
 log = logging.getLogger(__name__)
 
 
+def readable(result: dict) -> dict:
+    """Make ``result`` readable by everything after this callback, in place: every reported
+    number a float (``10**400`` is ``inf``, a tensor or ``Decimal`` its value), what is no
+    signal left out (``heuristics.results.clean_result``; the scheduler has named it in a
+    notice). Tune hands every callback, its own loggers after ours, the same dict: Ray's
+    TensorBoard logger, for one, raises on an integer beyond the float range."""
+    cleaned, _ = clean_result(result)
+    if cleaned is not result:
+        result.clear()
+        result.update(cleaned)
+    return result
+
+
 class HealthExporterCallback(tune.Callback):
     """Starts the exporter when the experiment starts, updates it on every result.
 
@@ -54,7 +67,7 @@ class HealthExporterCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         exporter = self.start()
         try:  # what a trial reports never stops the sweep (the scheduler notes the problems)
-            exporter.snapshot.update(self.experiment, trial.trial_id, clean_result(result)[0])
+            exporter.snapshot.update(self.experiment, trial.trial_id, readable(result))
         except Exception as exc:  # noqa: BLE001
             log.warning("the exporter could not take a result of %s (%s)", trial.trial_id,
                         describe(exc))
@@ -108,7 +121,7 @@ class RunStoreCallback(tune.Callback):
         self.writer.start(trial.trial_id, str(name), config)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        self.writer.add(trial.trial_id, clean_result(result)[0])
+        self.writer.add(trial.trial_id, readable(result))
         kill = kill_of(self.writer.run, trial.trial_id)
         if kill is not None:  # Tune's own results and tables show why the trial stopped
             result["monitor_killed"] = kill["rule"]
