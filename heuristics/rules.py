@@ -28,7 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heuristics.expr import ExprError, Node, max_window, parse
+from heuristics.expr import (
+    MAX_WINDOW,
+    WINDOWS,
+    Call,
+    ExprError,
+    Node,
+    max_window,
+    parse,
+    span,
+    walk,
+)
 from heuristics.yamlfile import ConfigError, line_of, load_yaml
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -159,6 +169,14 @@ def parse_hold(value: Any) -> Hold:
     raise ValueError(f"{expected}; got {_shown(value)}")
 
 
+def window_reads(tree: Node) -> int:
+    """Earlier reports a rule's windows read at each report, all together: a window reads its
+    span (``change`` one report), and a window inside another is computed once per report,
+    so nested windows add up rather than multiply."""
+    return sum(1 if n.fn == "change" else span(n) for n in walk(tree)
+               if isinstance(n, Call) and n.fn in WINDOWS)
+
+
 def parse_grace(value: Any) -> Grace:
     expected = ("grace: expected a whole number of iterations >= 0, a share of the budget "
                 "like 10%, or both like \"5 or 20%\" (the later of the two)")
@@ -248,6 +266,12 @@ def _parse_rule(raw: Any, group: str, path: Path, lines: dict, rp: tuple, err) -
     else:
         try:
             tree = parse(raw["expr"])
+            reads = window_reads(tree)
+            if reads > MAX_WINDOW:
+                raise ExprError(f"its windows read {reads} earlier reports per report (nested "
+                                f"or side by side); expected at most {MAX_WINDOW}, which bounds "
+                                "the cost of every report (use shorter windows, or split the "
+                                "rule)")
         except ExprError as exc:
             err((*rp, "expr"), name, f"expr: {exc}")
             ok = False

@@ -456,3 +456,27 @@ def test_19_a_live_run_is_not_touched_by_another_monitor(tmp_path):
     second.close()
     first.close()
 
+
+
+# -- 20: nested windows -------------------------------------------------------------------------
+@pytest.mark.parametrize("expr, reads", [
+    ("avg_over(max_over(loss, 10000), 10000) > 1", 20000),
+    ("max_over(zscore(loss, 100), 9950) > 1", 10050),
+    ("avg_over(loss, 6000) > 1 and min_over(loss, 6000) < 0", 12000),
+])
+def test_20_windows_that_read_too_much_per_report_are_refused(tmp_path, capsys, expr, reads):
+    path = tmp_path / "rules.yaml"
+    path.write_text(f"groups:\n  - name: g\n    rules:\n      - name: r\n        expr: '{expr}'\n"
+                    "        labels: {action: warn, failure: f}\n")
+    assert cli(["rules", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:5: rule 'r': expr: its windows read {reads} earlier reports" in err
+
+
+def test_20_nested_windows_within_the_limit_load():
+    from heuristics.expr import parse
+    from heuristics.rules import window_reads
+
+    assert window_reads(parse("avg_over(max_over(loss, 100), 1000) > 1")) == 1100
+    assert window_reads(parse("change(avg_over(loss, 10), 5000) > 1")) == 11
+    assert window_reads(parse("avg_over(loss, 10000) > 1")) == 10000
