@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# the bench extra: parallel-wavegan's setup.py imports pip (no build isolation) first
+	$(PY) -m pip install -q -c constraints.txt setuptools
+	$(PY) -m pip install -q -c constraints.txt --no-build-isolation 'parallel-wavegan==0.6.1'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)

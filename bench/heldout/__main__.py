@@ -20,11 +20,16 @@ from rich.table import Table
 
 from bench import policies
 from bench.heldout.analysis import separation
-from bench.heldout.families import FAILURES, FAMILIES
+from bench.heldout.families import FAILURES
 from bench.heldout.population import (
+    ALL_FAILURES,
+    ALL_FAMILIES,
     BUDGET,
+    ELSEWHERE,
+    ELSEWHERE_SPLITS,
     SPLITS,
     History,
+    elsewhere_population,
     load_or_run,
     population,
     split_dir,
@@ -41,7 +46,7 @@ def final_tail(budget: int) -> int:
 
 def as_trial(h: History) -> policies.Trial:
     """A recorded history as a policy trial, under its family's declaration (code, not data)."""
-    vocabulary = dict(FAMILIES[h.family].vocabulary)
+    vocabulary = dict(ALL_FAMILIES[h.family].vocabulary)
     return policies.Trial(h.name, h.family, h.failure, h.onset, h.budget,
                           vocabulary["validation"], vocabulary.get("mode", "min"), h.results,
                           vocabulary)
@@ -70,9 +75,12 @@ def commit() -> str | None:
 
 
 def train(families: list[str] | None, retrain: bool, out: Path, budget: int,
-          split: str = "development") -> tuple[list[History], int]:
-    """Recorded histories of the split (trained now where missing, one trial at a time)."""
-    specs = [s for s in population(budget, split) if not families or s.family in families]
+          split: str = "development", which: str = "own") -> tuple[list[History], int]:
+    """Recorded histories of the split (trained now where missing, one trial at a time);
+    ``which``: ``own`` (this project's families) or ``elsewhere``."""
+    specs = elsewhere_population(budget, split) if which == ELSEWHERE else population(
+        budget, split)
+    specs = [s for s in specs if not families or s.family in families]
     histories: list[History] = []
     trained = 0
     with Progress(console=console) as progress:
@@ -83,7 +91,7 @@ def train(families: list[str] | None, retrain: bool, out: Path, budget: int,
             try:
                 h, ran = load_or_run(spec, out / "histories", retrain,
                                      lambda it, sub=sub: progress.update(sub, completed=it))
-            except ImportError as exc:  # timm is optional: pip install timm
+            except ImportError as exc:  # timm, parallel-wavegan: optional (the bench extra)
                 console.print(f"[yellow]skipped {spec.name}: {exc}[/yellow]")
                 progress.remove_task(sub)
                 progress.advance(task)
@@ -96,10 +104,11 @@ def train(families: list[str] | None, retrain: bool, out: Path, budget: int,
 
 
 def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
-        rule_sources: list[str], split: str = "development") -> dict[str, Any]:
+        rule_sources: list[str], split: str = "development",
+        which: str = "own") -> dict[str, Any]:
     from heuristics.rules import load_rules
 
-    histories, trained = train(families, retrain, out, budget, split)
+    histories, trained = train(families, retrain, out, budget, split, which)
     trials = [as_trial(h) for h in histories]
     rules = load_rules(rule_sources)
     with console.status("evaluating policies"):
@@ -117,14 +126,14 @@ def run(families: list[str] | None, retrain: bool, out: Path, budget: int,
                 "killed_recovered", "median_delay_iterations", "saved_pct")}})
     return {
         "device": device(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "rules": rule_sources, "commit": commit(), "split": split,
+        "rules": rule_sources, "commit": commit(), "split": split, "population": which,
         "budget": budget, "final_tail": final_tail(budget), "trained_now": trained,
-        "failures": FAILURES,
+        "failures": ALL_FAILURES if which == ELSEWHERE else FAILURES,
         "training_seconds": sum(h.seconds for h in histories),
         "trials": [{"trial": h.name, "family": h.family, "variant": h.variant,
                     "failure": h.failure, "onset": h.onset, "setting": h.setting,
                     "seed": h.seed, "metric": h.metric, "mode": h.mode,
-                    "vocabulary": FAMILIES[h.family].vocabulary, "seconds": h.seconds,
+                    "vocabulary": ALL_FAMILIES[h.family].vocabulary, "seconds": h.seconds,
                     **evaluation["truth"][h.name]} for h in histories],
         "policies": evaluation["policies"],
         "by_family": {p["policy"]: policies.by_group(p) for p in evaluation["policies"]},
@@ -165,24 +174,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", nargs="+", default=["builtin"],
                         help="rule sources for the heuristic policies (default: builtin)")
     parser.add_argument("--budget", type=int, default=BUDGET, help="iterations per trial")
-    parser.add_argument("--split", choices=sorted(SPLITS), default="development",
+    parser.add_argument("--split", choices=sorted(set(SPLITS) | set(ELSEWHERE_SPLITS)),
+                        default="development",
                         help="development: the seeds the old rules were studied on; fresh: new "
                              "seeds that played no part in any choice (default out: "
                              "bench/results/heldout/fresh)")
+    parser.add_argument("--population", choices=("own", ELSEWHERE), default="own",
+                        help="own: this project's five families; elsewhere: families built "
+                             "from code written elsewhere (parallel-wavegan vocoders, LSTM, "
+                             "WGAN-GP, BCE GAN, VAE; out: bench/results/heldout/elsewhere/"
+                             "<split>). Its fresh splits are read once, after the rules are "
+                             "frozen and committed")
     parser.add_argument("--train-only", action="store_true",
                         help="record the split's histories, evaluate nothing")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    splits = ELSEWHERE_SPLITS if args.population == ELSEWHERE else SPLITS
+    if args.split not in splits:
+        parser.error(f"--split {args.split}: the {args.population} population's splits are "
+                     f"{', '.join(splits)}")
     if args.out is None:
-        args.out = split_dir(args.split)
+        args.out = split_dir(args.split, which=args.population)
     started = time.time()
     if args.train_only:
         histories, trained = train(args.families, args.retrain, args.out, args.budget,
-                                   args.split)
+                                   args.split, args.population)
         console.print(f"{len(histories)} histories in {args.out / 'histories'} ({trained} "
                       f"trained now, {time.time() - started:.0f} s)")
         return 0
-    report = run(args.families, args.retrain, args.out, args.budget, args.rules, args.split)
+    report = run(args.families, args.retrain, args.out, args.budget, args.rules, args.split,
+                 args.population)
     report["seconds"] = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")

@@ -18,8 +18,13 @@ from typing import Any
 
 import torch
 
+from bench.heldout import elsewhere
 from bench.heldout.families import FAILURES, FAMILIES
 from monitor.hooks import attach
+
+# Every family by name: this project's five and those built from code written elsewhere.
+ALL_FAMILIES = {**FAMILIES, **elsewhere.FAMILIES}
+ALL_FAILURES = {**FAILURES, **elsewhere.FAILURES}
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "heldout"
 BUDGET = 40  # reported iterations per trial
@@ -65,19 +70,32 @@ SPLITS = {"development": 0, "fresh": 500, "fresh2": 1000, "fresh3": 1500,
           "fresh7": 3500}  # seed offsets
 
 
-def split_dir(split: str, root: Path = RESULTS) -> Path:
-    """Where a split's histories and reports live: ``root`` for development, else below it."""
+# The population built from model code written elsewhere (``bench.heldout.elsewhere``): its own
+# splits, seeds far from every split above. Rules may be studied and revised on its
+# ``development`` split only; ``fresh`` and ``fresh2`` are declared now, before any rule was
+# chosen on development, and are each to be trained and evaluated once, after the rules are
+# frozen and committed. None of them has been trained or read yet (2026-12-03).
+ELSEWHERE_SPLITS = {"development": 7000, "fresh": 7500, "fresh2": 8000}  # seed offsets
+ELSEWHERE = "elsewhere"  # its results directory below RESULTS
+
+
+def split_dir(split: str, root: Path = RESULTS, which: str = "own") -> Path:
+    """Where a split's histories and reports live: ``root`` for development, else below it
+    (``root/elsewhere/<split>`` for the population of code written elsewhere)."""
+    if which == ELSEWHERE:
+        return root / ELSEWHERE / split
     return root if split == "development" else root / split
 
 
 def _family(family: str, healthy: dict[str, dict[str, Any]],
-            broken: list[tuple[str, str, int, dict[str, Any]]], offset: int = 0) -> list[Spec]:
+            broken: list[tuple[str, str, int, dict[str, Any]]], offset: int = 0,
+            failures: dict[str, str] = FAILURES) -> list[Spec]:
     """``healthy``: variant -> setting (each at ``HEALTHY_SEEDS`` seeds); ``broken``: (failure,
     base healthy variant, onset, extra setting)."""
-    unknown = [b[0] for b in broken if b[0] not in FAILURES]
+    unknown = [b[0] for b in broken if b[0] not in failures]
     if unknown:
         raise ValueError(f"{family}: unknown failures {unknown}; expected one of "
-                         f"{', '.join(FAILURES)}")
+                         f"{', '.join(failures)}")
     specs = [Spec(family, v if k == 0 else f"{v}_s{k}", s, seed=offset + i + 100 * k)
              for k in range(HEALTHY_SEEDS) for i, (v, s) in enumerate(healthy.items())]
     for i, (failure, base, onset, extra) in enumerate(broken):
@@ -132,6 +150,66 @@ def population(budget: int = BUDGET, split: str = "development") -> list[Spec]:
             for s in specs]
 
 
+def elsewhere_population(budget: int = BUDGET, split: str = "development") -> list[Spec]:
+    """Trials of the families built from code written elsewhere: per family three healthy
+    settings (two seeds each) and three failures of its training's dynamics with onsets at
+    30-40 % of the budget; ``split`` picks the seeds (``ELSEWHERE_SPLITS``)."""
+    if split not in ELSEWHERE_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(ELSEWHERE_SPLITS)}, got {split!r}")
+    o = ELSEWHERE_SPLITS[split]
+    k = [round(budget * f) for f in (0.30, 0.35, 0.40)]
+    fail = elsewhere.FAILURES
+
+    def family(name: str, healthy: dict[str, dict[str, Any]],
+               broken: list[tuple[str, str, int, dict[str, Any]]]) -> list[Spec]:
+        return _family(name, healthy, broken, o, fail)
+
+    specs = (
+        family("hifigan", {"b8": {"lr_g": 1e-3, "lr_d": 1e-3, "batch_size": 8},
+                           "ttur_b8": {"lr_g": 5e-4, "lr_d": 1e-3, "batch_size": 8},
+                           "wide_b4": {"lr_g": 1e-3, "lr_d": 1e-3, "batch_size": 4,
+                                       "channels": 48}},
+               [("d_lr_boost", "b8", k[0], {"boost": 30.0}),
+                ("lr_spike", "ttur_b8", k[1], {"spike": 30.0}),
+                ("mel_off", "wide_b4", k[2], {})])
+        + family("melgan", {"b8": {"lr_g": 1e-3, "lr_d": 1e-3, "batch_size": 8},
+                            "ttur_b8": {"lr_g": 5e-4, "lr_d": 1e-3, "batch_size": 8},
+                            "wide_b4": {"lr_g": 1e-3, "lr_d": 1e-3, "batch_size": 4,
+                                        "channels": 96}},
+                [("d_lr_boost", "b8", k[0], {"boost": 30.0}),
+                 ("lr_spike", "ttur_b8", k[1], {"spike": 30.0}),
+                 ("mel_off", "wide_b4", k[2], {})])
+        + family("lstm", {"adamw_b32": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 32},
+                          "adamw_b64": {"optimizer": "adamw", "lr": 2e-3, "batch_size": 64},
+                          "sgd_b32": {"optimizer": "sgd", "lr": 0.5, "batch_size": 32}},
+                 [("lr_spike", "adamw_b32", k[0], {"spike": 100.0, "clip": 0.0}),
+                  ("lr_spike", "sgd_b32", k[1], {"spike": 100.0, "clip": 0.0}),
+                  ("decay_jump", "adamw_b64", k[2], {"decay": 20.0})])
+        + family("wgan", {"b64": {"lr_g": 1e-3, "lr_d": 1e-3, "batch_size": 64},
+                          "b128": {"lr_g": 5e-4, "lr_d": 5e-4, "batch_size": 128},
+                          "wide_b64": {"lr_g": 5e-4, "lr_d": 1e-3, "batch_size": 64,
+                                       "width": 128}},
+                 [("gp_off", "b64", k[0], {}),
+                  ("g_lr_boost", "b128", k[1], {"boost": 100.0}),
+                  ("d_lr_boost", "wide_b64", k[2], {"boost": 30.0})])
+        + family("dcgan", {"b64": {"lr_g": 1e-3, "lr_d": 1e-3, "batch_size": 64},
+                           "b128": {"lr_g": 5e-4, "lr_d": 5e-4, "batch_size": 128},
+                           "wide_b64": {"lr_g": 5e-4, "lr_d": 5e-4, "batch_size": 64,
+                                        "width": 128}},
+                 [("lr_spike", "b64", k[0], {"spike": 200.0}),
+                  ("g_lr_boost", "b128", k[1], {"boost": 100.0}),
+                  ("lr_spike", "wide_b64", k[2], {"spike": 50.0})])
+        + family("vae", {"adam_b64": {"optimizer": "adam", "lr": 2e-3, "batch_size": 64},
+                         "adam_b32": {"optimizer": "adam", "lr": 1e-3, "batch_size": 32},
+                         "sgd_b64": {"optimizer": "sgd", "lr": 0.01, "batch_size": 64}},
+                 [("lr_spike", "adam_b64", k[0], {"spike": 100.0}),
+                  ("beta_jump", "adam_b32", k[1], {"jump": 30.0}),
+                  ("bias_shift", "sgd_b64", k[2], {})])
+    )
+    return [Spec(s.family, s.variant, s.setting, s.failure, s.onset, s.seed, budget)
+            for s in specs]
+
+
 @dataclass
 class History:
     """One trial's recorded run: its design, every result, and its truth labels."""
@@ -169,7 +247,7 @@ def _finite(x: Any) -> float:
 def run_trial(spec: Spec, on_iteration: Callable[[int], None] | None = None) -> History:
     """Train ``spec`` for its whole budget; one result per iteration, as Tune would get it."""
     torch.set_num_threads(1)
-    family = FAMILIES[spec.family](spec.setting, spec.seed)
+    family = ALL_FAMILIES[spec.family](spec.setting, spec.seed)
     monitor = attach(family.model(), every=1, **family.monitor_options())
     family.monitor = monitor if family.observe_output else None
     results: list[dict[str, Any]] = []
