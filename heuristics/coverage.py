@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from heuristics.expr import (
+    DERIVED_SIGNALS,
     LAYER_SIGNALS,
     MIN_PEERS,
     MODEL_SIGNALS,
@@ -125,7 +126,9 @@ class SignalCoverage:
         # Built-in rules over audio power are opt-in (observe_output): no notice for those.
         self.wanted = {r.name: [s for s in rule_signals(r)
                                 if (s not in ROLES or vocabulary.declares(s))
-                                and not (_builtin(r) and s in MODEL_SIGNALS)] for r in rules}
+                                and not (_builtin(r) and (s in MODEL_SIGNALS
+                                                          or s in DERIVED_SIGNALS))]
+                       for r in rules}
         self._seen: dict[str, set[str]] = {}
         self._reports: dict[str, int] = {}
         self._said: set[tuple[str, str]] = set()

@@ -56,6 +56,7 @@ from heuristics.rules import PLACEHOLDER, Rule
 from heuristics.vocabulary import Vocabulary
 
 WINDOW_SHOWN = 5  # recent reports kept in a verdict's evidence
+BEST = "$best"  # ``ever`` slots of a record: the best declared validation value, its iteration
 EXTRA_HISTORY = 32  # reports kept beyond the longest window, for replays after a restore
 
 
@@ -259,10 +260,14 @@ class RuleEngine:
         layers = {layer: kept for layer, signals in obs.layers.items()
                   if (kept := {k: v for k, v in signals.items() if k in self.layer_signals})}
         scalars = {k: v for k, v in obs.scalars().items() if k in self.scalar_signals}
+        if "quality" in self.scalar_signals and "validation" in obs.roles:
+            value = obs.roles["validation"]  # the declared metric, higher is better
+            scalars["quality"] = value if self.vocabulary.mode == "max" else -value
         record = Record(iteration, time_s, layers, scalars)
         record.peers = lambda key: [s.peer_evidence(key, iteration)
                                     for t, s in self.trials.items() if t != trial]
         state.reports.append(record)
+        self._track_best(state, record, obs.roles.get("validation"))
         del state.reports[:-self.keep]
         budget = self.budget or _number(result.get("max_iterations")) or None
         budget = int(budget) if budget else None
@@ -310,9 +315,13 @@ class RuleEngine:
             start = len(history) - len(shown)
             window[label] = [[r.iteration, evaluate(sig, history[:start + i + 1], rule.name)]
                              for i, r in enumerate(shown)]
+        best = now.ever.get(BEST)
         context = {"$value": fmt(value), "$trial": trial, "$iteration": str(now.iteration),
                    "$rule": rule.name, "$for": rule.hold.describe(),
-                   "$budget": str(budget) if budget else "unknown"}
+                   "$budget": str(budget) if budget else "unknown",
+                   "$validation": self.vocabulary.validation or "validation",
+                   "$best": (f"{fmt(best[0])} at iteration {int(best[1])}" if best
+                             else "unknown")}
         summary = fill(rule.annotations.get("summary", ""), context, rule.labels, values)
         reason = sentence(rule, trial, now.iteration, budget, shadow, summary, value, streak)
         return Verdict(rule=rule.name, group=rule.group, failure=rule.failure,
@@ -322,6 +331,17 @@ class RuleEngine:
                        trial_time_s=now.time_s, expr=rule.expr, value=value, values=values,
                        window=window, held_reports=streak, summary=summary, reason=reason,
                        labels=dict(rule.labels))
+
+    def _track_best(self, state: TrialState, record: Record, value: Any) -> None:
+        """The trial's best declared validation value so far and its iteration, carried by
+        every record (in its ``ever`` slots, so that it is saved and restored with them)."""
+        previous = state.reports[-2].ever.get(BEST) if len(state.reports) > 1 else None
+        best = previous
+        if isinstance(value, (int, float)) and math.isfinite(value) and (
+                previous is None or self.vocabulary.better(value, previous[0])):
+            best = {0: float(value), 1: float(record.iteration)}
+        if best is not None:
+            record.ever[BEST] = dict(best)
 
     @staticmethod
     def _value(rule: Rule, history: list[Record]) -> Value:

@@ -57,7 +57,13 @@ MODEL_SIGNALS = {
     "power_ratio_db": "output over target spectral power (dB)",
 }
 METRIC_SIGNALS = ROLES  # declared per experiment (heuristics.vocabulary)
-SIGNALS = {**LAYER_SIGNALS, **MODEL_SIGNALS, **METRIC_SIGNALS}
+# Computed by the engine from the declaration: ``quality`` is the declared validation metric
+# signed so that higher is better (``validation`` for mode max, ``-validation`` for mode min),
+# so that one rule reads "quality still improving" or "quality regressed" for either mode.
+DERIVED_SIGNALS = {
+    "quality": "the declared validation metric, signed so that higher is better",
+}
+SIGNALS = {**LAYER_SIGNALS, **MODEL_SIGNALS, **METRIC_SIGNALS, **DERIVED_SIGNALS}
 
 REDUCTIONS = {"max", "min", "mean", "sum", "count", "fraction", "any", "all"}
 # (expr, N reports). ``zscore`` and ``ratio`` compare now with the N reports *before* it:
@@ -88,7 +94,9 @@ MIN_PEERS = 3
 PEER_LAG = 2
 PEER_NOISE = 8
 WINDOWS = {"avg_over", "min_over", "max_over", "change"} | BASELINES
-HISTORY = {"min_ever", "max_ever"}  # over every report of the trial so far
+# over every report of the trial so far; ``first(x)``: x at the first report where it had a
+# (non-NaN) value, the trial's starting point (a quality's level before any learning)
+HISTORY = {"min_ever", "max_ever", "first"}
 ELEMENTWISE = {"abs", "nonfinite", "log10"}
 FUNCTIONS = REDUCTIONS | WINDOWS | HISTORY | ELEMENTWISE | PEERS | {"result", "absent"}
 
@@ -604,6 +612,12 @@ def _combine_ever(fn: str, previous: Value, current: Value) -> Value:
         return current
     if current is None:
         return previous
+    if fn == "first":  # the earlier value stays; a NaN or a layer not seen before is filled
+        if isinstance(previous, dict) and isinstance(current, dict):
+            return {**current, **{k: v for k, v in previous.items() if not math.isnan(v)}}
+        if isinstance(previous, dict) or isinstance(current, dict):
+            return previous
+        return current if math.isnan(previous) else previous
     pick = min if fn == "min_ever" else max
 
     def f(a: float, b: float) -> float:

@@ -66,7 +66,8 @@ GROUP_KEYS = {"name", "rules"}
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)$")
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 PLACEHOLDER = re.compile(r"\{\{\s*(\$[A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
-PLACEHOLDERS = {"$value", "$trial", "$iteration", "$rule", "$for", "$budget"}
+PLACEHOLDERS = {"$value", "$trial", "$iteration", "$rule", "$for", "$budget", "$validation",
+                "$best"}
 MAX_REPORTS = 1_000_000  # for: and grace: in reports/iterations
 MAX_SECONDS = 365 * 24 * 3600.0
 
