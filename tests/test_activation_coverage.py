@@ -1,0 +1,164 @@
+"""Activation coverage on model code nobody here wrote (bench/zoo: transformers, timm,
+PyTorch's recurrent layers), eager and under torch.compile."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bench.zoo.coverage import call_sites, reported
+from bench.zoo.models import ZOO, build
+from monitor.hooks import attach
+
+BY_NAME = {e.name: e for e in ZOO}
+
+
+@pytest.mark.parametrize("entry", ZOO, ids=[e.name for e in ZOO])
+def test_every_activation_call_site_is_reported_eager(entry):
+    model, forward = build(entry)
+    sites = call_sites(model, forward)
+    assert sites, "the zoo model has activation call sites"
+    seen, report = reported(model, forward)
+    assert sites <= seen, f"not reported: {sorted(sites - seen)}"
+    assert seen <= sites, f"reported but not an activation call site: {sorted(seen - sites)}"
+    assert report["sampled_steps"] == 2  # every=4 over 8 steps
+
+
+def _compiled_against_eager(name: str) -> tuple[dict, dict, int]:
+    from torch._dynamo.utils import counters
+
+    model, forward = build(BY_NAME[name])
+    model.eval()  # no dropout: both runs see the same activations
+    eager = copy.deepcopy(model)
+    torch._dynamo.reset()
+    counters.clear()
+    _, ref = reported(eager, forward, steps=12)
+    _, got = reported(torch.compile(model), forward, steps=12)
+    return ref, got, counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["timm/resnet10t", "transformers/BertModel",
+                                  "transformers/SpeechT5HifiGan"])
+def test_compiled_model_reports_the_eager_signals(name):
+    ref, got, graphs = _compiled_against_eager(name)
+    assert set(got["layers"]) == set(ref["layers"]) and ref["layers"]
+    for layer, signals in ref["layers"].items():
+        for signal, value in signals.items():
+            assert got["layers"][layer][signal] == pytest.approx(value, rel=1e-4, abs=1e-6), \
+                (layer, signal)
+    # one graph with the measurement, one without, for the forward (and the backward's);
+    # not one per sampled step: 12 steps, 3 of them sampled
+    assert graphs <= 4
+
+
+class Block(nn.Module):
+    """A HiFi-GAN-style residual block: functional activations in a loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv1d(4, 4, 3, padding=1) for _ in range(3))
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = x + conv(F.leaky_relu(x, 0.1))
+        return x
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = nn.Conv1d(2, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.block = Block()
+        self.rnn = nn.GRU(4, 6, batch_first=True)
+
+    def forward(self, x):
+        h = self.block(self.act(self.pre(x)))
+        y, _ = self.rnn(torch.relu(h).transpose(1, 2))
+        return y.mean()
+
+
+def test_names_and_kinds_do_not_depend_on_wrappers_or_compile_order():
+    torch.manual_seed(0)
+    model = Net()
+    expected = {"act": "activation", "rnn": "recurrent", "block:leaky_relu.0": "functional",
+                "block:leaky_relu.1": "functional", "block:leaky_relu.2": "functional",
+                "relu.0": "functional"}
+    for wrapped in (model, nn.DataParallel(model), torch.compile(model)):
+        health = attach(wrapped, every=1)
+        health.step()
+        wrapped(torch.randn(2, 2, 8)).backward()
+        assert health.watched() == expected
+        assert set(health.collect()["layers"]) == set(expected)
+        health.close()
+
+
+def test_attach_before_compiling_sees_the_layers_with_bounded_recompiles():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = Net()
+    torch._dynamo.reset()
+    counters.clear()
+    health = attach(model)  # default sampling; compiled afterwards, first call before step()
+    compiled = torch.compile(model, backend="aot_eager")
+    layers = []
+    for step in range(16):
+        compiled(torch.randn(2, 2, 8)).backward()
+        health.step()
+        if step % 8 == 7:
+            layers.append(set(health.collect()["layers"]))
+    assert layers[-1] == {"act", "rnn", "block:leaky_relu.0", "block:leaky_relu.1",
+                          "block:leaky_relu.2", "relu.0"}
+    # traced once without hooks, then once per sampling state (GRU: dynamo's own breaks)
+    assert counters["stats"]["unique_graphs"] <= 8
+
+
+def test_a_module_without_activations_is_named_at_attach_and_after_its_forward(caplog):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    with caplog.at_level(logging.WARNING, logger="monitor.hooks"):
+        health = attach(model, every=1)
+        assert "attach(Sequential): no activation module or recurrent layer" in caplog.text
+        health.step()
+        model(torch.randn(2, 4)).sum().backward()
+    assert "attach(Sequential): nothing to measure in its forward" in caplog.text
+    assert health.watched() == {}
+
+
+class Checkpointed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block, self.head = Block(), nn.Linear(4, 1)
+
+    def forward(self, x, reentrant: bool | None = False):
+        from torch.utils.checkpoint import checkpoint
+
+        h = self.block(x) if reentrant is None else checkpoint(self.block, x,
+                                                                use_reentrant=reentrant)
+        return self.head(h.transpose(1, 2)).sum()
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointed_forward_is_not_counted_twice(reentrant):
+    torch.manual_seed(0)
+    model = Checkpointed()
+    x = torch.randn(3, 4, 8, requires_grad=True)
+    reports = []
+    for mode in (None, reentrant):  # plain, then checkpointed (recomputed in backward)
+        health = attach(model, every=1)
+        health.step()
+        model(x, reentrant=mode).backward()
+        samples = health.probes["block:leaky_relu.0"].samples
+        reports.append((samples, health.collect()["layers"]))
+        health.close()
+    (plain_samples, plain), (samples, checkpointed) = reports
+    assert samples == plain_samples == 1
+    assert set(checkpointed) == set(plain)
+    for layer, signals in plain.items():
+        assert checkpointed[layer] == pytest.approx(signals), layer
