@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 EXP    ?= master_v464
 STAMP  := $(VENV)/.installed
 
-.PHONY: tune test lint venv constraints wheel bench-overhead bench-store bench-kill bench-scale bench-engine prometheus dashboards clean
+.PHONY: tune test lint venv constraints wheel bench-overhead bench-store bench-kill bench-scale bench-engine bench-coverage prometheus dashboards clean
 
 # pyproject.toml declares ranges; constraints.txt holds the exact versions the tests run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -57,6 +57,9 @@ bench-store: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale
+
+bench-coverage: $(STAMP)
+	$(PY) -m bench.coverage $(if $(COMPILED),--compiled)
 
 bench-engine: $(STAMP)
 	$(PY) -m bench.engine
