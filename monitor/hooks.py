@@ -54,6 +54,7 @@ LAYER_SIGNALS = ("dead_ratio", "evergreen_ratio", "healthy_ratio", "activation_s
                  "activation_mean", "nonfinite_count", "saturated_ratio")
 MODEL_SIGNALS = ("output_power_db", "target_power_db", "power_loss", "power_ratio_db")
 DEFAULT_EVERY = 4  # sample one training step in four
+PROBE_WINDOWS = 16  # a model with no activation call is looked at again every 16 reports
 log = logging.getLogger(__name__)
 
 
@@ -399,6 +400,7 @@ class HealthMonitor:
         self._excluded: set[str] = set()
         self._functional_probing = True  # next sampled forward looks for activation calls
         self._functional_found = False
+        self._windows = 0
         self._warned_empty = False
         modules = list(named_modules(root))
         by_name = dict(modules)
@@ -668,7 +670,11 @@ class HealthMonitor:
             probe.reset()
         self.power.reset()
         self.sampled_steps = 0
-        self._functional_probing = True  # look for activation calls again next window
+        # look for activation calls again next window where some were found, and every
+        # PROBE_WINDOWS-th window elsewhere (a forward under the mode costs every torch call)
+        self._windows += 1
+        self._functional_probing = (self._functional_found
+                                    or self._windows % PROBE_WINDOWS == 0)
         self._functional_found = False
         return report
 
