@@ -52,7 +52,7 @@ from heuristics.expr import (
     walk,
 )
 from heuristics.results import observe
-from heuristics.rules import PLACEHOLDER, Rule
+from heuristics.rules import PLACEHOLDER, Rule, rule_version
 from heuristics.vocabulary import Vocabulary
 
 WINDOW_SHOWN = 5  # recent reports kept in a verdict's evidence
@@ -81,6 +81,9 @@ class Verdict:
     summary: str
     reason: str
     labels: dict[str, str] = field(default_factory=dict)
+    rule_version: str = ""  # the rule's content hash (``heuristics.rules.rule_version``)
+    ruleset_revision: int = 0  # the run's rule-set revision when the verdict was given
+    retroactive: bool = False  # found replaying recorded history when the rule was applied
 
     @property
     def stops(self) -> bool:
@@ -231,6 +234,11 @@ class RuleEngine:
         self.experiment = experiment
         self.budget = budget
         self.shadow = shadow
+        # A candidate engine (a rule applied to a running sweep, not yet armed) only records:
+        # its kills are would-be kills and its warnings too are marked shadow.
+        self.candidate = False
+        self.revision = 1  # the rule-set revision its verdicts carry (``RuleSet`` sets it)
+        self.versions = {r.name: rule_version(r) for r in self.rules}
         names = [r.name for r in self.rules]
         if len(set(names)) != len(names):
             raise ValueError(f"rule names must be unique, got {sorted(names)}")
@@ -239,6 +247,10 @@ class RuleEngine:
         self.keep = max([*self.keeps.values(), WINDOW_SHOWN + EXTRA_HISTORY])
         self.layer_signals, self.scalar_signals = read_signals(self.rules)
         self.trials: dict[str, TrialState] = {}
+
+    def drop(self, name: str) -> None:
+        """Stop evaluating rule ``name`` (retired or replaced; its slots in records stay)."""
+        self.rules = [r for r in self.rules if r.name != name]
 
     def killed(self, trial: str) -> dict[str, Any] | None:
         state = self.trials.get(trial)
@@ -288,7 +300,7 @@ class RuleEngine:
             was_firing = len(history) > 1 and history[-2].firing.get(rule.name, False)
             if not firing:
                 continue
-            shadow = rule.action == "kill" and self.shadow
+            shadow = self.candidate or (rule.action == "kill" and self.shadow)
             if (rule.action == "kill" and not shadow) or not was_firing:
                 verdicts.append(self._verdict(rule, trial, history, streak, budget, shadow,
                                               wall_time))
@@ -323,14 +335,18 @@ class RuleEngine:
                    "$best": (f"{fmt(best[0])} at iteration {int(best[1])}" if best
                              else "unknown")}
         summary = fill(rule.annotations.get("summary", ""), context, rule.labels, values)
+        version = self.versions.get(rule.name) or rule_version(rule)
         reason = sentence(rule, trial, now.iteration, budget, shadow, summary, value, streak)
+        if self.candidate:
+            reason = reason.replace("(shadow mode)", f"(shadow rule, version {version})")
         return Verdict(rule=rule.name, group=rule.group, failure=rule.failure,
                        action=rule.action, shadow=shadow, experiment=self.experiment,
                        trial=trial, iteration=now.iteration, budget=budget,
                        wall_time=wall_time if wall_time is not None else time.time(),
                        trial_time_s=now.time_s, expr=rule.expr, value=value, values=values,
                        window=window, held_reports=streak, summary=summary, reason=reason,
-                       labels=dict(rule.labels))
+                       labels=dict(rule.labels), rule_version=version,
+                       ruleset_revision=self.revision)
 
     def _track_best(self, state: TrialState, record: Record, value: Any) -> None:
         """The trial's best declared validation value so far and its iteration, carried by
@@ -441,7 +457,7 @@ def sentence(rule: Rule, trial: str, iteration: int, budget: int | None, shadow:
     if rule.action == "kill":
         verb = "would have been stopped (shadow mode)" if shadow else "stopped"
     else:
-        verb = "warned"
+        verb = "would have been warned about (shadow rule)" if shadow else "warned"
     share = f" ({100 * iteration / budget:.0f}% of its {budget}-iteration budget)" if budget \
         else ""
     held = (f"{streak} report{'s' if streak != 1 else ''} in a row"

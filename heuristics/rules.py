@@ -22,6 +22,8 @@ file is collected (file, line, rule, what was expected) and raised together as `
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from heuristics.expr import (
     span,
     walk,
 )
-from heuristics.yamlfile import ConfigError, line_of, load_yaml
+from heuristics.yamlfile import ConfigError, line_of, load_yaml, load_yaml_text
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 DEFAULT_CUSTOM_DIR = Path(__file__).parent / "custom"
@@ -204,9 +206,9 @@ def parse_grace(value: Any) -> Grace:
     raise ValueError(f"{expected}; got {_shown(value)}")
 
 
-def _load_file(path: Path, errors: list[ConfigError]) -> list[Rule]:
+def _load_file(path: Path, errors: list[ConfigError], text: str | None = None) -> list[Rule]:
     try:
-        data, lines = load_yaml(path)
+        data, lines = load_yaml(path) if text is None else load_yaml_text(text, path)
     except ConfigError as exc:
         errors.append(exc)
         return []
@@ -381,3 +383,74 @@ def load_rules(sources: list[str] | tuple[str, ...] = ("builtin",),
     if errors:
         raise RuleErrors(errors)
     return rules
+
+
+def load_rules_text(text: str, path: str | Path) -> list[Rule]:
+    """The rules of one rule file's ``text`` (read elsewhere; messages name ``path``),
+    validated exactly as ``load_rules`` validates a file; ``RuleErrors`` lists every problem."""
+    errors: list[ConfigError] = []
+    rules = _load_file(Path(path), errors, text)
+    if not rules and not errors:
+        errors.append(ConfigError(path, None, "holds no rules; expected at least one rule "
+                                  "(groups: [{name, rules: [...]}])"))
+    seen: dict[str, Rule] = {}
+    for rule in rules:
+        if rule.name in seen:
+            errors.append(ConfigError(rule.source, rule.line, f"rule {rule.name!r}: duplicate "
+                                      f"name (first defined at line {seen[rule.name].line})"))
+        seen.setdefault(rule.name, rule)
+    if errors:
+        raise RuleErrors(errors)
+    return rules
+
+
+def rule_mapping(rule: Rule) -> dict[str, Any]:
+    """The rule as the mapping of a rule file (plain data: what a run keeps of a rule it was
+    given, and what ``rule_from_mapping`` reads back)."""
+    out: dict[str, Any] = {"name": rule.name, "expr": rule.expr}
+    if rule.hold.seconds is not None:
+        out["for"] = f"{rule.hold.seconds:g}s"
+    elif rule.hold.reports != 1:
+        out["for"] = rule.hold.reports
+    share = f"{100 * rule.grace.fraction:g}%" if rule.grace.fraction is not None else None
+    if share and rule.grace.iterations:
+        out["grace"] = f"{rule.grace.iterations} or {share}"
+    elif share:
+        out["grace"] = share
+    elif rule.grace.iterations:
+        out["grace"] = rule.grace.iterations
+    out["labels"] = dict(rule.labels)
+    if rule.annotations:
+        out["annotations"] = dict(rule.annotations)
+    if rule.requires:
+        out["requires"] = dict(rule.requires)
+    return out
+
+
+def rule_version(rule: Rule) -> str:
+    """The rule's version: a content hash (12 hex digits of SHA-256) of what it does and says
+    (expression, for, grace, labels, annotations, requires), not of how its file spells it
+    (comments, quoting, key order, "2" or 2)."""
+    content = {"name": rule.name, "expr": " ".join(rule.expr.split()),
+               "for": [rule.hold.reports, rule.hold.seconds],
+               "grace": [rule.grace.iterations, None if rule.grace.fraction is None
+                         else round(rule.grace.fraction, 9)],
+               "labels": rule.labels, "annotations": rule.annotations,
+               "requires": rule.requires}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def rule_from_mapping(raw: dict[str, Any], group: str, source: str) -> Rule:
+    """A rule from ``rule_mapping``'s form, validated as in a file (``RuleErrors``)."""
+    errors: list[ConfigError] = []
+
+    def err(key_path: tuple, rule: str | None, message: str) -> None:
+        prefix = f"rule {rule!r}: " if rule else ""
+        errors.append(ConfigError(source, None, prefix + message))
+
+    rule = _parse_rule(raw, group, Path(source), {}, (), err)
+    if rule is None or errors:
+        raise RuleErrors(errors or [ConfigError(source, None, "not a rule")])
+    rule.source = source
+    return rule

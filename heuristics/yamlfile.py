@@ -178,7 +178,14 @@ def load_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
     expected) for any problem, never another exception.
     """
     path = Path(path)
-    text = read_text(path)
+    return load_yaml_text(read_text(path), path)
+
+
+def load_yaml_text(text: str, path: str | Path) -> tuple[Any, dict[tuple, int]]:
+    """``load_yaml`` of ``text`` already read (messages name ``path``), with the same limits."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise ConfigError(path, None, f"is over {MAX_BYTES} bytes; expected a YAML file of at "
+                          f"most {MAX_BYTES} bytes")
     try:
         check_limits(text, path)
         loader = LineLoader(text)

@@ -7,6 +7,7 @@ reach this one exporter: one scrape target per experiment, however many trials r
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +107,14 @@ class RunStoreCallback(tune.Callback):
                  healthy_threshold: float | None = None, flush_s: float = 2.0) -> None:
         self.writer = StoreWriter(run_dir, experiment, run, vocabulary, budget,
                                   healthy_threshold, flush_s)
+        self.loop_thread: int | None = None  # the thread running Tune's loop, while it runs
 
     @property
     def failed(self) -> str | None:
         return self.writer.failed
 
     def setup(self, **info: Any) -> None:
+        self.loop_thread = threading.get_ident()
         self.writer.open()
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
@@ -134,4 +137,5 @@ class RunStoreCallback(tune.Callback):
         self.writer.end(trial.trial_id, "ERROR", trial.last_result)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.loop_thread = None
         self.writer.close()

@@ -115,6 +115,98 @@ def _rules_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules_request(args: argparse.Namespace, op: str, **payload) -> int:
+    """Send a rule change to the driver of a run and print its one-line answer (changing the
+    rules of a running sweep: ``monitor.rulechanges``)."""
+    from monitor.report import find_run
+    from monitor.rulechanges import Requests, user_name
+    from monitor.store import StoreError
+    from monitor.verdicts import RunLock
+
+    try:
+        run_dir = find_run(args.storage, args.run)
+    except StoreError as exc:
+        print_error(str(exc))
+        return 2
+    lock = RunLock(run_dir)
+    driver_down = lock.acquire()
+    lock.release()
+    if driver_down and (run_dir / "summary.json").exists():
+        print_error(f"{run_dir.name} has ended: no driver takes rule changes (judge rules on it "
+                    "with `monitor replay`)")
+        return 2
+    requests = Requests(run_dir)
+    rid = requests.submit(op, user=user_name(), **payload)
+    if driver_down:
+        console.print(safe(f"queued: no driver runs {run_dir.name} now; the request is taken "
+                           "when the run is resumed"))
+        return 0
+    answer = requests.wait(rid, args.timeout)
+    if answer is None and requests.withdraw(rid):
+        print_error(f"{run_dir.name}: the driver did not take the request within "
+                    f"{args.timeout:g} s (it looks between two results); withdrawn")
+        return 2
+    answer = answer or requests.wait(rid, args.timeout) or {"ok": False, "message":
+                                                            "taken, but no answer came"}
+    if not answer.get("ok"):
+        print_error(f"refused: {answer.get('message')}")
+        return 1
+    console.print(safe(answer.get("message", "done")))
+    return 0
+
+
+def _rules_apply(args: argparse.Namespace) -> int:
+    from heuristics.rules import RuleErrors, load_rules_text
+    from heuristics.vocabulary import Vocabulary
+    from heuristics.yamlfile import ConfigError, read_text
+    from monitor.report import find_run, reading
+    from monitor.rulechanges import RuleChangeError, check_against_run, one_line
+    from monitor.store import StoreError
+
+    try:  # checked here first, so that a bad file is refused even with no driver up
+        text = read_text(args.file, "a rule file")
+        rules = load_rules_text(text, args.file)
+        with reading(find_run(args.storage, args.run)) as store:
+            meta, reported = store.meta(), store.signal_names()
+        check_against_run(rules, Vocabulary.from_mapping(meta.get("vocabulary") or {}),
+                          meta.get("experiment", ""), reported)
+    except (RuleErrors, ConfigError) as exc:
+        print_error(f"refused: {one_line(exc, args.file)}")
+        return 1
+    except RuleChangeError as exc:
+        print_error(f"refused: {exc}")
+        return 1
+    except StoreError as exc:
+        print_error(str(exc))
+        return 2
+    return _rules_request(args, "apply", text=text, file=str(Path(args.file).resolve()))
+
+
+def _rules_arm(args: argparse.Namespace) -> int:
+    return _rules_request(args, "arm", rule=args.rule)
+
+
+def _rules_retire(args: argparse.Namespace) -> int:
+    return _rules_request(args, "retire", rule=args.rule, version=args.version)
+
+
+def _rules_status(args: argparse.Namespace) -> int:
+    from monitor.report import find_run
+    from monitor.rulestatus import build, print_table
+    from monitor.store import StoreError
+
+    try:
+        status = build(find_run(args.storage, args.run))
+    except StoreError as exc:
+        print_error(str(exc))
+        return 2
+    if args.format == "json":
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        print_table(status, console)
+    return 0
+
+
 def _kill_report(args: argparse.Namespace) -> int:
     from monitor import report
     from monitor.store import StoreError
@@ -250,6 +342,43 @@ def _dashboards_build(args: argparse.Namespace) -> int:
     return build.main([])
 
 
+def _rules_change_commands(rules) -> None:
+    """``rules apply|arm|retire|status RUN``: change the rules of a running sweep."""
+    storage = {"type": Path, "default": runs_dir(),
+               "help": "where runs are (default: $MONITOR_RUNS_DIR or ./runs)"}
+    run_help = "experiment name (its latest run) or run directory"
+    wait = {"type": float, "default": 60.0,
+            "help": "seconds to wait for the driver's answer (default 60)"}
+    p = rules.add_parser("apply", help="apply a rule file to a running sweep, in shadow: "
+                         "checked, replayed over the recorded history, then live")
+    p.add_argument("run", help=run_help)
+    p.add_argument("file", help="a rule file (Prometheus layout, as `rules check` reads)")
+    p.add_argument("--storage", **storage)
+    p.add_argument("--timeout", **wait)
+    p.set_defaults(func=_rules_apply)
+    p = rules.add_parser("arm", help="make a shadow rule of a running sweep act")
+    p.add_argument("run", help=run_help)
+    p.add_argument("rule")
+    p.add_argument("--storage", **storage)
+    p.add_argument("--timeout", **wait)
+    p.set_defaults(func=_rules_arm)
+    p = rules.add_parser("retire", help="remove a rule (or one version of it) from a "
+                         "running sweep")
+    p.add_argument("run", help=run_help)
+    p.add_argument("rule")
+    p.add_argument("--version", help="the version to retire, where the rule has an armed "
+                   "and a shadow one")
+    p.add_argument("--storage", **storage)
+    p.add_argument("--timeout", **wait)
+    p.set_defaults(func=_rules_retire)
+    p = rules.add_parser("status", help="a run's rule set by revision: each rule applied "
+                         "since the start, its would-be kills beside the trials' outcomes")
+    p.add_argument("run", help=run_help)
+    p.add_argument("--storage", **storage)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_rules_status)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="monitor", description="Training-health monitor and "
                                      "early-kill scheduler for Ray Tune")
@@ -307,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                    "`heuristics:` list uses, and warn about undeclared signals")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_rules_list)
+    _rules_change_commands(rules)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -37,11 +37,13 @@ from typing import Any
 from heuristics.coverage import SignalCoverage, undeclared
 from heuristics.engine import RuleEngine
 from heuristics.results import clean_result, text_ok
+from heuristics.ruleset import RuleSet
 from heuristics.vocabulary import Vocabulary
 from monitor.console import console
 from monitor.console import plain as console_plain
 from monitor.durability import describe, note_loss
 from monitor.recording import StoreWriter
+from monitor.rulechanges import RuleChangeError, RuleController, user_name
 from monitor.run import RuleSources, RunSpec
 from monitor.summary import plain, print_summary, summarise
 from monitor.verdicts import RunLock, VerdictRecorder, recover
@@ -105,6 +107,9 @@ class LoopMonitor:
         self.engine = RuleEngine(spec.rules, experiment, budget, shadow, spec.vocabulary)
         self.coverage = SignalCoverage(self.engine.rules, spec.vocabulary)
         self.recorder = VerdictRecorder(spec.run_dir)
+        self.ruleset = RuleSet(self.engine)  # the rules can change while it runs
+        self.controller = RuleController(self.ruleset, spec.run_dir, self.recorder,
+                                         on_verdict=self._count)
         self.writer = StoreWriter(spec.run_dir, experiment, spec.name, spec.vocabulary, budget,
                                   healthy_threshold)
         self.exporter = None
@@ -124,6 +129,39 @@ class LoopMonitor:
         recover(spec.run_dir.parent, experiment, exclude=spec.run_dir)  # earlier runs killed
         for n in undeclared(self.engine.rules, spec.vocabulary, experiment):
             self.recorder.note(n.rule, n.signal, n.message)
+        self.controller.start()
+
+    def _count(self, verdict: dict[str, Any]) -> None:
+        if self.exporter is not None:
+            self.exporter.snapshot.count_verdict(verdict)
+
+    # -- changing the rules while it runs (monitor.rulechanges) ------------------------------
+    def apply_rules(self, path: str | Path) -> dict[str, Any]:
+        """Apply the rules of a YAML file, in shadow (as ``TuneMonitor.apply_rules``): checked,
+        replayed over every trial's recorded history, evaluated from the next report on;
+        ``RuleChangeError`` (one line) when refused."""
+        return self._answer(self.controller.apply_file(path, user_name()))
+
+    def arm_rule(self, rule: str) -> dict[str, Any]:
+        """Make the shadow version of ``rule`` act from the next report on."""
+        return self._answer(self.controller.arm(rule, user_name()))
+
+    def retire_rule(self, rule: str, version: str | None = None) -> dict[str, Any]:
+        """Remove ``rule`` (its ``version``, where it has an armed and a shadow one)."""
+        return self._answer(self.controller.retire(rule, version, user_name()))
+
+    def rules_status(self) -> dict[str, Any]:
+        """Each rule version applied, its would-be kills beside the trials' outcomes so far."""
+        from monitor.rulestatus import build
+
+        self.writer._write(lambda s: s.flush())
+        return build(self.run_dir)
+
+    @staticmethod
+    def _answer(answer: dict[str, Any]) -> dict[str, Any]:
+        if not answer.get("ok"):
+            raise RuleChangeError(answer.get("message", "refused"))
+        return answer
 
     @property
     def run_dir(self) -> Path:
@@ -141,11 +179,12 @@ class LoopMonitor:
         if self._closed:
             raise RuntimeError(f"LoopMonitor {self.name} is closed; create a new one")
         check_report(metrics, trial, iteration)
+        self.controller.poll()  # changes asked for by `monitor rules` (between two reports)
         state = self._trials.get(trial)
         if state is None:
             state = self._trials[trial] = {"n": 0, "started": time.time(), "last": {}}
             self.writer.start(trial, trial, {})
-        killed = self.engine.killed(trial)
+        killed = self.ruleset.killed(trial)
         if killed is not None:
             return Decision(True, console_plain(killed["reason"]), killed["rule"],
                             killed["failure"])
@@ -166,7 +205,7 @@ class LoopMonitor:
         self.writer.add(trial, result)
         if self.exporter is not None:
             self.exporter.snapshot.update(self.spec.experiment, trial, result)
-        verdicts = self.engine.observe(trial, result)
+        verdicts = self.ruleset.observe(trial, result)
         warnings = []
         for v in verdicts:
             data = v.to_dict()
@@ -213,7 +252,7 @@ class LoopMonitor:
                         log.warning("%s", what)
         summary = summarise(self.run_dir, self.spec.experiment, self.spec.vocabulary,
                             started=self.spec.started, store_failed=self.writer.failed,
-                            known=[s.killed for s in self.engine.trials.values() if s.killed])
+                            known=self.ruleset.kills())
         self._lock.release()
         return summary
 

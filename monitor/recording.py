@@ -25,6 +25,15 @@ from monitor.store import StoreError
 
 log = logging.getLogger(__name__)
 STORE_FAULTS = (OSError, sqlite3.Error, StoreError)  # full disk, read-only, damaged
+_LIVE: dict[str, StoreWriter] = {}  # run directory -> its open writer, in this process
+
+
+def flush_live(run_dir: str | Path) -> None:
+    """Write the buffered results of ``run_dir``'s live writer, if this process has one (so
+    that a reader of the store sees every result given so far)."""
+    writer = _LIVE.get(str(Path(run_dir)))
+    if writer is not None and writer.store is not None:
+        writer._write(lambda s: s.flush())
 
 
 class StoreWriter:
@@ -52,6 +61,7 @@ class StoreWriter:
 
             try:
                 self.store = RunStore(self.run_dir)
+                _LIVE[str(self.run_dir)] = self
                 self.store.set_meta(experiment=self.experiment, run=self.run,
                                     metric=self.metric, mode=self.vocabulary.mode,
                                     budget=self.budget, healthy_threshold=self.healthy_threshold,
@@ -146,6 +156,8 @@ class StoreWriter:
         self._write(write)
 
     def close(self) -> None:
+        if _LIVE.get(str(self.run_dir)) is self:
+            del _LIVE[str(self.run_dir)]
         if self.store is not None:
             try:
                 self.store.close()

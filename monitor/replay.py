@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from heuristics.engine import RuleEngine
-from heuristics.rules import Rule
+from heuristics.rules import Rule, rule_version
 from monitor.console import safe
 from monitor.report import reading
 from monitor.store import RunStore, StoreError
@@ -37,6 +37,7 @@ def replay(run_dirs: list[Path], rules: list[Rule]) -> dict[str, Any]:
     for run_dir in run_dirs:
         with reading(run_dir) as store:  # read-only; a damaged store is a StoreError
             meta = store.meta()
+            recorded = {v["trial"]: v for v in store.verdicts("kill") if not v.get("shadow")}
             budget = meta.get("budget")
             engine = RuleEngine(rules, meta.get("experiment", ""), budget=budget)
             for t in store.trials():
@@ -56,13 +57,24 @@ def replay(run_dirs: list[Path], rules: list[Rule]) -> dict[str, Any]:
                     "outcome": t.get("outcome"), "failing": is_failure(t.get("outcome")),
                     "recorded_iterations": len(results), "budget": trial_budget,
                     "killed_by": kill.rule if kill else None,
+                    "killed_by_version": kill.rule_version if kill else None,
+                    "recorded_kill": _recorded(recorded.get(t["trial_id"])),
                     "predicted": kill.failure if kill else None,
                     "kill_iteration": kill.iteration if kill else None,
                     "saved_iterations": max(trial_budget - kill.iteration, 0) if kill else 0,
                     "warnings": sorted(set(warnings)),
                 })
     return {"runs": [str(p) for p in run_dirs], "rules": [r.name for r in rules],
+            "rule_versions": {r.name: rule_version(r) for r in rules},
             "trials": trials_out, **score(trials_out)}
+
+
+def _recorded(kill: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What stopped the trial live: rule, version, rule-set revision, iteration."""
+    if kill is None:
+        return None
+    return {"rule": kill["rule"], "version": kill.get("rule_version") or None,
+            "revision": kill.get("ruleset_revision") or None, "iteration": kill["iteration"]}
 
 
 def print_table(result: dict[str, Any], console) -> None:
@@ -71,13 +83,21 @@ def print_table(result: dict[str, Any], console) -> None:
 
     table = Table(title=f"Replay of {len(result['rules'])} rules over "
                   f"{safe(', '.join(result['runs']))}")
-    for col in ("trial", "variant", "outcome", "killed by", "at", "saved", "warnings"):
+    for col in ("trial", "variant", "outcome", "killed by", "at", "saved", "warnings",
+                "live: stopped by"):
         table.add_column(col, overflow="fold")
     for t in result["trials"]:
+        live = t.get("recorded_kill")
+        shown = "-" if not live else (f"{live['rule']} {live['version']} (rev "
+                                      f"{live['revision']}) at {live['iteration']}"
+                                      if live["version"] else
+                                      f"{live['rule']} at {live['iteration']}")
         table.add_row(safe(t["trial"]), safe(t["variant"]), safe(t["outcome"]),
-                      safe(t["killed_by"] or "-"),
+                      safe(f"{t['killed_by']} {t['killed_by_version']}" if t["killed_by"]
+                           else "-"),
                       f"{t['kill_iteration']}/{t['budget']}" if t["kill_iteration"] else "-",
-                      str(t["saved_iterations"]), safe(", ".join(t["warnings"]) or "-"))
+                      str(t["saved_iterations"]), safe(", ".join(t["warnings"]) or "-"),
+                      safe(shown))
     console.print(table)
 
     def pct(x):

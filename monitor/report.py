@@ -162,7 +162,8 @@ def build(run_dir: Path) -> dict[str, Any]:
             "value": v.get("value"), "values": v.get("values", {}), "window": v.get("window", {}),
             "saved_iterations": saved_iterations,
             "saved_hours": saved_iterations * per_iteration_s / 3600.0,
-            "reason": v["reason"],
+            "reason": v["reason"], "rule_version": v.get("rule_version") or None,
+            "ruleset_revision": v.get("ruleset_revision") or None,
         })
     per_rule: dict[str, dict[str, Any]] = {}
     for k in kills:
@@ -172,6 +173,9 @@ def build(run_dir: Path) -> dict[str, Any]:
         r["kills"] += 1
         r["saved_iterations"] += k["saved_iterations"]
         r["saved_hours"] += k["saved_hours"]
+    from monitor.rulechanges import read_changes
+
+    changes = read_changes(run_dir)
     total_budget = sum((t.get("budget") or budget_default or 0) for t in trials)
     used = sum(t.get("iterations") or 0 for t in trials)
     saved = sum(k["saved_iterations"] for k in kills)
@@ -181,6 +185,8 @@ def build(run_dir: Path) -> dict[str, Any]:
         "kills": kills, "per_rule": sorted(per_rule.values(), key=lambda r: -r["kills"]),
         "warnings": list(warnings.values()),
         "notices": [n["message"] for n in read_notices(run_dir)],
+        "rule_set": {"revision": max((c["revision"] for c in changes), default=1),
+                     "changes": [c for c in changes if c["op"] != "initial"]},
         "totals": {"budget_iterations": total_budget, "used_iterations": used,
                    "saved_iterations": saved,
                    "saved_pct": 100.0 * saved / total_budget if total_budget else 0.0,
@@ -207,6 +213,20 @@ def evidence(kill: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in kill["values"].items() if v is not None)
 
 
+def rule_of(kill: dict[str, Any]) -> str:
+    """A kill's rule with its version and the rule-set revision, where they were recorded."""
+    if not kill.get("rule_version"):
+        return kill["rule"]
+    return f"{kill['rule']} {kill['rule_version']} (rev {kill.get('ruleset_revision')})"
+
+
+def changes_lines(report: dict[str, Any]) -> list[str]:
+    """The rule changes made while the run went on, one line each."""
+    rule_set = report.get("rule_set") or {}
+    return [f"revision {c['revision']}: {c['op']} {c['rule']} {c['version']} ({c['mode']}) "
+            f"by {c.get('user') or '-'}" for c in rule_set.get("changes", [])]
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}%"
 
@@ -226,7 +246,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              "| trial | variant | rule | failure | iteration | % budget | evidence | "
              "saved iterations | saved hours |", "|---|---|---|---|---|---|---|---|---|"]
     for k in report["kills"]:
-        lines.append(f"| {_cell(k['trial'])} | {_cell(k['variant'] or '-')} | {_cell(k['rule'])} "
+        lines.append(f"| {_cell(k['trial'])} | {_cell(k['variant'] or '-')} | {_cell(rule_of(k))} "
                      f"| {_cell(k['failure'])} | {k['iteration']}/{k['budget']} | "
                      f"{_pct(k['budget_used_pct'])} | {_cell(evidence(k))} | "
                      f"{k['saved_iterations']} | {k['saved_hours']:.4f} |")
@@ -241,6 +261,10 @@ def to_markdown(report: dict[str, Any]) -> str:
             kind = "would-be kill (shadow)" if w["shadow_kill"] else "warning"
             lines.append(f"- {plain(w['rule'])} ({plain(w['failure'])}, {kind}): {w['count']} "
                          f"on {len(w['trials'])} trial(s)")
+    if changes_lines(report):
+        lines += ["", f"Rule set: revision {report['rule_set']['revision']}, changed while the "
+                  "run went on:", ""]
+        lines += [f"- {plain(line)}" for line in changes_lines(report)]
     if report.get("notices"):
         lines += ["", "Notices (rules that cannot see their signal, reports left out in part):",
                   ""]
@@ -259,7 +283,7 @@ def print_table(report: dict[str, Any], console) -> None:
         for col in ("trial", "variant", "rule", "failure", "when", "evidence", "saved"):
             table.add_column(col, overflow="fold")
         for k in report["kills"]:
-            table.add_row(safe(k["trial"]), safe(k["variant"] or "-"), safe(k["rule"]),
+            table.add_row(safe(k["trial"]), safe(k["variant"] or "-"), safe(rule_of(k)),
                           safe(k["failure"]),
                           f"it {k['iteration']}/{k['budget']} ({_pct(k['budget_used_pct'])}), "
                           f"{k['trial_time_s']:.0f} s", safe(evidence(k)),
@@ -280,6 +304,8 @@ def print_table(report: dict[str, Any], console) -> None:
         kind = "would-be kills (shadow)" if w["shadow_kill"] else "warnings"
         console.print(f"{safe(w['rule'])} ({safe(w['failure'])}): {w['count']} {kind} on "
                       f"{len(w['trials'])} trial(s)")
+    for line in changes_lines(report):
+        console.print(f"Rule set {safe(line)}")
     for notice in report.get("notices", []):
         console.print(f"Warning: {safe(notice)}")
 

@@ -30,12 +30,14 @@ from heuristics.coverage import SignalCoverage, undeclared
 from heuristics.engine import RuleEngine, TrialState, Verdict
 from heuristics.results import clean_result
 from heuristics.rules import Rule
+from heuristics.ruleset import RuleSet
 from heuristics.vocabulary import Vocabulary
 from monitor.console import plain
 from monitor.durability import describe
 from monitor.exporter import Exporter
 from monitor.faults import crash_point
 from monitor.grafana import KillAnnotator
+from monitor.rulechanges import RuleController
 from monitor.rulestate import RuleStateStore
 from monitor.verdicts import RunLock, VerdictRecorder
 
@@ -48,7 +50,12 @@ _LIVE: dict[str, HeuristicScheduler] = {}  # run name -> its scheduler, in the d
 def kill_of(run: str | None, trial: str) -> dict[str, Any] | None:
     """The kill verdict of ``trial`` in ``run``, as this process's scheduler knows it."""
     scheduler = _LIVE.get(run) if run else None
-    return scheduler.engine.killed(trial) if scheduler is not None else None
+    return scheduler.ruleset.killed(trial) if scheduler is not None else None
+
+
+def live(run: str | None) -> HeuristicScheduler | None:
+    """The scheduler of ``run`` live in this process (the one Tune calls), if any."""
+    return _LIVE.get(run) if run else None
 
 
 class HeuristicScheduler(FIFOScheduler):
@@ -76,6 +83,11 @@ class HeuristicScheduler(FIFOScheduler):
         self.run = run
         self.wrapped = scheduler
         self.recorder = VerdictRecorder(self.run_dir)
+        # The rules can change while the run goes on (``monitor rules apply``): the base
+        # engine holds the rules it started with, the rule set every rule applied since.
+        self.ruleset = RuleSet(self.engine)
+        self.controller = RuleController(self.ruleset, self.run_dir, self.recorder,
+                                         on_verdict=self._count)
         self.annotator = KillAnnotator()  # posts kills to Grafana when GRAFANA_URL is set
         self._state: RuleStateStore | None = None  # opened on first use (not pickled)
         self._loaded = False
@@ -124,6 +136,12 @@ class HeuristicScheduler(FIFOScheduler):
                     state.killed = v
             if exporter:
                 exporter.snapshot.count_verdict(v)
+        self.controller.start()  # revision 1, or the applied rules rebuilt after a restore
+
+    def _count(self, verdict: dict[str, Any]) -> None:
+        exporter = Exporter.for_run(self.run) if self.run else None
+        if exporter:
+            exporter.snapshot.count_verdict(verdict)
 
     def _save(self, trial: str) -> None:
         self.state.append(trial, self.engine.last_record(trial))
@@ -158,13 +176,15 @@ class HeuristicScheduler(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._load()
-        if self.engine.killed(trial.trial_id) is not None:
+        self.controller.poll()  # rule changes asked for: swapped in between two results
+        if self.ruleset.killed(trial.trial_id) is not None:
             return TrialScheduler.STOP  # killed before a restart: never resumed, never twice
         result, problems = clean_result(result)
         if problems:
             self._input_notices(trial.trial_id, problems)
         try:
-            return self._evaluate(tune_controller, trial, result)
+            with self.controller.lock:
+                return self._evaluate(tune_controller, trial, result)
         except Exception as exc:  # noqa: BLE001 - one trial's result never ends the sweep
             if trial.trial_id not in self._failed:
                 self._failed.add(trial.trial_id)
@@ -177,7 +197,7 @@ class HeuristicScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE
 
     def _evaluate(self, tune_controller, trial, result: dict) -> str:
-        verdicts = self.engine.observe(trial.trial_id, result)
+        verdicts = self.ruleset.observe(trial.trial_id, result)
         for verdict in verdicts:
             self._record(verdict)  # durable before the state says killed and before STOP
         self._save(trial.trial_id)
@@ -208,9 +228,10 @@ class HeuristicScheduler(FIFOScheduler):
 
     def choose_trial_to_run(self, tune_controller):
         self._load()
+        self.controller.poll()
         for trial in tune_controller.get_trials():  # killed before a crash: never relaunched
             if trial.status in (Trial.PENDING, Trial.PAUSED) \
-                    and self.engine.killed(trial.trial_id) is not None:
+                    and self.ruleset.killed(trial.trial_id) is not None:
                 tune_controller.stop_trial(trial)
         if self.wrapped is not None:
             return self.wrapped.choose_trial_to_run(tune_controller)
@@ -219,4 +240,9 @@ class HeuristicScheduler(FIFOScheduler):
     def debug_string(self) -> str:
         mode = "shadow mode, " if self.engine.shadow else ""
         inner = f"; otherwise: {self.wrapped.debug_string()}" if self.wrapped else ""
-        return f"Heuristic early kill ({mode}{len(self.engine.rules)} rules){inner}"
+        rules = self.ruleset.describe()
+        shadow = sum(r["mode"] == "shadow" for r in rules)
+        extra = f", {shadow} in shadow" if shadow else ""
+        revision = f", revision {self.ruleset.revision}" if self.ruleset.revision > 1 else ""
+        return (f"Heuristic early kill ({mode}{len(rules) - shadow} rules{extra}{revision})"
+                f"{inner}")

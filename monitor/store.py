@@ -63,7 +63,11 @@ CREATE VIEW IF NOT EXISTS samples AS
 CREATE TABLE IF NOT EXISTS verdicts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, trial_id TEXT, iteration INTEGER, wall_time REAL,
     rule TEXT, failure TEXT, action TEXT, shadow INTEGER, reason TEXT, data TEXT,
-    UNIQUE (trial_id, rule, iteration, action, shadow));
+    rule_version TEXT DEFAULT '',
+    UNIQUE (trial_id, rule, iteration, action, shadow, rule_version));
+CREATE TABLE IF NOT EXISTS rule_changes (
+    revision INTEGER, rule TEXT, version TEXT, op TEXT, mode TEXT, time REAL, user TEXT,
+    data TEXT, PRIMARY KEY (revision, rule, version, op)) WITHOUT ROWID;
 """
 MODEL_SIGNALS = {"output_power_db", "target_power_db", "power_loss", "power_ratio_db",
                  "sampled_steps"}
@@ -221,6 +225,10 @@ class RunStore:
                                  "sample); record the run again with this version")
             if create:
                 self.db.executescript(SCHEMA)
+                columns = {row[1] for row in self.db.execute("PRAGMA table_info(verdicts)")}
+                if "rule_version" not in columns:  # a store of an earlier version
+                    self.db.execute("ALTER TABLE verdicts ADD COLUMN rule_version TEXT "
+                                    "DEFAULT ''")
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                                 (json.dumps(SCHEMA_VERSION),))
                 self.db.commit()
@@ -334,12 +342,41 @@ class RunStore:
             with self.db:
                 self.db.execute(
                     "INSERT OR IGNORE INTO verdicts (trial_id, iteration, wall_time, rule, "
-                    "failure, action, shadow, reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "failure, action, shadow, reason, data, rule_version) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (_text(verdict["trial"]), verdict["iteration"], verdict["wall_time"],
                      _text(verdict["rule"]), _text(verdict["failure"]), verdict["action"],
-                     int(bool(verdict.get("shadow"))), _text(verdict["reason"]), data))
+                     int(bool(verdict.get("shadow"))), _text(verdict["reason"]), data,
+                     _text(verdict.get("rule_version") or "")))
         finally:
             self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def add_rule_change(self, entry: dict[str, Any]) -> None:
+        """Commit one entry of the rule-set history now (fsynced, like a verdict); idempotent."""
+        disk_full("monitor.sqlite")
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self.db:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO rule_changes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (entry["revision"], _text(entry["rule"]), entry["version"], entry["op"],
+                     entry["mode"], entry["time"], _text(entry.get("user") or ""),
+                     json.dumps(entry, default=str)))
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def rule_changes(self) -> list[dict[str, Any]]:
+        """Every rule version applied, armed or retired, by revision (none in older stores)."""
+        try:
+            rows = self.db.execute("SELECT data FROM rule_changes ORDER BY revision, time")
+            return [json.loads(d) for (d,) in rows]
+        except sqlite3.OperationalError:  # a store written before rule changes existed
+            return []
+
+    def signal_names(self) -> set[str]:
+        """The names of every signal and reported key recorded (layer signals included)."""
+        return {name for (name,) in self.db.execute(
+            "SELECT DISTINCT n.name FROM series s JOIN names n ON n.id = s.signal")}
 
     def close(self) -> None:
         self.flush()

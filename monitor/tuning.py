@@ -20,6 +20,7 @@ name, one rule set, one vocabulary and one budget, so they cannot disagree.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ from heuristics.vocabulary import Vocabulary
 from monitor.callback import HealthExporterCallback, RunStoreCallback
 from monitor.console import console
 from monitor.durability import note_loss
+from monitor.rulechanges import Requests, RuleChangeError, user_name
 from monitor.run import RuleSources, RunSpec
-from monitor.scheduler import HeuristicScheduler
+from monitor.scheduler import HeuristicScheduler, live
 from monitor.summary import plain, print_summary, summarise
 
 log = logging.getLogger(__name__)
@@ -136,15 +138,64 @@ class TuneMonitor:
         for notice in self.notices:
             console.print(plain(f"Warning: {notice}"))
 
+    # -- changing the rules while the sweep runs (monitor.rulechanges) -------------------------
+    def apply_rules(self, path: str | Path, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Apply the rules of a YAML file to this run, in shadow: checked as ``monitor rules
+        check`` does and against the run, replayed over every trial's recorded history, then
+        evaluated live; returns the driver's answer (``revision``, would-be kills, ``message``),
+        ``RuleChangeError`` (one line) when refused. Safe to call from any thread while
+        ``tuner.fit()`` runs: the change is swapped in between two results."""
+        from heuristics.yamlfile import ConfigError, read_text
+
+        try:
+            text = read_text(path, "a rule file")
+        except ConfigError as exc:
+            raise RuleChangeError(str(exc)) from None
+        return self._change({"op": "apply", "text": text, "file": str(path)}, timeout)
+
+    def arm_rule(self, rule: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Make the shadow version of ``rule`` act (it stops trials from the next result)."""
+        return self._change({"op": "arm", "rule": rule}, timeout)
+
+    def retire_rule(self, rule: str, version: str | None = None, *,
+                    timeout: float = 60.0) -> dict[str, Any]:
+        """Remove ``rule`` (its ``version``, where it has an armed and a shadow one)."""
+        return self._change({"op": "retire", "rule": rule, "version": version}, timeout)
+
+    def rules_status(self) -> dict[str, Any]:
+        """Each rule version applied, its would-be kills beside the trials' outcomes so far."""
+        from monitor.rulestatus import build
+
+        return build(self.run_dir)
+
+    def _change(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        request["user"] = user_name()
+        scheduler = live(self.name) or self.scheduler
+        loop = self.store_callback.loop_thread
+        if loop is not None and loop != threading.get_ident():  # fit() runs: ask its loop
+            requests = Requests(self.run_dir)
+            rid = requests.submit(request.pop("op"), **request)
+            answer = requests.wait(rid, timeout)
+            if answer is None and requests.withdraw(rid):
+                raise RuleChangeError(f"{self.name}: the driver did not take the request "
+                                      f"within {timeout:g} s; it was withdrawn")
+            answer = answer or requests.wait(rid, timeout) or {
+                "ok": False, "message": "the driver took the request but gave no answer"}
+        else:  # before or after fit(), or on the loop's own thread: here and now
+            answer = scheduler.controller.handle(request)
+        if not answer.get("ok"):
+            raise RuleChangeError(answer.get("message", "refused"))
+        return answer
+
     # -- after the run -------------------------------------------------------------------------
     def summary(self, results: Any = None) -> dict[str, Any]:
         """The run's summary (also ``<run dir>/summary.json``); ``results``: ``tuner.fit()``'s
         ``ResultGrid``."""
         self.close()
-        engine = self.scheduler.engine
+        ruleset = (live(self.name) or self.scheduler).ruleset
         return summarise(self.run_dir, self.spec.experiment, self.spec.vocabulary, results,
                          self.spec.started, store_failed=self.store_callback.failed,
-                         known=[s.killed for s in engine.trials.values() if s.killed])
+                         known=ruleset.kills())
 
     def print_summary(self, results: Any = None,
                       extra_columns: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -42,7 +42,7 @@ NOTICE_KEYS = ("rule", "signal", "message")
 def verdict_key(v: dict[str, Any]) -> tuple:
     """What makes a verdict unique within a run."""
     return (v.get("trial"), v.get("rule"), v.get("iteration"), v.get("action"),
-            bool(v.get("shadow")))
+            bool(v.get("shadow")), v.get("rule_version") or "")
 
 
 class VerdictLog:
