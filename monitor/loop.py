@@ -129,7 +129,6 @@ class LoopMonitor:
         recover(spec.run_dir.parent, experiment, exclude=spec.run_dir)  # earlier runs killed
         for n in undeclared(self.engine.rules, spec.vocabulary, experiment):
             self.recorder.note(n.rule, n.signal, n.message)
-        self.controller.start()
 
     def _count(self, verdict: dict[str, Any]) -> None:
         if self.exporter is not None:
@@ -179,6 +178,7 @@ class LoopMonitor:
         if self._closed:
             raise RuntimeError(f"LoopMonitor {self.name} is closed; create a new one")
         check_report(metrics, trial, iteration)
+        self.controller.start()  # revision 1 recorded at the first report
         self.controller.poll()  # changes asked for by `monitor rules` (between two reports)
         state = self._trials.get(trial)
         if state is None:
