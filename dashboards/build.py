@@ -144,6 +144,11 @@ def drilldown() -> d.Dashboard:
                                 f"tune_health_activation_std{{{lsel}}}", "{{trial}} {{layer}}"))
              .with_panel(series("Mean activation per layer",
                                 f"tune_health_activation_mean{{{lsel}}}", "{{trial}} {{layer}}"))
+             .with_panel(series("Saturated units per recurrent layer",
+                                f"tune_health_saturated_ratio{{{lsel}}}", "{{trial}} {{layer}}",
+                                "percentunit", min_val=0, max_val=1,
+                                description="LSTM/GRU/RNN: fraction of units pinned near +-1 "
+                                "over the window (no gradient through their gates)"))
              .with_row(d.Row("Output power"))
              .with_panel(series("Output and target power",
                                 f"tune_health_output_power_db{{{SEL}}} or "

@@ -49,6 +49,7 @@ LAYER_SIGNALS = {
     "activation_std": "per-unit std over batch and time, averaged over units",
     "activation_mean": "mean activation",
     "nonfinite_count": "NaN/Inf activation values in the window",
+    "saturated_ratio": "recurrent layers: fraction of units pinned near +-1 in the window",
 }
 MODEL_SIGNALS = {
     "output_power_db": "mean spectral power of the output (dB)",

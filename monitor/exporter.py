@@ -48,6 +48,8 @@ LAYER_METRICS = {  # signal -> (metric name, help)
                        "averaged over units"),
     "activation_mean": ("activation_mean", "Mean activation over the window"),
     "nonfinite_count": ("nonfinite_activations", "Non-finite activation values in the window"),
+    "saturated_ratio": ("saturated_ratio", "Recurrent layers: fraction of units pinned near "
+                        "+-1 over the window"),
 }
 MODEL_METRICS = {
     "output_power_db": ("output_power_db", "Mean spectral power of the model output (dB)"),

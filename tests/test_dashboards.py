@@ -88,6 +88,10 @@ groups:
 """
 
 
+# measured only on recurrent layers (LSTM/GRU/RNN), which the master model does not have
+RECURRENT_ONLY = ("tune_health_saturated_ratio",)
+
+
 def substitute(expr: str, values: dict[str, str]) -> str:
     for name, value in values.items():
         expr = expr.replace(f"${{{name}}}", value).replace(f"${name}", value)
@@ -119,6 +123,8 @@ def test_every_dashboard_query_returns_data(ray_session, tmp_path):
             for expr in queries(model):
                 promql = substitute(expr, values)
                 data = server.api("query_range", query=promql, start=started, end=end, step=1)
+                if any(metric in promql for metric in RECURRENT_ONLY):
+                    continue  # valid PromQL (api() raises otherwise); no recurrent layer here
                 assert data["result"], f"{model['uid']}: no data for {promql}"
             for var in model["templating"]["list"]:
                 query = var.get("query")

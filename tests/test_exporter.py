@@ -57,6 +57,18 @@ def test_collector_exposes_signals_with_labels():
         in text
 
 
+def test_recurrent_saturation_is_exported_for_recurrent_layers_only():
+    result = json.loads(json.dumps(RESULT))
+    result["health"]["layers"]["rnn"] = {**result["health"]["layers"]["blocks.0.act"],
+                                         "saturated_ratio": 0.5}
+    snap = SignalSnapshot(vocabulary=VOCAB)
+    snap.update("lm", "t1", result)
+    text = scrape(snap)
+    assert 'tune_health_saturated_ratio{experiment="lm",layer="rnn",role="master",trial="t1"} ' \
+        '0.5' in text
+    assert 'tune_health_saturated_ratio{experiment="lm",layer="blocks.0.act"' not in text
+
+
 def test_nan_values_are_exported_as_nan():
     snap = SignalSnapshot(vocabulary=VOCAB)
     snap.update("e", "t1", {**RESULT, "loss_g": float("nan")})

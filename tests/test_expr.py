@@ -61,6 +61,13 @@ def test_vector_comparisons_broadcast_per_layer():
     assert truth(evaluate(parse("dead_ratio > 0.99"), hist)) is True  # any layer
 
 
+def test_recurrent_saturation_is_a_layer_signal_of_recurrent_layers_only():
+    hist = history(({"rnn": {"dead_ratio": 0.0, "saturated_ratio": 0.75},
+                     "act": {"dead_ratio": 0.1}}, {}))
+    assert evaluate(parse("max(saturated_ratio)"), hist) == 0.75  # layers without it skipped
+    assert evaluate(parse('saturated_ratio{layer="rnn"} > 0.5'), hist) == {"rnn": 1.0}
+
+
 def test_windows_and_history():
     reports = history(*[({}, {"loss_d": x}) for x in (0.5, 0.3, 0.1, 0.2)])
     assert value_at_each("avg_over(loss_d, 2)", reports) == pytest.approx([0.5, 0.4, 0.2, 0.15])

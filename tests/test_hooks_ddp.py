@@ -5,9 +5,13 @@ combined across ranks."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import time
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -23,8 +27,11 @@ def _free_port() -> int:
 
 
 def _rank(rank: int, port: int, out: str) -> None:
+    # both ranks on this host: gloo's pairs on loopback, whatever the hostname resolves to
+    # (a container's address may bind but not connect); collectives fail within a minute
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
+                            world_size=2, timeout=timedelta(seconds=60))
     try:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
@@ -48,9 +55,21 @@ def _rank(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+def _run_ranks(out: Path, deadline_s: float = 240.0) -> None:
+    """Both ranks in spawned processes; a rank's exception is re-raised here with its
+    traceback, and ranks still running at the deadline are ended (a failed test, not a hang)."""
+    context = mp.start_processes(_rank, args=(_free_port(), str(out)), nprocs=2,
+                                 start_method="spawn", join=False)
+    deadline = time.monotonic() + deadline_s
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the two gloo ranks did not finish within {deadline_s:.0f} s")
+
+
 def test_ddp_names_and_cross_rank_dead_units(tmp_path):
-    mp.start_processes(_rank, args=(_free_port(), str(tmp_path)), nprocs=2,
-                       start_method="spawn")
+    _run_ranks(tmp_path)
     ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
     for rank in ranks:
         assert set(rank["False"]) == set(rank["True"]) == {"1"}  # not "module.1"
