@@ -208,13 +208,13 @@ def _rules_status(args: argparse.Namespace) -> int:
 
 
 def _kill_report(args: argparse.Namespace) -> int:
-    from monitor import report
+    from monitor import report, report_page
     from monitor.store import StoreError
 
     try:
         run_dir = report.find_run(args.storage, args.experiment)
-        data = report.build(run_dir)
-        page = report.to_html(data, run_dir) if args.html else None
+        data = report.build(run_dir, args.baseline)
+        page = report_page.render(data, run_dir) if args.html else None
     except StoreError as exc:
         print_error(str(exc))
         return 2
@@ -389,7 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", type=Path, default=runs_dir(),
                    help="where runs are (default: $MONITOR_RUNS_DIR or ./runs)")
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
-    p.add_argument("--html", type=Path, help="also write a self-contained HTML report")
+    p.add_argument("--html", type=Path, help="also write a self-contained HTML page (trials, "
+                   "evidence against healthy siblings, comparison with the baseline, audio)")
+    p.add_argument("--baseline", help="trial to compare with: id, id suffix or variant "
+                   "(default: the best finished trial)")
     p.set_defaults(func=_kill_report)
     p = sub.add_parser("label", help="set a trial's outcome (healthy or a failure name)")
     p.add_argument("experiment", help="experiment name or run directory")

@@ -633,6 +633,17 @@ class HealthMonitor:
             with torch.no_grad():
                 self.power.update(power_spectrum(output.detach()), power_spectrum(target))
 
+    def keep_audio(self, output: Any, sample_rate: int, *, reference: Any = None
+                   ) -> dict[str, str]:
+        """One short output clip (1-D waveform) for this report, to add to the reported
+        metrics; the run directory keeps a bounded number per trial, and ``monitor kill-report
+        --html`` plays them beside the baseline's (``monitor.audio_samples``). ``reference``
+        (the target) is sent once."""
+        from monitor.audio_samples import AudioKeeper
+
+        keeper = self.__dict__.setdefault("_audio", AudioKeeper())
+        return keeper.clip(output, sample_rate, reference)
+
     # -- reporting --------------------------------------------------------------------------
     def collect(self) -> dict[str, Any]:
         """Read the window's statistics (one host transfer) and start a new window.

@@ -20,6 +20,8 @@ from typing import Any
 
 from heuristics.results import number
 from heuristics.vocabulary import Vocabulary
+from monitor import audio_samples
+from monitor.audio_samples import AUDIO_KEY, REFERENCE_KEY
 from monitor.durability import describe, note_loss
 from monitor.store import StoreError
 
@@ -113,7 +115,11 @@ class StoreWriter:
             what = f"results of trial {trial}: some not recorded ({exc})"
             if note_loss(self.run_dir, what):
                 log.warning("%s", what)
+            result.pop(AUDIO_KEY, None)
+            result.pop(REFERENCE_KEY, None)
             return
+        if AUDIO_KEY in result or REFERENCE_KEY in result:
+            self._keep_audio(trial, iteration, result)
         self._iterations[trial] = iteration
         seconds = number(result.get("time_total_s"))
 
@@ -129,6 +135,16 @@ class StoreWriter:
                 self._last_flush = time.time()
 
         self._write(write)
+
+    def _keep_audio(self, trial: str, iteration: int, result: dict[str, Any]) -> None:
+        """Move the report's audio clips to the run directory (``monitor.audio_samples``)."""
+        try:
+            problems = audio_samples.keep(self.run_dir, trial, iteration, result)
+        except OSError as exc:
+            problems = [f"audio of trial {trial}: not kept ({describe(exc)})"]
+        for what in problems:
+            if note_loss(self.run_dir, what):
+                log.warning("%s", what)
 
     def end(self, trial: str, status: str, last: dict[str, Any] | None) -> None:
         def write(store) -> None:

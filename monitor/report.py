@@ -8,7 +8,6 @@ variants, rules, layers) are printed verbatim (``monitor.console.safe``).
 
 from __future__ import annotations
 
-import html
 import inspect
 import json
 import math
@@ -133,8 +132,9 @@ def find_run(storage: Path, experiment: str | None = None) -> Path:
     return runs[-1]
 
 
-def build(run_dir: Path) -> dict[str, Any]:
-    """The report as data (the JSON format prints exactly this)."""
+def build(run_dir: Path, baseline: str | None = None) -> dict[str, Any]:
+    """The report as data (the JSON format prints exactly this); ``baseline``: the trial to
+    compare with (id, unique id suffix or variant name; default: the best finished trial)."""
     with reading(run_dir) as store:
         meta, trials, verdicts = store.meta(), store.trials(), store.verdicts()
     by_id = {t["trial_id"]: t for t in trials}
@@ -179,9 +179,14 @@ def build(run_dir: Path) -> dict[str, Any]:
     total_budget = sum((t.get("budget") or budget_default or 0) for t in trials)
     used = sum(t.get("iterations") or 0 for t in trials)
     saved = sum(k["saved_iterations"] for k in kills)
+    rows = trial_rows(trials, kills, budget_default)
+    metric, mode = meta.get("metric"), meta.get("mode") or "min"
     return {
         "experiment": meta.get("experiment"), "run": meta.get("run", run_dir.name),
         "run_dir": str(run_dir), "trials": len(trials), "killed": len(kills),
+        "metric": metric, "mode": mode,
+        "baseline": pick_baseline(rows, mode, baseline, run_dir),
+        "trial_table": rows,
         "kills": kills, "per_rule": sorted(per_rule.values(), key=lambda r: -r["kills"]),
         "warnings": list(warnings.values()),
         "notices": [n["message"] for n in read_notices(run_dir)],
@@ -192,6 +197,60 @@ def build(run_dir: Path) -> dict[str, Any]:
                    "saved_pct": 100.0 * saved / total_budget if total_budget else 0.0,
                    "saved_hours": sum(k["saved_hours"] for k in kills)},
     }
+
+
+def trial_rows(trials: list[dict[str, Any]], kills: list[dict[str, Any]],
+               budget_default: int | None) -> list[dict[str, Any]]:
+    """One row per trial: status, what decided its end, iterations, compute saved, quality."""
+    killed = {k["trial"]: k for k in kills}
+    rows = []
+    for t in trials:
+        budget = t.get("budget") or budget_default
+        iterations = t.get("iterations") or 0
+        k = killed.get(t["trial_id"])
+        status = t.get("status") or "-"
+        if k is not None:
+            status, decided = "KILLED", f"rule {k['rule']}"
+            iterations = max(iterations, k["iteration"])
+        elif status == "TERMINATED" and budget and iterations < budget:
+            status, decided = "STOPPED", "scheduler"
+        elif status == "TERMINATED":
+            decided = "ran to its budget"
+        elif status == "ERROR":
+            decided = "error"
+        else:
+            decided = "-"
+        saved = max(budget - iterations, 0) if budget and status in ("KILLED", "STOPPED") else 0
+        metric = t.get("final_metric")
+        rows.append({"trial": t["trial_id"], "variant": t.get("variant"), "status": status,
+                     "decided_by": decided, "iteration": iterations, "budget": budget,
+                     "saved_iterations": saved,
+                     "saved_hours": k["saved_hours"] if k else 0.0,
+                     "final_metric": metric if isinstance(metric, (int, float)) else None,
+                     "outcome": t.get("outcome")})
+    return rows
+
+
+def pick_baseline(rows: list[dict[str, Any]], mode: str, name: str | None,
+                  run_dir: Path) -> str | None:
+    """The baseline trial's id: ``name`` (id, unique id suffix or variant), else the finished
+    trial with the best final metric. ``ReportError`` naming the run when ``name`` fits none
+    or several."""
+    if name:
+        exact = [r for r in rows if name in (r["trial"], r["variant"])]
+        found = exact or [r for r in rows if r["trial"].endswith(name)]
+        if len(found) != 1:
+            known = ", ".join(f"{r['trial']} ({r['variant']})" for r in rows)
+            what = "no trial" if not found else f"{len(found)} trials"
+            raise ReportError(f"{run_dir}: --baseline {name!r}: {what} of this run has that id "
+                              f"or variant; expected one of: {known}")
+        return found[0]["trial"]
+    done = [r for r in rows if r["status"] == "TERMINATED" and r["final_metric"] is not None
+            and math.isfinite(r["final_metric"])]
+    if not done:
+        return None
+    sign = -1 if mode == "max" else 1
+    return min(done, key=lambda r: sign * r["final_metric"])["trial"]
 
 
 def _fmt(value: Any) -> str:
@@ -236,6 +295,21 @@ def _cell(text: object) -> str:
     return plain(text).replace("|", "\\|")
 
 
+def _markdown_trials(report: dict[str, Any]) -> list[str]:
+    rows = report.get("trial_table") or []
+    if not rows:
+        return []
+    metric = _cell(report.get("metric") or "final metric")
+    lines = [f"| trial | variant | status | decided by | iteration | saved iterations | "
+             f"{metric} ({report.get('mode', 'min')}) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        best = " (baseline)" if r["trial"] == report.get("baseline") else ""
+        lines.append(f"| {_cell(r['trial'])} | {_cell(r['variant'] or '-')} | {r['status']} | "
+                     f"{_cell(r['decided_by'])} | {r['iteration']}/{r['budget'] or '-'} | "
+                     f"{r['saved_iterations']} | {_fmt(r['final_metric'])}{best} |")
+    return [*lines, ""]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Kill report: {plain(report['run'])}", "",
              f"{report['killed']} of {report['trials']} trials killed; "
@@ -243,6 +317,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"{report['totals']['budget_iterations']} trial-iterations saved "
              f"({report['totals']['saved_pct']:.0f}%), "
              f"{report['totals']['saved_hours']:.3f} trial-hours.", "",
+             *_markdown_trials(report),
              "| trial | variant | rule | failure | iteration | % budget | evidence | "
              "saved iterations | saved hours |", "|---|---|---|---|---|---|---|---|---|"]
     for k in report["kills"]:
@@ -272,12 +347,45 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _print(console, renderable: Any) -> None:
+    """Print on a terminal at its width; piped or redirected, at the width the content needs
+    (a table is never cut at 80 columns, a line never broken inside a word)."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    if isinstance(renderable, str):
+        console.print(renderable, soft_wrap=True)
+        return
+    from rich.measure import Measurement
+
+    wide = Measurement.get(console, console.options.update_width(10_000), renderable)
+    width = console.width
+    console.width = max(wide.maximum, width)
+    try:
+        console.print(renderable)
+    finally:
+        console.width = width
+
+
 def print_table(report: dict[str, Any], console) -> None:
     from rich.table import Table
 
+    rows = report.get("trial_table") or []
+    if rows:
+        metric = report.get("metric") or "final metric"
+        table = Table(title=f"Trials of {safe(report['run'])}")
+        for col in ("trial", "variant", "status", "decided by", "iteration", "saved",
+                    f"{safe(metric)} ({report.get('mode', 'min')})"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            best = " (baseline)" if r["trial"] == report.get("baseline") else ""
+            table.add_row(safe(r["trial"]), safe(r["variant"] or "-"), r["status"],
+                          safe(r["decided_by"]), f"{r['iteration']}/{r['budget'] or '-'}",
+                          f"{r['saved_iterations']} it", _fmt(r["final_metric"]) + best)
+        _print(console, table)
     if not report["kills"]:
-        console.print(f"No trial of {safe(report['run'])} was killed ({report['trials']} "
-                      "trials).")
+        _print(console, f"No trial of {safe(report['run'])} was killed ({report['trials']} "
+               "trials).")
     else:
         table = Table(title=f"Kills in {safe(report['run'])}")
         for col in ("trial", "variant", "rule", "failure", "when", "evidence", "saved"):
@@ -288,99 +396,26 @@ def print_table(report: dict[str, Any], console) -> None:
                           f"it {k['iteration']}/{k['budget']} ({_pct(k['budget_used_pct'])}), "
                           f"{k['trial_time_s']:.0f} s", safe(evidence(k)),
                           f"{k['saved_iterations']} it, {k['saved_hours']:.3f} h")
-        console.print(table)
+        _print(console, table)
         per_rule = Table(title="Per rule")
         for col in ("rule", "failure", "kills", "saved iterations", "saved hours"):
             per_rule.add_column(col)
         for r in report["per_rule"]:
             per_rule.add_row(safe(r["rule"]), safe(r["failure"]), str(r["kills"]),
                              str(r["saved_iterations"]), f"{r['saved_hours']:.3f}")
-        console.print(per_rule)
+        _print(console, per_rule)
     t = report["totals"]
-    console.print(f"{report['killed']} of {report['trials']} trials killed; saved "
-                  f"{t['saved_iterations']} of {t['budget_iterations']} trial-iterations "
-                  f"({t['saved_pct']:.0f}%), {t['saved_hours']:.3f} trial-hours.")
+    _print(console, f"{report['killed']} of {report['trials']} trials killed; saved "
+           f"{t['saved_iterations']} of {t['budget_iterations']} trial-iterations "
+           f"({t['saved_pct']:.0f}%), {t['saved_hours']:.3f} trial-hours.")
     for w in report["warnings"]:
         kind = "would-be kills (shadow)" if w["shadow_kill"] else "warnings"
-        console.print(f"{safe(w['rule'])} ({safe(w['failure'])}): {w['count']} {kind} on "
-                      f"{len(w['trials'])} trial(s)")
+        _print(console, f"{safe(w['rule'])} ({safe(w['failure'])}): {w['count']} {kind} on "
+               f"{len(w['trials'])} trial(s)")
     for line in changes_lines(report):
-        console.print(f"Rule set {safe(line)}")
+        _print(console, f"Rule set {safe(line)}")
     for notice in report.get("notices", []):
-        console.print(f"Warning: {safe(notice)}")
-
-
-def _svg(series: dict[str, list[list[Any]]], kill_iteration: int, title: str) -> str:
-    """A small self-contained line plot of every layer's series with the kill marked."""
-    width, height, pad = 420, 160, 30
-    points = [(it, v) for s in series.values() for it, v in s
-              if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not points:
-        return f"<p>{_html(title)}: no finite values</p>"
-    xs = [p[0] for p in points] + [kill_iteration]
-    ys = [p[1] for p in points]
-    x0, x1 = min(xs), max(xs) or 1
-    y0, y1 = min(ys), max(ys)
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-
-    def sx(x: float) -> float:
-        return pad + (x - x0) / max(x1 - x0, 1) * (width - 2 * pad)
-
-    def sy(y: float) -> float:
-        return height - pad - (y - y0) / (y1 - y0) * (height - 2 * pad)
-
-    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
-             f'<text x="{pad}" y="14" font-size="12">{_html(title)}</text>']
-    for i, (layer, s) in enumerate(sorted(series.items())):
-        pts = " ".join(f"{sx(it):.1f},{sy(v):.1f}" for it, v in s
-                       if isinstance(v, (int, float)) and math.isfinite(v))
-        colour = colours[i % len(colours)]
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
-                     f'points="{pts}"><title>{_html(layer or title)}</title></polyline>')
-    kx = sx(kill_iteration)
-    parts += [f'<line x1="{kx:.1f}" y1="{pad - 10}" x2="{kx:.1f}" y2="{height - pad}" '
-              'stroke="red" stroke-dasharray="4"/>',
-              f'<text x="{kx + 3:.1f}" y="{pad}" font-size="10" fill="red">kill</text>',
-              f'<text x="2" y="{sy(y1) + 4:.1f}" font-size="9">{y1:.3g}</text>',
-              f'<text x="2" y="{sy(y0):.1f}" font-size="9">{y0:.3g}</text>',
-              f'<text x="{pad}" y="{height - 8}" font-size="9">iteration {x0}</text>',
-              f'<text x="{width - pad - 40}" y="{height - 8}" font-size="9">{x1}</text>',
-              "</svg>"]
-    return "".join(parts)
-
-
-def _html(text: object) -> str:
-    return html.escape(plain(text))
-
-
-def to_html(report: dict[str, Any], run_dir: Path) -> str:
-    """A self-contained page: the tables, and per killed trial its signals with the kill."""
-    series_of: dict[tuple[str, str], dict] = {}
-    with reading(run_dir) as store:
-        for k in report["kills"]:
-            for label in k["values"]:
-                signal = label.split("{")[0]
-                series_of[(k["trial"], signal)] = store.series(k["trial"], signal)
-    sections = []
-    for k in report["kills"]:
-        plots = []
-        for label in k["values"]:
-            series = series_of[(k["trial"], label.split("{")[0])]
-            if not series:
-                continue
-            plots.append(_svg({layer: [list(p) for p in pts] for layer, pts in series.items()},
-                              k["iteration"], label))
-        sections.append(f"<h2>{_html(k['trial'])} ({_html(k['variant'] or '-')})</h2>"
-                        f"<p>{_html(k['reason'])}</p>{''.join(plots)}")
-    table = to_markdown(report)
-    return ("<!doctype html><html><head><meta charset='utf-8'>"
-            f"<title>Kill report {_html(report['run'])}</title>"
-            "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
-            "pre{background:#f4f4f4;padding:1em;overflow-x:auto}</style></head><body>"
-            f"<h1>Kill report: {_html(report['run'])}</h1><pre>{html.escape(table)}</pre>"
-            f"{''.join(sections)}</body></html>")
+        _print(console, f"Warning: {safe(notice)}")
 
 
 def render(report: dict[str, Any], fmt: str) -> str:

@@ -47,6 +47,7 @@ MASTER_DEFAULTS: dict[str, Any] = {
     "fm_weight": 1.0,  # discriminator feature matching
     "val_pairs": 4,  # speaker pairs per validation utterance
     "monitor_every": 4,  # sample health signals every N steps
+    "keep_audio": True,  # report one validation output clip per iteration (kill-report --html)
 }
 
 GAN_BETAS = (0.5, 0.9)  # Adam's betas for both networks, the usual GAN setting
@@ -161,6 +162,9 @@ class MasterTraining:
         n = self.config["steps_per_iteration"]
         metrics = {k: float(v) / n for k, v in sums.items()}
         metrics.update(self.evaluate())
+        if self.config["keep_audio"]:  # the first validation pair, and its target voice
+            metrics.update(self.monitor.keep_audio(self._val_output[0], voices.SAMPLE_RATE,
+                                                   reference=self._val[1][0]))
         metrics["health"] = self.monitor.collect()
         metrics["steps"] = self.step
         metrics["step_time_s"] = (time.perf_counter() - start) / n
@@ -177,6 +181,7 @@ class MasterTraining:
         """Quality on the fixed validation set: log-mel distance to the true target voice."""
         source, target, speaker = self._val
         out = self.convert(source, speaker)
+        self._val_output = out
         phi_out, phi_tgt = power_spectrum(out), power_spectrum(target)
         ratio = 10 * torch.log10(phi_out.mean().clamp_min(1e-12) / phi_tgt.mean())
         return {"val_logmel": float(log_mel_distance(out, target)),

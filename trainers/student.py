@@ -36,6 +36,7 @@ STUDENT_DEFAULTS: dict[str, Any] = {
     "wave_weight": 1.0,  # the teacher's output is deterministic: waveform L1 is well-posed
     "spectral_weight": 1.0,
     "monitor_every": 4,
+    "keep_audio": True,  # report one validation output clip per iteration (kill-report --html)
 }
 
 
@@ -145,6 +146,9 @@ class StudentTraining:
         metrics: dict[str, Any] = {"loss": float(total) / c["steps_per_iteration"],
                                    "grad_norm": float(grad_norm)}
         metrics.update(self.evaluate())
+        if c["keep_audio"]:  # the first validation utterance, and the true target voice
+            metrics.update(self.monitor.keep_audio(self._val_output[0], voices.SAMPLE_RATE,
+                                                   reference=self._val[2][0]))
         metrics["health"] = self.monitor.collect()
         metrics["steps"] = self.step
         metrics["step_time_s"] = (time.perf_counter() - start) / c["steps_per_iteration"]
@@ -156,6 +160,7 @@ class StudentTraining:
         self.student.eval()
         with self.monitor.paused():
             out = self.student(source)
+        self._val_output = out
         return {"val_teacher_logmel": float(log_mel_distance(out, teacher)),
                 "val_logmel": float(log_mel_distance(out, truth)),
                 "master_val_logmel": float(log_mel_distance(teacher, truth)),
