@@ -88,14 +88,15 @@ def _decode(text: str) -> bytes:
 
 
 def kept_iterations(iterations: list[int], max_clips: int = MAX_CLIPS) -> set[int]:
-    """Which of a trial's clip iterations stay: those on the finest grid of spacing 2**k that
-    holds at most ``max_clips`` of them, and the latest."""
+    """Which of a trial's clip iterations stay: those on the finest grid of spacing 2**k with
+    at most ``max_clips`` points up to the latest iteration (the same grid for every trial
+    that has come as far), and the latest."""
     if not iterations:
         return set()
-    stride = 1
-    while sum(1 for i in iterations if i % stride == 0) > max_clips:
+    latest, stride = max(iterations), 1
+    while latest // stride > max_clips:
         stride *= 2
-    return {i for i in iterations if i % stride == 0} | {max(iterations)}
+    return {i for i in iterations if i % stride == 0} | {latest}
 
 
 def trial_dir(run_dir: str | Path, trial: str) -> Path:

@@ -30,6 +30,7 @@ document.querySelectorAll('table.sortable th').forEach((th, col) => {
     const key = tr => tr.cells[col].dataset.sort ?? tr.cells[col].textContent;
     const rows = [...body.rows].sort((a, b) => {
       const x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
+      if (x === '' || y === '') return (x === '') - (y === '');  // no value: last
       const c = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
       return up ? c : -c;
     });

@@ -17,6 +17,8 @@ import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
+from monitor.console import plain
+
 Series = dict[str, list[tuple[int, float]]]  # {layer or "": [(iteration, value)]}
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#7f7f7f", "#d62728"]
@@ -33,6 +35,13 @@ UNITS = {"dead_ratio": "fraction of units", "evergreen_ratio": "fraction of unit
          "grad_norm": "L2 norm"}
 
 
+def text(name: object) -> str:
+    """A name from the run as matplotlib shows it verbatim: one line, ``$`` not mathtext, a
+    leading ``_`` not taken for "leave out of the legend"."""
+    shown = plain(name).replace("$", r"\$")
+    return f" {shown}" if shown.startswith("_") else shown
+
+
 def unit(signal: str) -> str:
     if signal in UNITS:
         return UNITS[signal]
@@ -45,7 +54,7 @@ def unit(signal: str) -> str:
 
 def _label(signal: str) -> str:
     u = unit(signal)
-    return f"{signal} ({u})" if u else signal
+    return text(f"{signal} ({u})" if u else signal)
 
 
 def _finite(points: Iterable[tuple[int, float]]) -> tuple[list[int], list[float]]:
@@ -102,7 +111,7 @@ def evidence(signal: str, series: Series, siblings: Sequence[Series], kill_itera
         for i, (layer, points) in enumerate(sorted(series.items())):
             xs, ys = _finite(points)
             ax.plot(xs, ys, color=COLOURS[i % len(COLOURS)], linewidth=1.6, marker=".",
-                    markersize=4, label=layer or signal)
+                    markersize=4, label=text(layer or signal))
             for x in _nonfinite(points):
                 ax.annotate("NaN", (x, 0), xycoords=("data", "axes fraction"), color=KILL,
                             fontsize=7, ha="center")
@@ -111,7 +120,7 @@ def evidence(signal: str, series: Series, siblings: Sequence[Series], kill_itera
         ax.set_xlim(0.5, x_max + 0.5)
         ax.set_xlabel("iteration")
         ax.set_ylabel(_label(signal))
-        ax.set_title(signal)
+        ax.set_title(text(signal))
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         return _uri(fig)
 
@@ -127,7 +136,7 @@ def metric_over_time(metric: str, lines: dict[str, dict[str, Any]]) -> str:
             xs, ys = _finite(line["points"])
             colour = COLOURS[i % len(COLOURS)]
             ax.plot(xs, ys, color=colour, linewidth=2.6 if line.get("baseline") else 1.2,
-                    linestyle="--" if line.get("stopped") else "-", label=label)
+                    linestyle="--" if line.get("stopped") else "-", label=text(label))
             if line.get("stopped") and xs:
                 ax.plot([xs[-1]], [ys[-1]], marker="x", color=KILL, markersize=7,
                         markeredgewidth=2)
@@ -137,7 +146,7 @@ def metric_over_time(metric: str, lines: dict[str, dict[str, Any]]) -> str:
             ax.set_ylim(low - pad, high + pad)  # a diverged trial does not flatten the rest
         ax.set_xlabel("iteration")
         ax.set_ylabel(_label(metric))
-        ax.set_title(f"{metric} of every trial (x: stopped; thick: baseline)")
+        ax.set_title(text(f"{metric} of every trial (x: stopped; thick: baseline)"))
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         return _uri(fig)
 
@@ -165,8 +174,8 @@ def comparison(panels: list[tuple[str, Series, Series]], trial: str, baseline: s
             ax.locator_params(nbins=4)
         for ax in axes[len(panels):]:
             ax.set_visible(False)
-        fig.suptitle(f"{trial} (solid) against baseline {baseline} (dashed); colours: layers",
-                     fontsize=9)
+        fig.suptitle(text(f"{trial} (solid) against baseline {baseline} (dashed); colours: "
+                          "layers"), fontsize=9)
         fig.subplots_adjust(left=0.05, right=0.98, top=1 - 0.45 / fig.get_figheight(),
                             bottom=0.3 / fig.get_figheight(), hspace=0.55, wspace=0.25)
         return _uri(fig, "png", dpi=80, tight=False)  # many panels: a raster is faster
@@ -184,5 +193,5 @@ def spectrogram(samples: np.ndarray, sample_rate: int, title: str) -> str:
             ax.text(0.5, 0.5, "silence", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("s")
         ax.set_ylabel("Hz")
-        ax.set_title(title, fontsize=8)
+        ax.set_title(text(title), fontsize=8)
         return _uri(fig, "png", dpi=90)

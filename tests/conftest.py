@@ -26,6 +26,18 @@ def ray_session(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def early_kill_run(ray_session, tmp_path_factory):
+    """One real ``early_kill_smoke`` run (three trials, two killed), shared by the tests that
+    only read it: ``(summary, run directory)``."""
+    from trainers import experiment
+    from trainers import tune as runner
+
+    storage = tmp_path_factory.mktemp("early_kill")
+    summary = runner.run(experiment.load("early_kill_smoke"), storage=storage)
+    return summary, storage / summary["name"]
+
+
 def run_master(config: dict, iterations: int) -> list[dict]:
     """Train a real master for ``iterations`` reports; return every report's metrics."""
     from trainers.master import MasterTraining

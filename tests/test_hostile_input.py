@@ -21,7 +21,7 @@ from heuristics.engine import RuleEngine
 from heuristics.expr import MAX_DEPTH, MAX_NODES, parse
 from heuristics.rules import RuleErrors, load_rules
 from monitor import console as console_module
-from monitor import report
+from monitor import report, report_page
 from monitor.cli import main
 from monitor.console import plain, safe
 from monitor.replay import print_table as print_replay
@@ -249,7 +249,7 @@ def test_names_print_verbatim_in_the_kill_report(tmp_path, capsys, wide):
         assert "killme[/x]" in out and "\x1b" not in out and "\x07" not in out
     data = report.build(run_dir)
     assert all(SUMMARY.rstrip() in k["reason"] for k in data["kills"])  # kept in the data
-    page = report.to_html(data, run_dir)
+    page = report_page.render(data, run_dir)
     assert "\x1b" not in page and "killme[/x]" in page
 
 

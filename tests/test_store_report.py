@@ -12,8 +12,6 @@ from monitor import calibrate, report
 from monitor.cli import main
 from monitor.replay import replay
 from monitor.store import RunStore, StoreError
-from trainers import experiment
-from trainers import tune as runner
 
 
 def test_store_round_trip_keeps_nan_and_structure(tmp_path):
@@ -56,9 +54,8 @@ def test_missing_and_damaged_stores_are_clear_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_report_and_replay_of_a_real_run(ray_session, tmp_path, capsys):
-    summary = runner.run(experiment.load("early_kill_smoke"), storage=tmp_path)
-    run_dir = tmp_path / summary["name"]
+def test_kill_report_and_replay_of_a_real_run(early_kill_run, tmp_path, capsys):
+    summary, run_dir = early_kill_run
     data = report.build(run_dir)
     live = {t["trial_id"]: t["killed"] for t in summary["trials"] if t.get("killed")}
     assert {k["trial"]: (k["rule"], k["iteration"]) for k in data["kills"]} == \
@@ -79,7 +76,7 @@ def test_kill_report_and_replay_of_a_real_run(ray_session, tmp_path, capsys):
                  "--html", str(tmp_path / "r.html")]) == 0
     assert "| dead_relu_collapse |" in capsys.readouterr().out
     page = (tmp_path / "r.html").read_text()
-    assert "<svg" in page and "kill" in page
+    assert "data:image/svg+xml" in page and "stopped at iteration" in page
     # Labels change the ground truth replay scores against.
     healthy = next(t for t in summary["trials"] if t["variant"] == "healthy")
     assert main(["label", str(run_dir), healthy["trial_id"], "--healthy"]) == 0
