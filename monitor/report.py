@@ -210,7 +210,7 @@ def trial_rows(trials: list[dict[str, Any]], kills: list[dict[str, Any]],
         k = killed.get(t["trial_id"])
         status = t.get("status") or "-"
         if k is not None:
-            status, decided = "KILLED", f"rule {k['rule']}"
+            status, decided = "KILLED", f"rule {rule_of(k)}"
             iterations = max(iterations, k["iteration"])
         elif status == "TERMINATED" and budget and iterations < budget:
             status, decided = "STOPPED", "scheduler"

@@ -18,7 +18,7 @@ from typing import Any
 
 from monitor import audio_samples, report_plots
 from monitor.console import plain
-from monitor.report import _fmt, reading
+from monitor.report import _fmt, changes_lines, reading, rule_of
 
 SORT_SCRIPT = """
 document.querySelectorAll('table.sortable th').forEach((th, col) => {
@@ -149,7 +149,7 @@ def _kill_section(kill: dict[str, Any], store, run_dir: Path, healthy: list[str]
             if healthy else "No healthy sibling finished: no band to compare against.")
     return (f"<section class='kill' id='{_anchor(kill['trial'])}'>"
             f"<h3>{_e(names[kill['trial']])}: stopped at iteration {kill['iteration']} of "
-            f"{kill['budget']} by rule {_e(kill['rule'])}</h3>"
+            f"{kill['budget']} by rule {_e(rule_of(kill))}</h3>"
             f"<p class='reason'>{_e(kill['reason'])}</p>"
             f"<p>What the rule read ({_e(', '.join(signals))}), one line per layer. {band}</p>"
             f"<div class='plots'>{''.join(plots)}</div>"
@@ -212,6 +212,7 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
             f"{_fmt(rows[baseline]['final_metric'])})." if baseline else
             "No trial finished: there is no baseline to compare with.")
     notices = "".join(f"<li>{_e(n)}</li>" for n in report.get("notices", []))
+    changes = "".join(f"<li>{_e(line)}</li>" for line in changes_lines(report))
     warnings = "".join(
         f"<li>{_e(w['rule'])} ({_e(w['failure'])}): {w['count']} "
         f"{'would-be kills (shadow)' if w['shadow_kill'] else 'warnings'} on "
@@ -228,5 +229,7 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
         f"<h2>Each trial against the baseline</h2><p>{base} Every signal and metric; "
         f"open a trial to see it.</p>{compared}"
         + (f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else "")
+        + (f"<h2>Rule set changed while the run went on</h2><ul>{changes}</ul>"
+           if changes else "")
         + (f"<h2>Notices</h2><ul>{notices}</ul>" if notices else "")
         + f"<script>{SORT_SCRIPT}</script></body></html>")
