@@ -36,12 +36,13 @@ tune: $(STAMP)
 	$(PY) -m trainers.tune $(EXP) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
 
 test: $(STAMP)
-	$(PY) -m ruff check monitor trainers heuristics dashboards bench tests
+	$(PY) -m ruff check monitor trainers heuristics dashboards bench tests examples
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -x --durations=15
 
 bench-overhead: $(STAMP)
 	$(PY) -m bench.overhead
+	$(PY) -m bench.zoo.overhead --compiled
 
 prometheus: $(STAMP)
 	$(PY) -m monitor.prometheus_local

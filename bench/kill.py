@@ -8,7 +8,9 @@ times - runs under four policies on the same seeds:
    and the onset of its failure;
 2. the heuristic scheduler with the built-in rules;
 3. Ray Tune's ASHA on the quality metric;
-4. Ray Tune's MedianStoppingRule on the quality metric.
+4. Ray Tune's MedianStoppingRule on the quality metric;
+5. and 6. the heuristic scheduler wrapping ASHA, and wrapping the median rule
+   (``TuneMonitor(scheduler=...)``: the rules first, the Ray scheduler when no rule kills).
 
 Every student distils from the same teacher: the best trial of the policy-1 master run.
 
@@ -49,7 +51,7 @@ EXPECTED = {  # variant -> failure ("healthy" when the configuration is meant to
     "divergence_warmup": "divergence", "divergence_late": "divergence",
 }
 EXPERIMENTS = ("master_v464", "student_v464_failures")
-POLICIES = ("none", "heuristic", "asha", "median")
+POLICIES = ("none", "heuristic", "asha", "median", "heuristic+asha", "heuristic+median")
 
 
 def _finite(x: Any) -> bool:
@@ -98,7 +100,8 @@ def run_policy(policy: str, exp_name: str, storage: Path, iterations: int | None
         if not teacher:
             raise ValueError(f"{exp_name}: a student population needs a teacher checkpoint")
         exp.config["master_checkpoint"] = teacher
-    wrap = {"asha": "asha", "median": "median"}.get(policy)
+    wrap = {"asha": "asha", "median": "median", "heuristic+asha": "asha",
+            "heuristic+median": "median"}.get(policy)
     if policy in ("asha", "median"):
         exp.heuristics = []  # Ray Tune's scheduler alone
     summary = runner.run(exp, storage=storage, max_iterations=iterations, wrap=wrap,
@@ -134,7 +137,9 @@ def evaluate(policy: str, summaries: list[dict[str, Any]], truth: dict[str, dict
         budget = summary["budget"]
         for t in summary["trials"]:
             stopped = t["iterations"] < budget
-            by = (t.get("killed") or {}).get("rule") or (policy if stopped else None)
+            # a stop no rule made is the (wrapped) Ray scheduler's
+            by = (t.get("killed") or {}).get("rule") or (policy.split("+")[-1] if stopped
+                                                         else None)
             trials.append({"experiment": summary["experiment"], "variant": t["variant"],
                            "seed": t.get("seed"), "budget": budget,
                            "iterations": t["iterations"], "stopped": stopped,

@@ -16,7 +16,11 @@ would, and each trial is one of its *group*'s (family or experiment) trials:
   result; a kill verdict stops the trial);
 * ``asha`` / ``median``: Ray Tune's ``ASHAScheduler`` and ``MedianStoppingRule`` (the settings of
   ``trainers.tune``), fed through ``on_trial_add``/``on_trial_result``/``on_trial_complete``
-  with stub trials and a mock controller, on the group's metric and mode.
+  with stub trials and a mock controller, on the group's metric and mode;
+* ``heuristic+asha`` / ``heuristic+median``: the rules wrapping that scheduler, as
+  ``TuneMonitor(scheduler=...)`` runs them: the rule engine sees every result first; a kill
+  stops the trial (the scheduler is told the trial was removed), otherwise the scheduler
+  decides. Stops are attributed to the rule or to the scheduler.
 
 Truth and scoring (``label``, ``score``):
 
@@ -39,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-POLICIES = ("none", "heuristic", "asha", "median")
+POLICIES = ("none", "heuristic", "asha", "median", "heuristic+asha", "heuristic+median")
 
 
 @dataclass
@@ -245,6 +249,31 @@ class RayScheduler(Policy):
                                                        flatten(result))
 
 
+class Wrapped(Policy):
+    """The rules first, then a Ray scheduler (``monitor.scheduler.HeuristicScheduler`` with
+    ``scheduler=``): a rule's kill removes the trial from the scheduler, as Tune does."""
+
+    def __init__(self, rules: Heuristic, scheduler: RayScheduler) -> None:
+        self.rules, self.scheduler = rules, scheduler
+        self.name = f"heuristic+{scheduler.name}"
+
+    def add(self, trial: Trial) -> None:
+        self.rules.add(trial)
+        self.scheduler.add(trial)
+
+    def result(self, trial: Trial, result: dict[str, Any]) -> Decision | None:
+        decision = self.rules.result(trial, result)
+        if decision is not None and decision.stop is not None \
+                and decision.stop < trial.budget:
+            self.scheduler.schedulers[trial.group].on_trial_remove(
+                self.scheduler.controller, self.scheduler.stubs[trial.name])
+            return decision
+        return self.scheduler.result(trial, result)
+
+    def complete(self, trial: Trial, result: dict[str, Any]) -> None:
+        self.scheduler.complete(trial, result)
+
+
 def asha() -> RayScheduler:
     """``ASHAScheduler`` as ``trainers.tune`` configures it (grace 3, max_t = budget)."""
     import numpy as np
@@ -273,6 +302,8 @@ def make(name: str, rules: list[Any] | None = None) -> Policy:
         return asha()
     if name == "median":
         return median()
+    if name in ("heuristic+asha", "heuristic+median"):
+        return Wrapped(Heuristic(rules), asha() if name.endswith("asha") else median())
     raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {name!r}")
 
 

@@ -253,3 +253,25 @@ def test_ray_schedulers_run_on_stub_trials() -> None:
     asha = result["policies"][0]
     assert asha["trial_iterations"] <= asha["budget_iterations"]
     assert not next(r for r in asha["trials"] if r["trial"] == "a")["stopped"]
+
+
+def test_rules_wrapping_a_ray_scheduler_stop_first_and_leave_the_rest_to_it(tmp_path) -> None:
+    from heuristics.rules import load_rules
+
+    rules_file = tmp_path / "loss.yaml"
+    rules_file.write_text("groups:\n  - name: t\n    rules:\n      - name: loss_high\n"
+                          "        expr: train_loss > 5\n        labels:\n"
+                          "          action: kill\n          failure: divergence\n")
+    down = [1.0, 0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.42, 0.4]
+    trials = [scripted("a", down), scripted("b", [v + 0.05 for v in down]),
+              scripted("e", [v + 0.02 for v in down]),
+              scripted("bad", [2.0] * 10, "x", 1),  # the median rule's, at its grace (3)
+              scripted("spike", down[:1] + [9.0] * 9, "y", 2)]  # the rule's, at 2
+    result = policies.evaluate(trials, ("heuristic+median",), load_rules([str(rules_file)]))
+    rows = {r["trial"]: r for r in result["policies"][0]["trials"]}
+    assert result["policies"][0]["policy"] == "heuristic+median"
+    assert (rows["spike"]["stop"], rows["spike"]["by"]) == (2, "loss_high")
+    assert (rows["bad"]["stop"], rows["bad"]["by"]) == (3, "median")
+    assert not rows["a"]["stopped"]
+    with pytest.raises(ValueError, match="heuristic\\+asha"):
+        policies.make("heuristic+hyperband")
