@@ -138,9 +138,9 @@ def _rules_request(args: argparse.Namespace, op: str, **payload) -> int:
     requests = Requests(run_dir)
     rid = requests.submit(op, user=user_name(), **payload)
     if driver_down:
-        console.print(safe(f"queued: no driver runs {run_dir.name} now; the request is taken "
-                           "when the run is resumed"))
-        return 0
+        return _answer(args, {"ok": True, "queued": True, "message": f"queued: no driver runs "
+                              f"{run_dir.name} now; the request is taken when the run is "
+                              "resumed"})
     answer = requests.wait(rid, args.timeout)
     if answer is None and requests.withdraw(rid):
         print_error(f"{run_dir.name}: the driver did not take the request within "
@@ -148,11 +148,18 @@ def _rules_request(args: argparse.Namespace, op: str, **payload) -> int:
         return 2
     answer = answer or requests.wait(rid, args.timeout) or {"ok": False, "message":
                                                             "taken, but no answer came"}
-    if not answer.get("ok"):
+    return _answer(args, answer)
+
+
+def _answer(args: argparse.Namespace, answer: dict) -> int:
+    """The driver's answer: one line (a refusal on stderr, exit 1), or its JSON."""
+    if args.format == "json":
+        print(json.dumps(answer, indent=2, default=str))
+    elif not answer.get("ok"):
         print_error(f"refused: {answer.get('message')}")
-        return 1
-    console.print(safe(answer.get("message", "done")))
-    return 0
+    else:
+        console.print(safe(answer.get("message", "done")))
+    return 0 if answer.get("ok") else 1
 
 
 def _rules_apply(args: argparse.Namespace) -> int:
@@ -171,11 +178,9 @@ def _rules_apply(args: argparse.Namespace) -> int:
         check_against_run(rules, Vocabulary.from_mapping(meta.get("vocabulary") or {}),
                           meta.get("experiment", ""), reported)
     except (RuleErrors, ConfigError) as exc:
-        print_error(f"refused: {one_line(exc, args.file)}")
-        return 1
+        return _answer(args, {"ok": False, "message": one_line(exc, args.file)})
     except RuleChangeError as exc:
-        print_error(f"refused: {exc}")
-        return 1
+        return _answer(args, {"ok": False, "message": str(exc)})
     except StoreError as exc:
         print_error(str(exc))
         return 2
@@ -355,12 +360,14 @@ def _rules_change_commands(rules) -> None:
     p.add_argument("file", help="a rule file (Prometheus layout, as `rules check` reads)")
     p.add_argument("--storage", **storage)
     p.add_argument("--timeout", **wait)
+    p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=_rules_apply)
     p = rules.add_parser("arm", help="make a shadow rule of a running sweep act")
     p.add_argument("run", help=run_help)
     p.add_argument("rule")
     p.add_argument("--storage", **storage)
     p.add_argument("--timeout", **wait)
+    p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=_rules_arm)
     p = rules.add_parser("retire", help="remove a rule (or one version of it) from a "
                          "running sweep")
@@ -370,6 +377,7 @@ def _rules_change_commands(rules) -> None:
                    "and a shadow one")
     p.add_argument("--storage", **storage)
     p.add_argument("--timeout", **wait)
+    p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=_rules_retire)
     p = rules.add_parser("status", help="a run's rule set by revision: each rule applied "
                          "since the start, its would-be kills beside the trials' outcomes")

@@ -189,8 +189,25 @@ def test_cli_refuses_a_malformed_file_and_a_finished_run(run, tmp_path, capsys):
     assert cli(["rules", "apply", run.name, str(bad), *storage]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad.yaml:5" in err and "and 1 more" in err
+    assert cli(["rules", "apply", run.name, str(bad), *storage, "--format", "json"]) == 1
+    answer = json.loads(capsys.readouterr().out)
+    assert not answer["ok"] and answer["message"].startswith(str(bad))
     run.close()
     assert cli(["rules", "arm", run.name, "x", *storage]) == 2
     assert "has ended" in capsys.readouterr().err
     assert cli(["rules", "status", run.name, *storage]) == 0
     assert "revision 1" in capsys.readouterr().out
+
+
+def test_a_request_made_while_no_driver_runs_is_taken_when_one_does(run, tmp_path, capsys):
+    feed(run, 1, 4)
+    run._lock.release()  # as if the driver were down (its lock gone with it)
+    storage = ["--storage", str(run.run_dir.parent)]
+    assert cli(["rules", "apply", run.name, str(write(tmp_path)), *storage]) == 0
+    assert "queued" in capsys.readouterr().out
+    run._lock.acquire()
+    time.sleep(POLL_S)
+    feed(run, 5, 5)  # the driver (back) takes it between two reports
+    assert run.ruleset.revision == 2
+    assert [r["rule"] for r in run.ruleset.describe() if r["mode"] == "shadow"] == \
+        ["loss_climbing"]
