@@ -108,8 +108,7 @@ class LoopMonitor:
         self.coverage = SignalCoverage(self.engine.rules, spec.vocabulary)
         self.recorder = VerdictRecorder(spec.run_dir)
         self.ruleset = RuleSet(self.engine)  # the rules can change while it runs
-        self.controller = RuleController(self.ruleset, spec.run_dir, self.recorder,
-                                         on_verdict=self._count)
+        self.controller = RuleController(self.ruleset, spec.run_dir, self.recorder)
         self.writer = StoreWriter(spec.run_dir, experiment, spec.name, spec.vocabulary, budget,
                                   healthy_threshold)
         self.exporter = None
@@ -129,10 +128,6 @@ class LoopMonitor:
         recover(spec.run_dir.parent, experiment, exclude=spec.run_dir)  # earlier runs killed
         for n in undeclared(self.engine.rules, spec.vocabulary, experiment):
             self.recorder.note(n.rule, n.signal, n.message)
-
-    def _count(self, verdict: dict[str, Any]) -> None:
-        if self.exporter is not None:
-            self.exporter.snapshot.count_verdict(verdict)
 
     # -- changing the rules while it runs (monitor.rulechanges) ------------------------------
     def apply_rules(self, path: str | Path) -> dict[str, Any]:

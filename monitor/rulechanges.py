@@ -37,7 +37,6 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,15 +230,12 @@ class RuleController:
         ruleset: the run's rule set (its base engine holds the rules the run started with).
         run_dir: the run directory (requests, the change log, the store with the history).
         recorder: where verdicts go (retroactive ones too).
-        on_verdict: called with each recorded verdict (the exporter's counters).
     """
 
-    def __init__(self, ruleset: RuleSet, run_dir: str | Path, recorder: VerdictRecorder,
-                 on_verdict: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, ruleset: RuleSet, run_dir: str | Path, recorder: VerdictRecorder) -> None:
         self.ruleset = ruleset
         self.run_dir = Path(run_dir)
         self.recorder = recorder
-        self.on_verdict = on_verdict
         self.requests = Requests(self.run_dir)
         self.changes = RuleChangeLog(self.run_dir, recorder)
         self.lock = threading.RLock()  # one change or one result at a time
@@ -434,9 +430,9 @@ class RuleController:
                                                 SHADOW, user, now, file))
             self.ruleset.install(new)  # the swap: between two results
             would = {}
-            for v in verdicts:
+            for v in verdicts:  # recorded, not counted: the exporter counts live events
                 v.retroactive, v.ruleset_revision = True, revision
-                self._record(v)
+                self.recorder.record(v.to_dict())
                 if v.action == "kill":
                     would.setdefault(v.rule, {}).setdefault(v.trial, v.iteration)
             parts = []
@@ -512,12 +508,6 @@ class RuleController:
                     "message": f"revision {revision}: {name} {retired} ({mode}) retired"}
 
     # -- helpers -----------------------------------------------------------------------------
-    def _record(self, verdict: Verdict) -> None:
-        data = verdict.to_dict()
-        self.recorder.record(data)
-        if self.on_verdict is not None:
-            self.on_verdict(data)
-
     def _rule(self, name: str, mode: str) -> Rule:
         if mode == ARMED:
             found = next((r for r in self.engine.rules if r.name == name), None)

@@ -30,6 +30,14 @@ def build(run_dir: str | Path) -> dict[str, Any]:
             "applied": e["time"], "user": e.get("user"), "file": e.get("file"),
             "action": e.get("action"), "failure": e.get("failure"), "expr": e.get("expr"),
             "initial": e["op"] == "initial", "history": []})
+        if e["op"] == "apply":  # an earlier candidate of the same name is superseded
+            for other in versions.values():
+                if other["rule"] == e["rule"] and other.get("mode") == "shadow" \
+                        and other["version"] != e["version"]:
+                    other["mode"] = "replaced"
+                    other["history"].append({"revision": e["revision"], "op": "replaced",
+                                             "mode": "replaced", "time": e["time"],
+                                             "user": e.get("user")})
         info["mode"] = MODE_OF[e["op"]]
         info["history"].append({k: e.get(k) for k in ("revision", "op", "mode", "time", "user")})
         if e["op"] == "arm" and e.get("replaced"):

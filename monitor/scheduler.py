@@ -86,8 +86,7 @@ class HeuristicScheduler(FIFOScheduler):
         # The rules can change while the run goes on (``monitor rules apply``): the base
         # engine holds the rules it started with, the rule set every rule applied since.
         self.ruleset = RuleSet(self.engine)
-        self.controller = RuleController(self.ruleset, self.run_dir, self.recorder,
-                                         on_verdict=self._count)
+        self.controller = RuleController(self.ruleset, self.run_dir, self.recorder)
         self.annotator = KillAnnotator()  # posts kills to Grafana when GRAFANA_URL is set
         self._state: RuleStateStore | None = None  # opened on first use (not pickled)
         self._loaded = False
@@ -137,11 +136,6 @@ class HeuristicScheduler(FIFOScheduler):
             if exporter:
                 exporter.snapshot.count_verdict(v)
         self.controller.start()  # revision 1, or the applied rules rebuilt after a restore
-
-    def _count(self, verdict: dict[str, Any]) -> None:
-        exporter = Exporter.for_run(self.run) if self.run else None
-        if exporter:
-            exporter.snapshot.count_verdict(verdict)
 
     def _save(self, trial: str) -> None:
         self.state.append(trial, self.engine.last_record(trial))

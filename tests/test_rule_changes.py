@@ -108,9 +108,14 @@ def test_apply_shadow_arm_retire_in_a_live_loop(run, tmp_path):
     modes = {(r["rule"], r["mode"]): r["version"] for r in run.ruleset.describe()}
     assert modes[("loss_climbing", "armed")] == version
     assert modes[("loss_climbing", "shadow")] == new
+    again = run.apply_rules(write(tmp_path, "0.8", "tuned2.yaml"))  # replaces that candidate
+    assert again["revision"] == 5
+    assert {r["version"]: r["mode"] for r in run.rules_status()["rules"]} == {
+        version: "armed", new: "replaced", again["rules"][0]["version"]: "shadow"}
+    new = again["rules"][0]["version"]
     with pytest.raises(RuleChangeError, match="two versions"):
         run.retire_rule("loss_climbing")
-    assert run.retire_rule("loss_climbing", new[:6])["revision"] == 5
+    assert run.retire_rule("loss_climbing", new[:6])["revision"] == 6
     assert run.retire_rule("loss_climbing")["version"] == version
     with pytest.raises(RuleChangeError, match="no shadow version to arm"):
         run.arm_rule("loss_climbing")
@@ -123,10 +128,10 @@ def test_apply_shadow_arm_retire_in_a_live_loop(run, tmp_path):
     assert sorted(c for c in changes if c[0] == 1) == sorted((1, "initial", r.name)
                                                              for r in run.engine.rules)
     assert [c[:2] for c in changes if c[0] > 1] == [(2, "apply"), (3, "arm"), (4, "apply"),
-                                                    (5, "retire"), (6, "retire")]
+                                                    (5, "apply"), (6, "retire"), (7, "retire")]
     markdown = report.to_markdown(report.build(run.run_dir))
     assert f"loss_climbing {version} (rev 3)" in markdown
-    assert "revision 6: retire loss_climbing" in markdown
+    assert "revision 7: retire loss_climbing" in markdown
 
 
 @pytest.mark.parametrize("text, expected", [
