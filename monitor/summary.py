@@ -91,6 +91,8 @@ def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
         if trial_id in kills:
             v = kills[trial_id]
             t["killed"] = {k: v[k] for k in ("rule", "failure", "iteration", "reason")}
+            t["killed"].update({k: v[k] for k in ("rule_version", "ruleset_revision")
+                                if v.get(k)})
             t["status"] = "KILLED"
     sign = 1 if vocabulary.mode == "min" else -1
     ranked = sorted((t for t in trials.values() if _finite(t.get("metric"))
@@ -102,6 +104,9 @@ def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
         not_recorded.append(f"run store ({run_dir / 'monitor.sqlite'}): not fully written "
                             f"({store_failed})")
     not_recorded += [x for x in (unreadable, *lost) if x and x not in not_recorded]
+    from monitor.rulechanges import read_changes
+
+    changes = read_changes(run_dir)
     summary = {"name": run_dir.name, "experiment": experiment, "metric": metric,
                "mode": vocabulary.mode, "verdicts": len(verdicts),
                "kills": len(kills),
@@ -109,7 +114,9 @@ def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
                "notices": [n["message"] for n in read_notices(run_dir)],
                "not_recorded": not_recorded,
                "storage": str(run_dir), "started": started, "finished": time.time(),
-               "trials": list(trials.values()), "best": ranked[0] if ranked else None}
+               "trials": list(trials.values()), "best": ranked[0] if ranked else None,
+               "rule_set": {"revision": max((c["revision"] for c in changes), default=1),
+                            "changes": [c for c in changes if c["op"] != "initial"]}}
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
@@ -151,6 +158,9 @@ def print_summary(summary: dict[str, Any], console: Console,
                       _fmt(t.get("metric")), *(_fmt(t.get("last", {}).get(k)) for k in extra),
                       plain(status))
     console.print(table)
+    for c in (summary.get("rule_set") or {}).get("changes", []):
+        console.print(plain(f"Rule set revision {c['revision']}: {c['op']} {c['rule']} "
+                            f"{c['version']} ({c['mode']}) by {c.get('user') or '-'}"))
     for notice in summary.get("notices", []):
         console.print(plain(f"Warning: {notice}"))
     for gap in summary.get("not_recorded", []):

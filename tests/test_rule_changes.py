@@ -216,3 +216,16 @@ def test_a_request_made_while_no_driver_runs_is_taken_when_one_does(run, tmp_pat
     assert run.ruleset.revision == 2
     assert [r["rule"] for r in run.ruleset.describe() if r["mode"] == "shadow"] == \
         ["loss_climbing"]
+
+
+def test_the_summary_names_the_changes_and_the_killing_version(run, tmp_path, capsys):
+    feed(run, 1, 5)
+    version = run.apply_rules(write(tmp_path))["rules"][0]["version"]
+    run.arm_rule("loss_climbing")
+    feed(run, 6, 6)
+    summary = run.print_summary()
+    killed = next(t for t in summary["trials"] if t["trial_id"] == "early")["killed"]
+    assert killed["rule_version"] == version and killed["ruleset_revision"] == 3
+    assert summary["rule_set"]["revision"] == 3
+    out = capsys.readouterr().out
+    assert f"Rule set revision 3: arm loss_climbing {version} (armed)" in out
