@@ -48,7 +48,14 @@ from monitor.signals import CHUNK, FOLD_AT, fused, release_scratch, scratch
 from monitor.signals.nonfinite import NonFinite
 from monitor.signals.power import OutputPower, power_spectrum
 from monitor.signals.spread import ActivationMoments
-from monitor.signals.units import UnitClasses, per_unit_min_max
+from monitor.signals.units import (
+    NEVER_POSITIVE,
+    Band,
+    UnitClasses,
+    dead_band,
+    module_dead_band,
+    per_unit_min_max,
+)
 
 LAYER_SIGNALS = ("dead_ratio", "evergreen_ratio", "healthy_ratio", "activation_std",
                  "activation_mean", "nonfinite_count", "saturated_ratio")
@@ -78,11 +85,13 @@ def unit_view(x: torch.Tensor, unit_dim: int) -> tuple[torch.Tensor, tuple[int, 
 class LayerProbe:
     """Statistics of one hooked module over the current window."""
 
-    def __init__(self, name: str, unit_dim: int, kind: str = "activation") -> None:
+    def __init__(self, name: str, unit_dim: int, kind: str = "activation",
+                 band: Band = NEVER_POSITIVE) -> None:
         self.name = name
         self.unit_dim = unit_dim
         self.kind = kind
-        self.units, self.moments, self.nonfinite = UnitClasses(), ActivationMoments(), NonFinite()
+        self.units = UnitClasses(band)
+        self.moments, self.nonfinite = ActivationMoments(), NonFinite()
         self.quantities = (self.units, self.moments, self.nonfinite)
         self.fused = fused.FusedUnits()
         self.samples = 0
@@ -417,7 +426,9 @@ class HealthMonitor:
             library = kind == "activation" and not isinstance(module, activation_types)
             parent = by_name.get(name.rpartition(".")[0]) if "." in name else root
             last = kind == "recurrent" or (library and units_last(parent))
-            probe = LayerProbe(name, self._unit_dim(name, -1 if last else 1), kind)
+            probe = LayerProbe(name, self._unit_dim(name, -1 if last else 1), kind,
+                               module_dead_band(module) if kind == "activation"
+                               else NEVER_POSITIVE)
             self.probes[name] = probe
             self._measured.append(_Slot(module, self._module_hook(probe)))
         hooked = {id(slot.module) for slot in self._measured}
@@ -552,7 +563,9 @@ class HealthMonitor:
         if not self._included(name):
             self._excluded.add(name)
             return None
-        probe = self.probes[name] = LayerProbe(name, unit_dim, "functional")
+        function = name.rpartition(":")[2].rpartition(".")[0]  # "blocks.0:gelu.1" -> gelu
+        probe = self.probes[name] = LayerProbe(name, unit_dim, "functional",
+                                               dead_band(function))
         return probe
 
     def _measure_named(self, name: str, x: torch.Tensor, unit_dim: int = 1) -> None:
