@@ -212,6 +212,30 @@ def _rules_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules_export(args: argparse.Namespace) -> int:
+    from monitor.durability import write_atomic
+    from monitor.report import find_run
+    from monitor.rulestatus import export
+    from monitor.store import StoreError
+
+    try:
+        text, shown = export(find_run(args.storage, args.run))
+    except StoreError as exc:
+        print_error(str(exc))
+        return 2
+    if args.output is None:
+        print(text, end="")
+        return 0
+    try:
+        write_atomic(args.output, text)
+    except OSError as exc:
+        print_error(f"{args.output}: cannot be written ({exc.strerror or exc})")
+        return 2
+    console.print(safe(f"wrote {len(shown)} acting rules to {args.output} (check: monitor "
+                       f"rules check {args.output})"))
+    return 0
+
+
 def _kill_report(args: argparse.Namespace) -> int:
     from monitor import report, report_page
     from monitor.store import StoreError
@@ -385,6 +409,12 @@ def _rules_change_commands(rules) -> None:
     p.add_argument("--storage", **storage)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_rules_status)
+    p = rules.add_parser("export", help="a run's acting rules now (armed versions) as one "
+                         "rule file, for the next sweep")
+    p.add_argument("run", help=run_help)
+    p.add_argument("--output", "-o", type=Path, help="write here (default: print)")
+    p.add_argument("--storage", **storage)
+    p.set_defaults(func=_rules_export)
 
 
 def main(argv: list[str] | None = None) -> int:

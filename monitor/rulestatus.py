@@ -1,5 +1,6 @@
 """``monitor rules status RUN``: the run's rule set by revision, and what each rule applied
-while it ran would do or did, beside the trials' outcomes so far.
+while it ran would do or did, beside the trials' outcomes so far; ``monitor rules export RUN``:
+the rules acting now, as one rule file for the next sweep.
 
 Only reads (the run store read-only, the change log): safe while the driver writes the run.
 """
@@ -143,3 +144,34 @@ def print_table(status: dict[str, Any], console) -> None:
                  if would else "-"),
                 str(t["killed"]["iteration"]) if t["killed"] else "-")
         console.print(table)
+
+
+def export(run_dir: str | Path) -> tuple[str, list[dict[str, Any]]]:
+    """The run's acting rules now (armed versions: those it started with, unless replaced or
+    retired, and those armed since) as one rule file for the next sweep; the YAML text and
+    ``[{rule, version, revision}]``."""
+    import yaml
+
+    armed: dict[str, dict[str, Any]] = {}
+    mappings: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in read_changes(run_dir):
+        if e.get("mapping"):
+            mappings[(e["rule"], e["version"])] = e
+        if e["op"] in ("initial", "arm"):
+            armed[e["rule"]] = e
+        elif e["op"] == "retire" and e.get("was") == "armed":
+            armed.pop(e["rule"], None)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    shown = []
+    for name, e in armed.items():
+        source = mappings.get((name, e["version"]))
+        if source is None:
+            continue
+        groups.setdefault(source.get("group") or "applied", []).append(source["mapping"])
+        shown.append({"rule": name, "version": e["version"], "revision": e["revision"]})
+    header = (f"# The acting rules of {Path(run_dir).name} (rule versions: "
+              + ", ".join(f"{s['rule']} {s['version']}" for s in shown) + ")\n")
+    body = yaml.safe_dump({"groups": [{"name": g, "rules": rules}
+                                      for g, rules in groups.items()]},
+                          sort_keys=False, allow_unicode=True, width=100)
+    return header + body, shown

@@ -229,3 +229,16 @@ def test_the_summary_names_the_changes_and_the_killing_version(run, tmp_path, ca
     assert summary["rule_set"]["revision"] == 3
     out = capsys.readouterr().out
     assert f"Rule set revision 3: arm loss_climbing {version} (armed)" in out
+
+
+def test_export_writes_the_acting_rules_for_the_next_sweep(run, tmp_path, capsys):
+    feed(run, 1, 3)
+    version = run.apply_rules(write(tmp_path))["rules"][0]["version"]
+    run.arm_rule("loss_climbing")
+    run.retire_rule("divergence")
+    out = tmp_path / "next.yaml"
+    assert cli(["rules", "export", run.name, "-o", str(out), "--storage",
+                str(run.run_dir.parent)]) == 0
+    rules = {r.name: rule_version(r) for r in load_rules([str(out)])}
+    acting = {r["rule"]: r["version"] for r in run.ruleset.describe() if r["mode"] == "armed"}
+    assert rules == acting and rules["loss_climbing"] == version and "divergence" not in rules
