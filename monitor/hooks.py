@@ -411,6 +411,8 @@ class HealthMonitor:
         self._functional_found = False
         self._windows = 0
         self._warned_empty = False
+        self._forwards = 0  # forward passes of the model seen outside torch.compile
+        self._warned_no_step = False
         modules = list(named_modules(root))
         by_name = dict(modules)
         missing = [t for t in taps if t not in by_name]
@@ -518,6 +520,8 @@ class HealthMonitor:
         if torch.compiler.is_compiling():
             if not self._compiled:  # dynamo guards on this: the graph is traced again
                 self._compile_seen = True
+        elif not self._step:
+            self._forwards += 1  # counted until the first step(): only to name a missing one
         if self._measuring and self.functional and self._mode is None and (
                 self._compiled or self._functional_probing or self._functional_found):
             self._mode = ActivationMode(self)
@@ -689,6 +693,11 @@ class HealthMonitor:
                         "measured: it was compiled and run before attach(); attach before "
                         "its first call (or call torch._dynamo.reset() after attach)",
                         self.model_name, self.sampled_steps)
+        if not self._step and self._forwards and not self._warned_no_step:
+            self._warned_no_step = True
+            log.warning("attach(%s): %d forward passes and no health.step(): nothing is "
+                        "measured; call health.step() once per training step",
+                        self.model_name, self._forwards)
         report = {"layers": layers, "model": model, "sampled_steps": self.sampled_steps}
         for probe in self.probes.values():
             probe.reset()
