@@ -1,18 +1,20 @@
 """Rules over signals that never come: said out loud, never a silent no-op.
 
-Two checks. ``undeclared(rules, vocabulary)`` at run start: a rule naming a role
+Three checks. ``undeclared(rules, vocabulary)`` at run start: a rule naming a role
 (``discriminator_loss``...) that the experiment's vocabulary does not map to a reported key.
 ``SignalCoverage`` while trials run: once a trial has made ``after`` reports, every signal a
 rule names that the trial never reported (a misspelled key, another team's loss name, power
-without ``observe_output``) is reported once per run; and a population rule (``peer_zscore``)
-that cannot compare a trial with its siblings after its grace (fewer than ``MIN_PEERS`` other
-trials have reported that iteration: a small sweep, the first trials of a sweep run a few at a
-time, the survivors once siblings were stopped) is reported once per run, at the first report
-where it happens.
+without ``observe_output``) is reported once per run, and so is every key the vocabulary
+declares that the trial never reported (with the closest keys it did report); and a
+population rule (``peer_zscore``) that cannot compare a trial with its siblings after its
+grace (fewer than ``MIN_PEERS`` other trials have reported that iteration: a small sweep, the
+first trials of a sweep run a few at a time, the survivors once siblings were stopped) is
+reported once per run, at the first report where it happens.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -150,6 +152,7 @@ class SignalCoverage:
         seen.update(scalars)
         if n != self.after:
             return out
+        out += self._undelivered(trial, seen, n)
         for rule, signals in self.wanted.items():
             for signal in signals:
                 if signal in seen or (rule, signal) in self._said:
@@ -162,6 +165,25 @@ class SignalCoverage:
                 out.append(Notice(rule, signal, (
                     f"rule {rule} refers to {what}, which trial {trial} has not reported in "
                     f"its first {n} reports ({hint}); the rule cannot fire on it.")))
+        return out
+
+    def _undelivered(self, trial: str, seen: set[str], n: int) -> list[Notice]:
+        """Declared roles whose key ``trial`` has not reported in its first ``n`` reports (a
+        misspelled key), each with the closest keys it did report; once per run."""
+        out = []
+        for role, key in self.vocabulary.keys().items():
+            if role in seen or ("vocabulary", role) in self._said:
+                continue
+            self._said.add(("vocabulary", role))
+            reported = sorted(k for k in seen if k not in ROLES and k not in LAYER_SIGNALS
+                              and k not in MODEL_SIGNALS)
+            close = difflib.get_close_matches(key, reported, n=3, cutoff=0.6)
+            hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close else
+                    f"it reported {', '.join(repr(k) for k in reported[:12])}"
+                    + (f" and {len(reported) - 12} more" if len(reported) > 12 else ""))
+            out.append(Notice("vocabulary", role, (
+                f"{role}={key!r} is declared, but trial {trial} has not reported {key!r} in "
+                f"its first {n} reports; {hint} Rules reading {role} cannot fire on it.")))
         return out
 
     def _population(self, trial: str, n: int) -> list[Notice]:

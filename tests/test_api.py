@@ -161,6 +161,20 @@ def test_rules_over_undeclared_or_unreported_signals_are_named(tmp_path):
     assert "trial t1 has not reported in its first 3 reports" in typo.message
 
 
+def test_a_declared_key_never_reported_is_named_with_the_closest_reported_key():
+    vocab = monitor.Vocabulary(train_loss="loss", validation="val_los")
+    coverage = SignalCoverage(load_rules(["builtin"]), vocab, after=2)
+    reports = [observe({"loss": 1.0, "val_loss": 2.0, "training_iteration": i}, vocab)
+               for i in (1, 2, 3)]
+    said = [coverage.observe("t1", r.layers, r.scalars()) for r in reports]
+    assert said[0] == said[2] == []
+    (notice,) = [n for n in said[1] if n.rule == "vocabulary"]
+    assert notice.signal == "validation"
+    assert notice.message.startswith("validation='val_los' is declared, but trial t1 has not "
+                                     "reported 'val_los' in its first 2 reports; did you "
+                                     "mean 'val_loss'?")
+
+
 def test_loop_monitor_warns_about_a_misspelled_signal(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(USER_RULES)
