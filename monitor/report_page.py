@@ -201,7 +201,7 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
                         for k in report["kills"])
         compared = ""
         if baseline:
-            signals = _all_signals(store, baseline)
+            signals = sorted(_all_signals(store, baseline), key=lambda s: s != metric)
             compared = "".join(_comparison(r, store, run_dir, baseline, names, signals)
                                for t, r in rows.items() if t != baseline)
     t = report["totals"]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from monitor.console import plain
 
@@ -158,12 +159,14 @@ def comparison(panels: list[tuple[str, Series, Series]], trial: str, baseline: s
     columns = 4
     rows = max(1, math.ceil(len(panels) / columns))
     with rc_context(STYLE):
-        fig = Figure(figsize=(11, 2.0 * rows))
+        fig = Figure(figsize=(11, 2.0 * rows + 0.6))
         axes = fig.subplots(rows, columns, squeeze=False).ravel()
+        all_layers = sorted({layer for _, mine, theirs in panels for layer in (*mine, *theirs)
+                             if layer})
+        colour_of = {layer: COLOURS[i % len(COLOURS)] for i, layer in enumerate(all_layers)}
         for ax, (signal, mine, theirs) in zip(axes, panels):
-            layers = sorted(set(mine) | set(theirs))
-            for i, layer in enumerate(layers):
-                colour = COLOURS[i % len(COLOURS)]
+            for layer in sorted(set(mine) | set(theirs)):
+                colour = colour_of.get(layer, COLOURS[0])
                 ax.plot(*_finite(theirs.get(layer, [])), color=colour, linestyle="--",
                         linewidth=0.9, alpha=0.7)
                 ax.plot(*_finite(mine.get(layer, [])), color=colour, linewidth=1.4)
@@ -174,9 +177,15 @@ def comparison(panels: list[tuple[str, Series, Series]], trial: str, baseline: s
             ax.locator_params(nbins=4)
         for ax in axes[len(panels):]:
             ax.set_visible(False)
-        fig.suptitle(text(f"{trial} (solid) against baseline {baseline} (dashed); colours: "
-                          "layers"), fontsize=9)
-        fig.subplots_adjust(left=0.05, right=0.98, top=1 - 0.45 / fig.get_figheight(),
+        fig.suptitle(text(f"{trial} (solid) against baseline {baseline} (dashed)"),
+                     fontsize=10, y=1 - 0.12 / fig.get_figheight())
+        handles = [Line2D([], [], color=colour_of[layer], label=text(layer))
+                   for layer in all_layers]
+        if handles:
+            fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 8),
+                       frameon=False, bbox_to_anchor=(0.5, 1 - 0.3 / fig.get_figheight()),
+                       title="layers", title_fontsize=7)
+        fig.subplots_adjust(left=0.05, right=0.98, top=1 - 1.0 / fig.get_figheight(),
                             bottom=0.3 / fig.get_figheight(), hspace=0.55, wspace=0.25)
         return _uri(fig, "png", dpi=80, tight=False)  # many panels: a raster is faster
 
