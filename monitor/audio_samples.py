@@ -53,9 +53,9 @@ def encode_wav(samples: Any, sample_rate: int, max_seconds: float = MAX_SECONDS)
     return buffer.getvalue()
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+def read_wav(path: str | Path | io.BytesIO) -> tuple[np.ndarray, int]:
     """The samples (floats in [-1, 1]) and sample rate of a clip written here."""
-    with wave.open(str(path), "rb") as w:
+    with wave.open(path if isinstance(path, io.BytesIO) else str(path), "rb") as w:
         rate, frames = w.getframerate(), w.readframes(w.getnframes())
     return np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32767, rate
 

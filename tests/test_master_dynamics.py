@@ -50,6 +50,19 @@ def test_waveform_regression_collapses_output_power(healthy, master_runs):
     assert reports[-1]["val_power_ratio_db"] < healthy[-1]["val_power_ratio_db"] - 4.0
     assert reports[-1]["health"]["model"]["power_ratio_db"] < -12.0
     assert reports[-1]["val_logmel"] > healthy[-1]["val_logmel"]
+    # and it is heard: the clip the trainer keeps for the report is the quieter one
+    assert clip_db(reports[-1]) < clip_db(healthy[-1]) - 4.0
+
+
+def clip_db(report: dict) -> float:
+    """The level (dB full scale) of the output clip a master report carries."""
+    import base64
+    import io
+
+    from monitor.audio_samples import AUDIO_KEY, read_wav
+
+    samples, _ = read_wav(io.BytesIO(base64.b64decode(report[AUDIO_KEY])))
+    return 10 * math.log10(max(float((samples ** 2).mean()), 1e-12))
 
 
 def test_strong_discriminator_overpowers_generator(healthy, master_runs):

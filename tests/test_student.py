@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from monitor.audio_samples import AUDIO_KEY, REFERENCE_KEY
 from trainers.master import MasterTraining
 from trainers.student import StudentTraining
 
@@ -31,6 +32,9 @@ def test_student_learns_from_master_and_is_smaller_and_faster(master_checkpoint)
     speed = student.speed()
     assert speed["rtf"] < speed["master_rtf"]
     assert reports[-1]["health"]["layers"]  # the student is monitored too
+    # each report carries its output clip; the target voice comes with the first only
+    assert all(AUDIO_KEY in r for r in reports)
+    assert [REFERENCE_KEY in r for r in reports] == [True, False, False, False]
     student.close()
 
 
