@@ -45,7 +45,7 @@ table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f0f0f0;cursor:pointer;user-select:none}
 th[data-order=asc]::after{content:' \\25B2'} th[data-order=desc]::after{content:' \\25BC'}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.KILLED td{background:#fdecea} tr.baseline td{background:#e8f5e9}
 .reason{background:#fafafa;border-left:4px solid #d62728;padding:.5em 1em}
 .plots img{width:560px;max-width:100%;margin:.2em} img.metric{width:900px;max-width:100%}
@@ -145,7 +145,8 @@ def _kill_section(kill: dict[str, Any], store, run_dir: Path, healthy: list[str]
         picture = report_plots.evidence(signal, mine[signal], siblings, kill["iteration"], x_max)
         plots.append(f"<img class='plot evidence' alt='{_e(signal)} of {_e(kill['trial'])}' "
                      f"src='{picture}'>")
-    band = (f"Grey: the {len(healthy)} healthy sibling(s) at the same iterations."
+    band = (f"Grey: the middle 80% (10th to 90th percentile) and the median of the "
+            f"{len(healthy)} healthy sibling(s) at the same iterations."
             if healthy else "No healthy sibling finished: no band to compare against.")
     return (f"<section class='kill' id='{_anchor(kill['trial'])}'>"
             f"<h3>{_e(names[kill['trial']])}: stopped at iteration {kill['iteration']} of "

@@ -81,8 +81,9 @@ def _uri(fig: Figure, fmt: str = "svg", dpi: int = 100, tight: bool = True) -> s
 
 def band(siblings: Sequence[Series], layers: Iterable[str]) -> dict[int, tuple[float, float,
                                                                                  float]]:
-    """``{iteration: (low, median, high)}`` of the siblings' values over ``layers`` (all their
-    layers when the signal has none)."""
+    """``{iteration: (10th percentile, median, 90th percentile)}`` of the siblings' values over
+    ``layers`` (all their layers when the signal has none): one odd sibling does not widen
+    the band over the whole plot."""
     wanted = set(layers)
     at: dict[int, list[float]] = {}
     for series in siblings:
@@ -91,7 +92,8 @@ def band(siblings: Sequence[Series], layers: Iterable[str]) -> dict[int, tuple[f
                 continue
             for x, y in zip(*_finite(points)):
                 at.setdefault(x, []).append(y)
-    return {x: (min(v), float(np.median(v)), max(v)) for x, v in sorted(at.items())}
+    return {x: tuple(float(q) for q in np.percentile(v, [10, 50, 90]))  # type: ignore[misc]
+            for x, v in sorted(at.items())}
 
 
 def evidence(signal: str, series: Series, siblings: Sequence[Series], kill_iteration: int,
@@ -106,7 +108,7 @@ def evidence(signal: str, series: Series, siblings: Sequence[Series], kill_itera
             xs = list(b)
             ax.fill_between(xs, [v[0] for v in b.values()], [v[2] for v in b.values()],
                             color=BAND, alpha=0.3, linewidth=0,
-                            label=f"healthy siblings ({len(siblings)}): range")
+                            label=f"healthy siblings ({len(siblings)}): 10-90th pct")
             ax.plot(xs, [v[1] for v in b.values()], color=BAND, linestyle="--", linewidth=1,
                     label="healthy siblings: median")
         for i, (layer, points) in enumerate(sorted(series.items())):
