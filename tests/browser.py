@@ -120,8 +120,10 @@ class Browser:
 
     def screenshot(self, path: Path) -> Path:
         """The whole page (not only the window) as a PNG."""
-        data = self._send("Page.captureScreenshot", {"format": "png",
-                                                     "captureBeyondViewport": True})["data"]
+        size = self._send("Page.getLayoutMetrics")["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        data = self._send("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True, "clip": clip})["data"]
         path.write_bytes(base64.b64decode(data))
         return path
 
