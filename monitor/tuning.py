@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,20 +173,33 @@ class TuneMonitor:
         request["user"] = user_name()
         scheduler = live(self.name) or self.scheduler
         loop = self.store_callback.loop_thread
+        answer = None
         if loop is not None and loop != threading.get_ident():  # fit() runs: ask its loop
-            requests = Requests(self.run_dir)
-            rid = requests.submit(request.pop("op"), **request)
-            answer = requests.wait(rid, timeout)
-            if answer is None and requests.withdraw(rid):
-                raise RuleChangeError(f"{self.name}: the driver did not take the request "
-                                      f"within {timeout:g} s; it was withdrawn")
-            answer = answer or requests.wait(rid, timeout) or {
-                "ok": False, "message": "the driver took the request but gave no answer"}
-        else:  # before or after fit(), or on the loop's own thread: here and now
+            answer = self._ask_loop(dict(request), timeout)
+        if answer is None:  # before or after fit(), or on the loop's own thread: here and now
             answer = scheduler.controller.handle(request)
         if not answer.get("ok"):
             raise RuleChangeError(answer.get("message", "refused"))
         return answer
+
+    def _ask_loop(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """The answer of Tune's loop to ``request``; None if fit() ended before it took it."""
+        requests = Requests(self.run_dir)
+        rid = requests.submit(request.pop("op"), **request)
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = requests.wait(rid, 0.25)
+            if answer is not None:
+                return answer
+            ended = self.store_callback.loop_thread is None
+            if ended or time.monotonic() > deadline:
+                if requests.withdraw(rid):
+                    if ended:
+                        return None
+                    raise RuleChangeError(f"{self.name}: the driver did not take the request "
+                                          f"within {timeout:g} s; it was withdrawn")
+                return requests.wait(rid, timeout) or {
+                    "ok": False, "message": "the driver took the request but gave no answer"}
 
     # -- after the run -------------------------------------------------------------------------
     def summary(self, results: Any = None) -> dict[str, Any]:

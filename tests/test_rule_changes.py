@@ -242,3 +242,25 @@ def test_export_writes_the_acting_rules_for_the_next_sweep(run, tmp_path, capsys
     rules = {r.name: rule_version(r) for r in load_rules([str(out)])}
     acting = {r["rule"]: r["version"] for r in run.ruleset.describe() if r["mode"] == "armed"}
     assert rules == acting and rules["loss_climbing"] == version and "divergence" not in rules
+
+
+def test_a_tuned_built_in_rule_replaces_it_when_armed_and_after_a_restart(run, tmp_path):
+    (old,) = [r for r in run.engine.rules if r.name == "loss_explosion_sustained"]
+    path = tmp_path / "tuned.yaml"
+    path.write_text(RULE.format(threshold="1.5").replace("loss_climbing",
+                                                         "loss_explosion_sustained"))
+    feed(run, 1, 4)
+    new = run.apply_rules(path)["rules"][0]["version"]
+    modes = {r["mode"]: r["version"] for r in run.ruleset.describe()
+             if r["rule"] == "loss_explosion_sustained"}
+    assert modes == {"armed": rule_version(old), "shadow": new}
+    run.arm_rule("loss_explosion_sustained")
+    assert "loss_explosion_sustained" not in {r.name for r in run.engine.rules}
+    feed(run, 5, 5)
+    status = {r["version"]: r["mode"] for r in run.rules_status()["rules"]}
+    assert status == {rule_version(old): "replaced", new: "armed"}
+
+    engine = RuleEngine(load_rules(BASE), "chg", 12, vocabulary=run.spec.vocabulary)
+    ruleset = RuleSet(engine)  # a restarted driver: the rules it started with, then the record
+    RuleController(ruleset, run.run_dir, VerdictRecorder(run.run_dir)).start()
+    assert sorted(map(str, ruleset.describe())) == sorted(map(str, run.ruleset.describe()))
