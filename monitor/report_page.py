@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from pathlib import Path
 from typing import Any
 
 from monitor import audio_samples, report_plots
 from monitor.console import plain
 from monitor.report import _fmt, changes_lines, reading, rule_of
+
+MAX_COMPARED = 30  # trials drawn against the baseline: a page stays about a minute and 30 MB
 
 SORT_SCRIPT = """
 document.querySelectorAll('table.sortable th').forEach((th, col) => {
@@ -60,6 +63,10 @@ def _e(text: object) -> str:
     return html.escape(plain(text))
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _anchor(trial: str) -> str:
     return "t-" + "".join(c if c.isalnum() else "-" for c in plain(trial))
 
@@ -91,7 +98,7 @@ def _trials_table(report: dict[str, Any]) -> str:
             f"<td class='num' data-sort='{r['iteration']}'>{r['iteration']}/"
             f"{r['budget'] or '-'}</td>"
             f"<td class='num' data-sort='{r['saved_iterations']}'>{saved}</td>"
-            f"<td class='num' data-sort='{value if value is not None else ''}'>{_fmt(value)}"
+            f"<td class='num' data-sort='{value if _finite(value) else ''}'>{_fmt(value)}"
             f"{' (baseline)' if baseline else ''}</td></tr>")
     header = "".join(f"<th>{_e(h)}</th>" for h in head)
     return (f"<table class='sortable' id='trials'><thead><tr>{header}</tr></thead>"
@@ -174,6 +181,18 @@ def _comparison(row: dict[str, Any], store, run_dir: Path, baseline: str,
             "</details>")
 
 
+def _compared_first(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """Stopped trials first, then the others best first (no metric: last)."""
+    sign = -1 if mode == "max" else 1
+
+    def key(r: dict[str, Any]) -> tuple:
+        value = r["final_metric"]
+        return (r["status"] not in ("KILLED", "STOPPED"), not _finite(value),
+                sign * value if _finite(value) else 0.0)
+
+    return sorted(rows, key=key)
+
+
 def render(report: dict[str, Any], run_dir: Path) -> str:
     """The page (one HTML string with every picture and clip inside)."""
     rows = {r["trial"]: r for r in report["trial_table"]}
@@ -189,8 +208,7 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
         if metric:
             for t, r in rows.items():
                 points = store.series(t, metric).get("", [])
-                finite = any(isinstance(y, float) and y == y and abs(y) != float("inf")
-                             for _, y in points)
+                finite = any(_finite(y) for _, y in points)
                 label = names[t] + ("" if finite else " (no finite value)")
                 lines[label] = {"points": points, "baseline": t == baseline,
                                 "stopped": r["status"] in ("KILLED", "STOPPED")}
@@ -203,8 +221,14 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
         compared = ""
         if baseline:
             signals = sorted(_all_signals(store, baseline), key=lambda s: s != metric)
+            others = _compared_first([r for t, r in rows.items() if t != baseline],
+                                     report.get("mode", "min"))
             compared = "".join(_comparison(r, store, run_dir, baseline, names, signals)
-                               for t, r in rows.items() if t != baseline)
+                               for r in others[:MAX_COMPARED])
+            if others[MAX_COMPARED:]:
+                left = ", ".join(_e(names[r["trial"]]) for r in others[MAX_COMPARED:])
+                compared += (f"<p>Not drawn (at most {MAX_COMPARED} trials, stopped ones "
+                             f"first, then by final {_e(metric)}): {left}.</p>")
     t = report["totals"]
     summary = (f"{report['killed']} of {report['trials']} trials stopped by rules; "
                f"{t['saved_iterations']} of {t['budget_iterations']} trial-iterations saved "

@@ -154,3 +154,13 @@ def test_names_from_the_run_are_drawn_verbatim():
                                                 for n in hostile})
     svg = base64.b64decode(uri.split(",", 1)[1]).decode()
     assert "_hidden" in svg and "cost $5 a $b$" in svg and "esc\\x1b[2J" in svg
+
+
+def test_stopped_trials_are_compared_first_then_the_best():
+    from monitor.report_page import _compared_first
+
+    rows = [{"trial": t, "status": s, "final_metric": m} for t, s, m in (
+        ("a", "TERMINATED", 2.0), ("b", "KILLED", None), ("c", "TERMINATED", 1.0),
+        ("d", "STOPPED", 5.0), ("e", "TERMINATED", float("nan")))]
+    assert [r["trial"] for r in _compared_first(rows, "min")] == ["d", "b", "c", "a", "e"]
+    assert [r["trial"] for r in _compared_first(rows, "max")] == ["d", "b", "a", "c", "e"]
