@@ -25,7 +25,7 @@ import yaml
 from scipy import stats
 
 from heuristics.expr import LAYER_SIGNALS, SIGNALS
-from monitor.console import plain, safe
+from monitor.console import plain, print_wide, safe
 from monitor.replay import is_failure
 from monitor.report import ReportError, reading
 from monitor.store import RunStore
@@ -203,7 +203,7 @@ def print_table(rows: list[dict[str, Any]], trials: list[dict[str, Any]], top: i
                       f"{r['point_biserial']:.2f}", str(r["first_separated_iteration"]),
                       f"{r['threshold']:.4g}" if r["threshold"] is not None else "-",
                       f"{r['recall']:.2f}", str(r["median_detection"]))
-    console.print(table)
+    print_wide(console, table)
 
 
 def write_rules(path: Path, rules: dict[str, Any], sources: list[str]) -> None:

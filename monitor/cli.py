@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from monitor.console import console, print_error, safe
+from monitor.console import console, print_error, print_wide, safe
 from monitor.paths import runs_dir
 from monitor.summary import plain
 
@@ -109,7 +109,7 @@ def _rules_list(args: argparse.Namespace) -> int:
                  else str(r.grace.iterations))
         table.add_row(plain(r.name), r.action, plain(r.failure), plain(r.expr),
                       r.hold.describe(), grace, plain(f"{Path(r.source).name}:{r.line}"))
-    console.print(table)
+    print_wide(console, table)
     if vocabulary is not None:
         _declaration_warnings(rules, vocabulary, Path(args.experiment).stem)
     return 0

@@ -49,3 +49,23 @@ def print_error(message: str) -> None:
     breaks are kept, every other control character is made visible)."""
     text = "\n".join(plain(line) for line in str(message).split("\n"))
     error_console.print(Text.assemble(("error:", "red"), " ", text))
+
+
+def print_wide(out: Console, renderable: object) -> None:
+    """Print on a terminal at its width; piped or redirected, at the width the content needs
+    (a table is never cut at 80 columns, a line never broken inside a word)."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    if isinstance(renderable, str):
+        out.print(renderable, soft_wrap=True)
+        return
+    from rich.measure import Measurement
+
+    wide = Measurement.get(out, out.options.update_width(10_000), renderable)
+    width = out.width
+    out.width = max(wide.maximum, width)
+    try:
+        out.print(renderable)
+    finally:
+        out.width = width

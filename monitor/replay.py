@@ -21,7 +21,7 @@ from typing import Any
 
 from heuristics.engine import RuleEngine
 from heuristics.rules import Rule, rule_version
-from monitor.console import safe
+from monitor.console import print_wide, safe
 from monitor.report import reading
 from monitor.store import RunStore, StoreError
 
@@ -98,7 +98,7 @@ def print_table(result: dict[str, Any], console) -> None:
                       f"{t['kill_iteration']}/{t['budget']}" if t["kill_iteration"] else "-",
                       str(t["saved_iterations"]), safe(", ".join(t["warnings"]) or "-"),
                       safe(shown))
-    console.print(table)
+    print_wide(console, table)
 
     def pct(x):
         return "n/a" if x is None else f"{x:.2f}"

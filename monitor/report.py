@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from monitor.console import plain, safe
+from monitor.console import plain, print_wide, safe
 from monitor.store import STORE_FILE, RunStore, StoreError
 from monitor.verdicts import read_notices
 
@@ -347,26 +347,6 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _print(console, renderable: Any) -> None:
-    """Print on a terminal at its width; piped or redirected, at the width the content needs
-    (a table is never cut at 80 columns, a line never broken inside a word)."""
-    if console.is_terminal:
-        console.print(renderable)
-        return
-    if isinstance(renderable, str):
-        console.print(renderable, soft_wrap=True)
-        return
-    from rich.measure import Measurement
-
-    wide = Measurement.get(console, console.options.update_width(10_000), renderable)
-    width = console.width
-    console.width = max(wide.maximum, width)
-    try:
-        console.print(renderable)
-    finally:
-        console.width = width
-
-
 def print_table(report: dict[str, Any], console) -> None:
     from rich.table import Table
 
@@ -382,9 +362,9 @@ def print_table(report: dict[str, Any], console) -> None:
             table.add_row(safe(r["trial"]), safe(r["variant"] or "-"), r["status"],
                           safe(r["decided_by"]), f"{r['iteration']}/{r['budget'] or '-'}",
                           f"{r['saved_iterations']} it", _fmt(r["final_metric"]) + best)
-        _print(console, table)
+        print_wide(console, table)
     if not report["kills"]:
-        _print(console, f"No trial of {safe(report['run'])} was killed ({report['trials']} "
+        print_wide(console, f"No trial of {safe(report['run'])} was killed ({report['trials']} "
                "trials).")
     else:
         table = Table(title=f"Kills in {safe(report['run'])}")
@@ -396,26 +376,26 @@ def print_table(report: dict[str, Any], console) -> None:
                           f"it {k['iteration']}/{k['budget']} ({_pct(k['budget_used_pct'])}), "
                           f"{k['trial_time_s']:.0f} s", safe(evidence(k)),
                           f"{k['saved_iterations']} it, {k['saved_hours']:.3f} h")
-        _print(console, table)
+        print_wide(console, table)
         per_rule = Table(title="Per rule")
         for col in ("rule", "failure", "kills", "saved iterations", "saved hours"):
             per_rule.add_column(col)
         for r in report["per_rule"]:
             per_rule.add_row(safe(r["rule"]), safe(r["failure"]), str(r["kills"]),
                              str(r["saved_iterations"]), f"{r['saved_hours']:.3f}")
-        _print(console, per_rule)
+        print_wide(console, per_rule)
     t = report["totals"]
-    _print(console, f"{report['killed']} of {report['trials']} trials killed; saved "
+    print_wide(console, f"{report['killed']} of {report['trials']} trials killed; saved "
            f"{t['saved_iterations']} of {t['budget_iterations']} trial-iterations "
            f"({t['saved_pct']:.0f}%), {t['saved_hours']:.3f} trial-hours.")
     for w in report["warnings"]:
         kind = "would-be kills (shadow)" if w["shadow_kill"] else "warnings"
-        _print(console, f"{safe(w['rule'])} ({safe(w['failure'])}): {w['count']} {kind} on "
+        print_wide(console, f"{safe(w['rule'])} ({safe(w['failure'])}): {w['count']} {kind} on "
                f"{len(w['trials'])} trial(s)")
     for line in changes_lines(report):
-        _print(console, f"Rule set {safe(line)}")
+        print_wide(console, f"Rule set {safe(line)}")
     for notice in report.get("notices", []):
-        _print(console, f"Warning: {safe(notice)}")
+        print_wide(console, f"Warning: {safe(notice)}")
 
 
 def render(report: dict[str, Any], fmt: str) -> str:
