@@ -27,7 +27,7 @@ def test_torch_trainer_under_tune_monitor(tmp_path):
     (run,) = (tmp_path / "runs").glob("ddp_sweep_*")
     summary = json.loads((run / "summary.json").read_text())
     (trial,) = summary["trials"]
-    assert trial["killed"] == "divergence", trial
+    assert trial["killed"]["rule"] == "divergence", trial
     (result,) = run.glob("trial_*/result.json")
     last = json.loads(result.read_text().splitlines()[-1])
     assert set(last["health"]["layers"]) == {"1", "3"}  # not "module.1"
