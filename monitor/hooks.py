@@ -412,6 +412,7 @@ class HealthMonitor:
         self._windows = 0
         self._warned_empty = False
         self._forwards = 0  # forward passes of the model seen outside torch.compile
+        self._armed: tuple[bool, bool] | None = None  # (measured, stacked) hooks in place
         self._warned_no_step = False
         modules = list(named_modules(root))
         by_name = dict(modules)
@@ -472,6 +473,9 @@ class HealthMonitor:
         armed = self._measuring or (self._compiled and self._open)
         stacked = armed and (self._compiled or self._functional_probing
                              or self._functional_found)
+        if self._armed == (armed, stacked):
+            return  # nothing to move (a model has a slot per module: 2 x 70 for a ResNet)
+        self._armed = (armed, stacked)
         for slot in self._measured:
             slot.arm() if armed else slot.disarm()
         for slot in self._stacked:
@@ -636,6 +640,7 @@ class HealthMonitor:
         self._open = True
         for slot in self._root_slots:
             slot.arm()
+        self._armed = None  # put every hook back, whatever happened to the modules' dicts
         self._arm()
 
     # -- model-level signals ----------------------------------------------------------------
