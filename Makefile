@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 EXP    ?= master_v464
 STAMP  := $(VENV)/.installed
 
-.PHONY: tune test lint venv constraints wheel bench-overhead bench-store bench-kill bench-scale bench-engine bench-coverage prometheus dashboards clean
+.PHONY: tune test lint venv constraints wheel bench-overhead bench-store bench-kill bench-scale bench-engine bench-coverage prometheus alertmanager dashboards clean
 
 # pyproject.toml declares ranges; constraints.txt holds the exact versions the tests run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -46,6 +46,10 @@ bench-overhead: $(STAMP)
 
 prometheus: $(STAMP)
 	$(PY) -m monitor.prometheus_local
+
+# routes the alerts of `ALERTMANAGER_ADDRESS=127.0.0.1:9093 make prometheus` to $ALERT_WEBHOOK_URL
+alertmanager: $(STAMP)
+	$(PY) -m monitor.alertmanager_local
 
 dashboards: $(STAMP)
 	$(PY) -m dashboards.build

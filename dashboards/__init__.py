@@ -1,9 +1,10 @@
-"""Grafana dashboards: the generated JSON and the provisioning files, shipped as package data.
+"""Grafana dashboards (the generated JSON, the provisioning files) and Prometheus alerting
+rules, shipped as package data.
 
-``json_dir()`` and ``provisioning_dir()`` find them through ``importlib.resources``, so they
-work the same from this checkout and from an installed wheel. Regenerating the JSON
-(``make dashboards``, ``dashboards/build.py``) needs the ``dashboards`` extra
-(grafana-foundation-sdk); reading and pushing it does not.
+``json_dir()``, ``provisioning_dir()`` and ``alert_rules_file()`` find them through
+``importlib.resources``, so they work the same from this checkout and from an installed wheel.
+Regenerating the JSON (``make dashboards``, ``dashboards/build.py``) needs the ``dashboards``
+extra (grafana-foundation-sdk); reading and pushing it does not.
 """
 
 from __future__ import annotations
@@ -37,3 +38,12 @@ def dashboard_files() -> list[Path]:
         raise FileNotFoundError(f"{json_dir()}: no dashboard JSON files (expected *.json; "
                                 "`make dashboards` generates them)")
     return found
+
+
+def alert_rules_file() -> Path:
+    """Prometheus alerting rules over the exporter's metrics (a kill, a rule that cannot see
+    its signal, a trial that stopped reporting): ``prometheus/tune-health-alerts.yaml``."""
+    path = _resource_dir("prometheus") / "tune-health-alerts.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing from the dashboards package")
+    return path

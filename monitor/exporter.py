@@ -35,6 +35,7 @@ from prometheus_client.utils import floatToGoString
 
 from heuristics.results import observe
 from heuristics.vocabulary import Vocabulary
+from monitor.console import plain
 from monitor.durability import describe, write_atomic
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class TrialSignals:
     scalars: dict[str, float] = field(default_factory=dict)
     reports: int = 0
     updated: float = 0.0
+    first: float = 0.0  # the time of the trial's first result
     ended: float | None = None
     chunks: dict[str, bytes] = field(default_factory=dict)  # family -> its lines of this trial
 
@@ -131,7 +133,9 @@ def _families(prefix: str) -> list[Family]:
     out += [Family(f"scalar:{k}", f"{prefix}_{n}", g, d) for k, (n, d) in SCALAR_METRICS.items()]
     out += [Family("reports", f"{prefix}_reports_total", "counter", "Results received per trial"),
             Family("updated", f"{prefix}_last_report_timestamp_seconds", g,
-                   "Unix time of the last result")]
+                   "Unix time of the last result"),
+            Family("first", f"{prefix}_first_report_timestamp_seconds", g,
+                   "Unix time of the first result")]
     return out
 
 
@@ -139,6 +143,13 @@ FAMILIES = _families(PREFIX)
 KILLS = Family("kills", f"{PREFIX}_kills_total", "counter", "Trials stopped by a heuristic rule")
 WARNINGS = Family("warnings", f"{PREFIX}_warnings_total", "counter",
                   "Warnings raised by heuristic rules")
+KILL_TIMES = Family("kill_times", f"{PREFIX}_kill_timestamp_seconds", "gauge",
+                    "Unix time a heuristic rule stopped the trial (labels: the rule, its failure, "
+                    "the iteration and the reason); one series per killed trial, for alerts")
+NOTICES = Family("notices", f"{PREFIX}_notice_info", "gauge",
+                 "A notice of the run (value 1): a rule that cannot see its signal "
+                 "(rule, signal), or a report left out in part (rule \"(input)\")")
+KILL_LABELS = ("failure", "iteration", "reason", "rule")  # besides experiment and trial
 
 
 def _escape(value: str) -> str:
@@ -172,6 +183,7 @@ def render_trial(t: TrialSignals, prefix: str = PREFIX) -> dict[str, bytes]:
         out[f"scalar:{k}"] = [f"{prefix}_{SCALAR_METRICS[k][0]}{plain}{fmt(v)}\n"]
     out["reports"] = [f"{prefix}_reports_total{plain}{fmt(t.reports)}\n"]
     out["updated"] = [f"{prefix}_last_report_timestamp_seconds{plain}{fmt(t.updated)}\n"]
+    out["first"] = [f"{prefix}_first_report_timestamp_seconds{plain}{fmt(t.first)}\n"]
     return {k: "".join(v).encode() for k, v in out.items()}
 
 
@@ -181,6 +193,24 @@ def _render_counters(family: Family, table: dict[tuple[str, str, str], int]) -> 
               f'rule="{_escape(r)}"}} {floatToGoString(n)}\n'.encode()
               for (e, r, f), n in table.items()]
     return lines
+
+
+def _render_labelled(family: Family, table: dict[tuple[str, ...], tuple[dict[str, str], float]]
+                     ) -> list[bytes]:
+    """A family whose series carry arbitrary labels: ``{key: (labels, value)}``."""
+    lines = [family.header()]
+    for labels, value in table.values():
+        text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+        lines.append(f"{family.name}{{{text}}} {floatToGoString(value)}\n".encode())
+    return lines
+
+
+def kill_labels(verdict: dict[str, Any]) -> dict[str, str]:
+    """The labels of a kill's ``tune_health_kill_timestamp_seconds`` series (one line each)."""
+    return {"experiment": plain(verdict["experiment"]), "trial": plain(verdict["trial"]),
+            "rule": plain(verdict["rule"]), "failure": plain(verdict["failure"]),
+            "iteration": str(verdict.get("iteration", "")),
+            "reason": plain(verdict.get("reason", ""))}
 
 
 class SignalSnapshot:
@@ -197,6 +227,9 @@ class SignalSnapshot:
         self._ended: deque[tuple[float, str]] = deque()  # (end time, trial), oldest first
         self._kills: dict[tuple[str, str, str], int] = {}
         self._warnings: dict[tuple[str, str, str], int] = {}
+        # (experiment, trial) -> (labels, kill time); (experiment, rule, signal) -> (labels, 1)
+        self._kill_times: dict[tuple[str, ...], tuple[dict[str, str], float]] = {}
+        self._notices: dict[tuple[str, ...], tuple[dict[str, str], float]] = {}
         self._lock = threading.Lock()
         self._version = 0  # bumped by every change of the exposition
         self._body: tuple[int, bytes, bytes | None] | None = None  # version, text, gzipped
@@ -231,6 +264,7 @@ class SignalSnapshot:
         with self._lock:
             previous = self._trials.get(trial)
         t.reports = (previous.reports if previous else 0) + 1
+        t.first = previous.first if previous else t.updated
         t.chunks = render_trial(t, self.prefix)  # outside the lock: scrapes go on meanwhile
         with self._lock:
             self._trials[trial] = t
@@ -276,8 +310,32 @@ class SignalSnapshot:
     def count_verdict(self, verdict: dict[str, Any]) -> None:
         """Count a verdict (``Verdict.to_dict()``): a kill that stops, else a warning."""
         stops = verdict["action"] == "kill" and not verdict.get("shadow")
+        if stops:
+            labels = kill_labels(verdict)
+            wall_time = _number(verdict.get("wall_time"))
+            with self._lock:  # before the count: an alert on the counter finds the reason
+                self._kill_times[(labels["experiment"], labels["trial"])] = (
+                    labels, wall_time if wall_time is not None else time.time())
         count = self.count_kill if stops else self.count_warning
         count(verdict["experiment"], verdict["rule"], verdict["failure"])
+
+    def note(self, experiment: str, rule: str, signal: str, message: str) -> None:
+        """Export a notice of the run (a rule that cannot see its signal...) as an info
+        series."""
+        labels = {"experiment": plain(experiment), "rule": plain(rule),
+                  "signal": plain(signal), "message": plain(message)}
+        with self._lock:
+            self._notices[(labels["experiment"], labels["rule"], labels["signal"])] = (labels,
+                                                                                       1.0)
+            self._touch()
+
+    def kill_times(self) -> dict[tuple[str, ...], tuple[dict[str, str], float]]:
+        with self._lock:
+            return dict(self._kill_times)
+
+    def notices(self) -> dict[tuple[str, ...], tuple[dict[str, str], float]]:
+        with self._lock:
+            return dict(self._notices)
 
     def _count(self, table: dict[tuple[str, str, str], int], experiment: str, rule: str,
                failure: str) -> None:
@@ -317,6 +375,7 @@ class SignalSnapshot:
                 version = self._version
                 trials = list(self._trials.values())
                 kills, warnings = dict(self._kills), dict(self._warnings)
+                kill_times, notices = dict(self._kill_times), dict(self._notices)
                 cached = None
         if cached is None:
             parts: list[bytes] = []
@@ -324,6 +383,7 @@ class SignalSnapshot:
                 parts.append(header)
                 parts.extend(t.chunks[key] for t in trials if key in t.chunks)
             parts += _render_counters(KILLS, kills) + _render_counters(WARNINGS, warnings)
+            parts += _render_labelled(KILL_TIMES, kill_times) + _render_labelled(NOTICES, notices)
             cached = (version, b"".join(parts), None)
         if gzipped and cached[2] is None:
             compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip container, fast level
@@ -386,11 +446,14 @@ class HealthCollector(Collector):
         reports = CounterMetricFamily(f"{self.prefix}_reports", "Results received per trial",
                                       labels=base)
         updated = gauge("last_report_timestamp_seconds", "Unix time of the last result", [])
+        first = gauge("first_report_timestamp_seconds", "Unix time of the first result", [])
         for t in trials:
             reports.add_metric([t.experiment, t.trial, t.role], t.reports)
             updated.add_metric([t.experiment, t.trial, t.role], t.updated)
+            first.add_metric([t.experiment, t.trial, t.role], t.first)
         yield reports
         yield updated
+        yield first
         kills = CounterMetricFamily(f"{self.prefix}_kills", KILLS.doc,
                                     labels=["experiment", "rule", "failure"])
         for (experiment, rule, failure), n in self.snapshot.kills().items():
@@ -401,6 +464,12 @@ class HealthCollector(Collector):
         for (experiment, rule, failure), n in self.snapshot.warnings().items():
             warnings.add_metric([experiment, rule, failure], n)
         yield warnings
+        for family, table in ((KILL_TIMES, self.snapshot.kill_times()),
+                              (NOTICES, self.snapshot.notices())):
+            out = GaugeMetricFamily(family.name, family.doc)
+            for labels, value in table.values():
+                out.add_sample(family.name, labels, value)
+            yield out
 
 
 # -- serving ---------------------------------------------------------------------------------
@@ -505,6 +574,10 @@ class Exporter:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.sd_failed: str | None = None  # why the file_sd file could not be written
+
+    def note(self, rule: str, signal: str, message: str) -> None:
+        """Export a notice of this run (``tune_health_notice_info``)."""
+        self.snapshot.note(self.experiment, rule, signal, message)
 
     @classmethod
     def for_run(cls, run: str) -> Exporter | None:

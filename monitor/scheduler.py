@@ -125,6 +125,8 @@ class HeuristicScheduler(FIFOScheduler):
         if exporter:
             exporter.snapshot.declare_rules(self.engine.experiment, self.engine.rules,
                                             self.engine.shadow)
+            for n in self.recorder.notices():  # those recorded before a restart
+                exporter.note(n["rule"], n["signal"], n["message"])
         for v in self.recorder.reconcile():  # the recorded verdicts are the truth about kills
             state = self.engine.trials.get(v["trial"])
             stops = v["action"] == "kill" and not v.get("shadow")

@@ -214,6 +214,7 @@ class VerdictRecorder:
             if note_loss(self.run_dir, what):
                 log.warning("%s; the notice was: %s", what, message)
         log.info("%s", message)
+        export_notice(self.run_dir.name, rule, signal, message)
         return True
 
     def notices(self) -> list[dict[str, Any]]:
@@ -229,6 +230,16 @@ class VerdictRecorder:
         state["_store"] = None  # a database connection is not part of the saved state
         state["_noted"] = None
         return state
+
+
+def export_notice(run: str, rule: str, signal: str, message: str) -> None:
+    """Show a notice in the metrics of the run's exporter, if one serves it in this process
+    (``tune_health_notice_info``: what an alert tells a person)."""
+    from monitor.exporter import Exporter
+
+    exporter = Exporter.for_run(run)
+    if exporter is not None:
+        exporter.note(rule, signal, message)
 
 
 def read_notices(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Start a real Prometheus server (Debian package) on a free loopback port, for tests."""
+"""Real Prometheus and Alertmanager servers (Debian packages) on free loopback ports, and a
+webhook that records what Alertmanager posts, for tests."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from monitor import alertmanager_local
 from monitor.prometheus_local import config_text
 
 
@@ -22,12 +27,14 @@ def free_port() -> int:
 
 
 class PrometheusServer:
-    def __init__(self, workdir: Path, sd_dir: Path) -> None:
+    def __init__(self, workdir: Path, sd_dir: Path, rule_files: Sequence[Path] | None = None,
+                 alertmanagers: Sequence[str] = ()) -> None:
         self.binary = shutil.which("prometheus")
         if self.binary is None:
             raise RuntimeError("prometheus is not installed (Debian package 'prometheus'; "
                                ".ci/run installs it)")
         self.workdir, self.sd_dir = workdir, sd_dir
+        self.rule_files, self.alertmanagers = rule_files, alertmanagers
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -35,7 +42,9 @@ class PrometheusServer:
         self.sd_dir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
         # The configuration `make prometheus` uses, scraping every second for the tests.
-        config.write_text(config_text(self.sd_dir, scrape_interval="1s"))
+        config.write_text(config_text(self.sd_dir, scrape_interval="1s",
+                                      rule_files=self.rule_files,
+                                      alertmanagers=self.alertmanagers))
         self.log = open(self.workdir / "prometheus.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [self.binary, f"--config.file={config}",
@@ -72,3 +81,97 @@ class PrometheusServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
             self.log.close()
+
+
+class AlertmanagerServer:
+    """``make alertmanager``'s configuration and command line, routing to ``webhook_url`` with
+    short waits, on a free loopback port."""
+
+    def __init__(self, workdir: Path, webhook_url: str) -> None:
+        self.workdir, self.webhook_url = workdir, webhook_url
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> AlertmanagerServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "alertmanager.yml"
+        config.write_text(alertmanager_local.config_text(self.webhook_url, group_wait="0s",
+                                                         group_interval="1s"))
+        self.log = open(self.workdir / "alertmanager.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            alertmanager_local.command(config, self.workdir / "data", "127.0.0.1", self.port),
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://{self.address}/-/ready", timeout=1)
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError((self.workdir / "alertmanager.log").read_text()) from None
+                time.sleep(0.2)
+        raise RuntimeError("alertmanager did not become ready")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.log.close()
+
+
+class Webhook:
+    """An HTTP server on loopback that keeps every alert posted to it (Alertmanager's webhook
+    payload: ``{"alerts": [{"status", "labels", "annotations", ...}]}``)."""
+
+    def __init__(self) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        self.arrived = threading.Condition()
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with webhook.arrived:
+                    webhook.alerts += json.loads(body)["alerts"]
+                    webhook.arrived.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+
+    def start(self) -> Webhook:
+        self.thread.start()
+        return self
+
+    def wait_for(self, wanted: dict[str, str], timeout: float) -> dict[str, Any]:
+        """The first firing alert whose labels include ``wanted``; AssertionError after
+        ``timeout`` seconds, naming what did arrive."""
+
+        def found() -> dict[str, Any] | None:
+            return next((a for a in self.alerts if a["status"] == "firing"
+                         and wanted.items() <= a["labels"].items()), None)
+
+        with self.arrived:
+            if self.arrived.wait_for(found, timeout):
+                return found()
+            raise AssertionError(f"no firing alert with labels {wanted} within {timeout} s; "
+                                 f"got {[a['labels'] for a in self.alerts]}")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
