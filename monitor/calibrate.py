@@ -39,11 +39,9 @@ def _series(store: RunStore, trial: str) -> dict[tuple[str, str], dict[int, floa
     """``{(signal, layer | reduction | ""): {iteration: value}}`` for one trial."""
     out: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     per_layer: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for iteration, signal, layer, value in store.db.execute(
-            "SELECT iteration, signal, layer, value FROM samples WHERE trial_id = ?", (trial,)):
+    for iteration, signal, layer, v in store.samples(trial):
         if signal not in SIGNALS or signal in EXCLUDED:
             continue
-        v = math.nan if value is None else value
         if layer:
             out[(signal, layer)][iteration] = v
             per_layer[(signal, iteration)].append(v)

@@ -4,7 +4,9 @@ bookkeeping, batches, and the old per-sample queries answered the same."""
 from __future__ import annotations
 
 import math
+import shutil
 import sqlite3
+import subprocess
 
 import numpy as np
 import pytest
@@ -67,7 +69,7 @@ def test_reads_match_the_per_sample_rows_written(tmp_path):
         assert results[2]["loss_d"] == 0.25 and math.isnan(results[3]["loss_g"])
         assert store.series("t1", "dead_ratio")["l4"] == [(2, pytest.approx(0.4))]
         assert store.series("t2", "loss_g")[""] == [(i, 5.0) for i in (1, 2, 3, 4)]
-        # The calibration's query runs on the view.
+        # The calibration reads the same samples.
         assert calibrate._series(store, "t1")[("power_ratio_db", "")] == \
             {1: -3.0, 2: -6.0, 3: -9.0, 4: -12.0}
         names = store.db.execute("SELECT count(*) FROM names").fetchone()[0]
@@ -75,6 +77,61 @@ def test_reads_match_the_per_sample_rows_written(tmp_path):
     assert names == len({"dead_ratio", "activation_std", "power_ratio_db", "loss_g", "loss_d",
                          "val_logmel", "n_parameters", "", "l0", "l1", "l2", "l3", "l4"})
     assert layouts == 3  # the 4th result has the 1st one's layout
+
+
+EXTREMES = [0.0, -0.0, 1.0, -1.5, math.pi, 5e-324, -5e-324, 2.2250738585072014e-308,
+            2.225073858507201e-308, 1.7976931348623157e308, -1.7976931348623157e308, math.inf,
+            -math.inf, math.nan, 1e-310, 123456789012.0, 0.1, 2.0 ** 53 + 2]
+
+
+def test_every_view_reads_in_plain_sqlite_with_the_stored_values(tmp_path):
+    """Python's sqlite3 and the sqlite3 shell, with no function of ours, select from every
+    view; the samples view gives every value exactly (subnormals, -0.0, infinities; NaN as
+    NULL)."""
+    rng = np.random.default_rng(0)
+    randoms = rng.integers(0, 2 ** 63, 400, dtype=np.int64).view(np.float64).tolist()
+    values = EXTREMES + randoms + (rng.standard_normal(400) * 1e3).tolist()
+    with RunStore(tmp_path) as store:
+        for i in range(0, len(values), 100):
+            store.add_result("t1", {"training_iteration": i // 100 + 1, "time_total_s": 1.0,
+                                    **{f"v{k}": v for k, v in enumerate(values[i:i + 100])}})
+    with RunStore(tmp_path, create=False) as store:
+        expected = store.samples("t1")
+    db = sqlite3.connect(tmp_path / "monitor.sqlite")  # plain: no f64 or other function
+    views = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE "
+                                            "type = 'view'")]
+    assert views == ["samples"]
+    for view in views:
+        assert db.execute(f"SELECT * FROM {view} LIMIT 1").fetchall()
+    got = db.execute("SELECT iteration, signal, layer, value FROM samples WHERE trial_id = 't1' "
+                     "ORDER BY iteration, CAST(substr(signal, 2) AS INTEGER)").fetchall()
+    assert len(got) == len(expected) == len(values)
+    for (i, s, layer, v), (ei, es, el, ev) in zip(got, expected):
+        assert (i, s, layer) == (ei, es, el)
+        if math.isnan(ev):
+            assert v is None
+        else:
+            assert v == ev and math.copysign(1, v) == math.copysign(1, ev), (s, v, ev)
+    db.close()
+    if shutil.which("sqlite3"):
+        out = subprocess.run(["sqlite3", tmp_path / "monitor.sqlite",
+                              "SELECT count(value), sum(value = 0.1) FROM samples"],
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == f"{len(values) - 1}|1"  # every value but the NaN
+
+
+def test_a_store_with_the_earlier_view_gets_the_plain_one(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.add_result("t1", result(1))
+        store.db.execute("DROP VIEW samples")
+        store.db.execute("CREATE VIEW samples AS SELECT f64(r.vals, 0) AS value FROM results r")
+    with RunStore(tmp_path, create=False) as store:  # a reader leaves it (f64 is registered)
+        assert store.db.execute("SELECT count(*) FROM samples").fetchone() == (1,)
+    with RunStore(tmp_path):  # a writer replaces it
+        pass
+    db = sqlite3.connect(tmp_path / "monitor.sqlite")
+    assert db.execute("SELECT value FROM samples WHERE signal = 'loss_g'").fetchone() == (1.0,)
+    db.close()
 
 
 def test_a_batch_is_one_transaction_and_a_reported_iteration_is_replaced(tmp_path):
