@@ -4,9 +4,11 @@ Alertmanager to a webhook."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -154,6 +156,19 @@ def test_configurations_name_the_rules_and_the_webhook(tmp_path):
     if shutil.which("amtool"):
         path = tmp_path / "alertmanager.yml"
         path.write_text(alertmanager_local.config_text("https://hooks.example/x"))
+        out = subprocess.run(["amtool", "check-config", str(path)], capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_readme_route_passes_amtool(tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### Alerts"):]
+    route = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    assert yaml.safe_load(route)["receivers"][0]["webhook_configs"][0]["url"].startswith("https")
+    if shutil.which("amtool"):
+        path = tmp_path / "alertmanager.yml"
+        path.write_text(route)
         out = subprocess.run(["amtool", "check-config", str(path)], capture_output=True,
                              text=True)
         assert out.returncode == 0, out.stdout + out.stderr
