@@ -23,6 +23,7 @@ from heuristics.vocabulary import Vocabulary
 from monitor import audio_samples
 from monitor.audio_samples import AUDIO_KEY, REFERENCE_KEY
 from monitor.durability import describe, note_loss
+from monitor.scheduler_stops import is_scheduler_verdict
 from monitor.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -156,15 +157,18 @@ class StoreWriter:
             final = status
             extra: dict[str, Any] = {}
             if kill:
-                outcome, source, final = kill["failure"], "rule", "KILLED"
                 # A crash between the verdict and this result's callback: the verdict knows.
                 extra["iterations"] = max(self._iterations.get(trial, 0), kill["iteration"])
+            if kill and not is_scheduler_verdict(kill):
+                outcome, source, final = kill["failure"], "rule", "KILLED"
             elif status == "ERROR":
                 outcome, source = "error", "error"
             elif self.healthy_threshold is not None and metric is not None:
                 good = (metric == self.healthy_threshold
                         or self.vocabulary.better(metric, self.healthy_threshold))
                 outcome, source = ("healthy" if good else "failed"), "quality"
+            if kill and final == "TERMINATED":  # the wrapped scheduler's stop: no diagnosis
+                final = "STOPPED"
             store.upsert_trial(trial, status=final, ended=time.time(),
                                final_metric=metric,
                                outcome=outcome, outcome_source=source, **extra)

@@ -92,7 +92,7 @@ def print_table(result: dict[str, Any], console) -> None:
                                       f"{live['revision']}) at {live['iteration']}"
                                       if live["version"] else
                                       f"{live['rule']} at {live['iteration']}")
-        table.add_row(safe(t["trial"]), safe(t["variant"]), safe(t["outcome"]),
+        table.add_row(safe(t["trial"]), safe(t["variant"]), safe(t["outcome"] or "unlabelled"),
                       safe(f"{t['killed_by']} {t['killed_by_version']}" if t["killed_by"]
                            else "-"),
                       f"{t['kill_iteration']}/{t['budget']}" if t["kill_iteration"] else "-",
@@ -103,13 +103,14 @@ def print_table(result: dict[str, Any], console) -> None:
     def pct(x):
         return "n/a" if x is None else f"{x:.2f}"
 
+    detection = "no failing trial detected" if result["median_detection_iteration"] is None \
+        else (f"median detection at iteration {result['median_detection_iteration']} "
+              f"({pct(result['median_detection_pct_of_budget'])}% of budget)")
     console.print(f"precision {pct(result['precision'])}, recall {pct(result['recall'])} "
                   f"({result['true_kills']} true kills, {result['false_kills']} false kills, "
                   f"{result['missed']} missed, {result['unlabelled']} unlabelled); saved "
                   f"{result['saved_iterations']}/{result['budget_iterations']} trial-iterations "
-                  f"({result['saved_pct']:.0f}%); median detection at iteration "
-                  f"{result['median_detection_iteration']} "
-                  f"({pct(result['median_detection_pct_of_budget'])}% of budget)")
+                  f"({result['saved_pct']:.0f}%); {detection}")
 
 
 def score(trials: list[dict[str, Any]]) -> dict[str, Any]:

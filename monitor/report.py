@@ -1,5 +1,8 @@
 """``monitor kill-report``: what was killed, why, and how much compute that saved.
 
+Two policies stop trials: the rules (kills) and the scheduler they wrap, e.g. ASHA (its stops,
+recorded as its verdicts: ``monitor.scheduler_stops``); compute saved is counted per policy.
+
 Reports only read: the run store is opened read-only (``open_store``), so a store on
 read-only media or without write permission is read, not reported as damaged, and a damaged
 one gives a ``StoreError`` naming the file, never a traceback. Names from the run (trials,
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.console import plain, print_wide, safe
+from monitor.scheduler_stops import is_scheduler_verdict
 from monitor.store import STORE_FILE, RunStore, StoreError
 from monitor.verdicts import read_notices
 
@@ -134,12 +138,14 @@ def find_run(storage: Path, experiment: str | None = None) -> Path:
 
 def build(run_dir: Path, baseline: str | None = None) -> dict[str, Any]:
     """The report as data (the JSON format prints exactly this); ``baseline``: the trial to
-    compare with (id, unique id suffix or variant name; default: the best finished trial)."""
+    compare with (id, unique id suffix or variant name; default: the best finished trial).
+    ``kills``: the rules' kills; ``scheduler_stops``: the wrapped scheduler's stops (same
+    fields); ``per_policy``: stops and compute saved by the rules and by each scheduler."""
     with reading(run_dir) as store:
         meta, trials, verdicts = store.meta(), store.trials(), store.verdicts()
     by_id = {t["trial_id"]: t for t in trials}
     budget_default = meta.get("budget")
-    kills, warnings = [], {}
+    kills, stops, warnings = [], [], {}
     for v in verdicts:
         if v["action"] == "warn" or v.get("shadow"):
             key = (v["rule"], v["failure"], bool(v.get("shadow")))
@@ -150,12 +156,16 @@ def build(run_dir: Path, baseline: str | None = None) -> dict[str, Any]:
             if v["trial"] not in w["trials"]:
                 w["trials"].append(v["trial"])
             continue
+        scheduler = is_scheduler_verdict(v)
+        if scheduler and any(k["trial"] == v["trial"] for k in kills):
+            continue  # a trial a rule killed: the rule decided
         t = by_id.get(v["trial"], {})
         budget = v.get("budget") or t.get("budget") or budget_default or v["iteration"]
         per_iteration_s = v["trial_time_s"] / v["iteration"] if v["iteration"] else 0.0
         saved_iterations = max(budget - v["iteration"], 0)
-        kills.append({
+        (stops if scheduler else kills).append({
             "trial": v["trial"], "variant": t.get("variant"), "rule": v["rule"],
+            "policy": "scheduler" if scheduler else "rules",
             "failure": v["failure"], "iteration": v["iteration"], "budget": budget,
             "budget_used_pct": 100.0 * v["iteration"] / budget if budget else None,
             "trial_time_s": v["trial_time_s"], "wall_time": v["wall_time"],
@@ -178,16 +188,18 @@ def build(run_dir: Path, baseline: str | None = None) -> dict[str, Any]:
     changes = read_changes(run_dir)
     total_budget = sum((t.get("budget") or budget_default or 0) for t in trials)
     used = sum(t.get("iterations") or 0 for t in trials)
-    saved = sum(k["saved_iterations"] for k in kills)
-    rows = trial_rows(trials, kills, budget_default)
+    saved = sum(k["saved_iterations"] for k in kills + stops)
+    rows = trial_rows(trials, kills, budget_default, stops)
     metric, mode = meta.get("metric"), meta.get("mode") or "min"
     return {
         "experiment": meta.get("experiment"), "run": meta.get("run", run_dir.name),
         "run_dir": str(run_dir), "trials": len(trials), "killed": len(kills),
+        "stopped_by_scheduler": len(stops),
         "metric": metric, "mode": mode,
         "baseline": pick_baseline(rows, mode, baseline, run_dir),
         "trial_table": rows,
         "kills": kills, "per_rule": sorted(per_rule.values(), key=lambda r: -r["kills"]),
+        "scheduler_stops": stops, "per_policy": per_policy(kills, stops),
         "warnings": list(warnings.values()),
         "notices": [n["message"] for n in read_notices(run_dir)],
         "rule_set": {"revision": max((c["revision"] for c in changes), default=1),
@@ -195,32 +207,72 @@ def build(run_dir: Path, baseline: str | None = None) -> dict[str, Any]:
         "totals": {"budget_iterations": total_budget, "used_iterations": used,
                    "saved_iterations": saved,
                    "saved_pct": 100.0 * saved / total_budget if total_budget else 0.0,
-                   "saved_hours": sum(k["saved_hours"] for k in kills)},
+                   "saved_hours": sum(k["saved_hours"] for k in kills + stops)},
     }
 
 
+def per_policy(kills: list[dict[str, Any]], stops: list[dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """Stops and compute saved by the rules, then by each wrapped scheduler (by name)."""
+    out = {"rules": {"policy": "rules", "decided_by": "rules", "stops": 0,
+                     "saved_iterations": 0, "saved_hours": 0.0}}
+    for k in kills + stops:
+        name = "rules" if k["policy"] == "rules" else k["rule"]
+        p = out.setdefault(name, {"policy": k["policy"], "decided_by": name, "stops": 0,
+                                  "saved_iterations": 0, "saved_hours": 0.0})
+        p["stops"] += 1
+        p["saved_iterations"] += k["saved_iterations"]
+        p["saved_hours"] += k["saved_hours"]
+    return list(out.values())
+
+
+def totals_line(report: dict[str, Any]) -> str:
+    """``2 of 6 trials killed by rules, 2 stopped by ASHAScheduler; saved 39 of 90
+    trial-iterations (43%), 0.012 trial-hours (rules 20, ASHAScheduler 19).``"""
+    t = report["totals"]
+    policies = report.get("per_policy") or []
+    schedulers = [p for p in policies if p["policy"] == "scheduler"]
+    stopped = "".join(f", {p['stops']} stopped by {p['decided_by']}" for p in schedulers)
+    split = (" (" + ", ".join(f"{p['decided_by']} {p['saved_iterations']}" for p in policies)
+             + ")") if schedulers else ""
+    return (f"{report['killed']} of {report['trials']} trials killed by rules{stopped}; saved "
+            f"{t['saved_iterations']} of {t['budget_iterations']} trial-iterations "
+            f"({t['saved_pct']:.0f}%), {t['saved_hours']:.3f} trial-hours{split}.")
+
+
 def trial_rows(trials: list[dict[str, Any]], kills: list[dict[str, Any]],
-               budget_default: int | None) -> list[dict[str, Any]]:
-    """One row per trial: status, what decided its end, iterations, compute saved, quality."""
+               budget_default: int | None,
+               stops: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per trial: status, what decided its end, iterations, compute saved, quality.
+
+    KILLED: a rule's kill; STOPPED: the wrapped scheduler's stop (``stops``), or an end before
+    the budget that no recorded decision explains (a Tune stopper, the trainable returning):
+    shown, its compute not counted as saved."""
     killed = {k["trial"]: k for k in kills}
+    for k in stops or []:
+        killed.setdefault(k["trial"], k)
     rows = []
     for t in trials:
         budget = t.get("budget") or budget_default
         iterations = t.get("iterations") or 0
         k = killed.get(t["trial_id"])
         status = t.get("status") or "-"
+        saved = 0
         if k is not None:
-            status, decided = "KILLED", f"rule {rule_of(k)}"
+            if k.get("policy") == "scheduler":
+                status, decided = "STOPPED", f"{k['rule']} (wrapped scheduler)"
+            else:
+                status, decided = "KILLED", f"rule {rule_of(k)}"
             iterations = max(iterations, k["iteration"])
-        elif status == "TERMINATED" and budget and iterations < budget:
-            status, decided = "STOPPED", "scheduler"
+            saved = k["saved_iterations"]
+        elif status in ("TERMINATED", "STOPPED") and budget and iterations < budget:
+            status, decided = "STOPPED", "no recorded decision (a Tune stopper or the trainable)"
         elif status == "TERMINATED":
             decided = "ran to its budget"
         elif status == "ERROR":
             decided = "error"
         else:
             decided = "-"
-        saved = max(budget - iterations, 0) if budget and status in ("KILLED", "STOPPED") else 0
         metric = t.get("final_metric")
         rows.append({"trial": t["trial_id"], "variant": t.get("variant"), "status": status,
                      "decided_by": decided, "iteration": iterations, "budget": budget,
@@ -311,12 +363,7 @@ def _markdown_trials(report: dict[str, Any]) -> list[str]:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Kill report: {plain(report['run'])}", "",
-             f"{report['killed']} of {report['trials']} trials killed; "
-             f"{report['totals']['saved_iterations']} of "
-             f"{report['totals']['budget_iterations']} trial-iterations saved "
-             f"({report['totals']['saved_pct']:.0f}%), "
-             f"{report['totals']['saved_hours']:.3f} trial-hours.", "",
+    lines = [f"# Kill report: {plain(report['run'])}", "", plain(totals_line(report)), "",
              *_markdown_trials(report),
              "| trial | variant | rule | failure | iteration | % budget | evidence | "
              "saved iterations | saved hours |", "|---|---|---|---|---|---|---|---|---|"]
@@ -330,6 +377,20 @@ def to_markdown(report: dict[str, Any]) -> str:
     for r in report["per_rule"]:
         lines.append(f"| {_cell(r['rule'])} | {_cell(r['failure'])} | {r['kills']} | "
                      f"{r['saved_iterations']} | {r['saved_hours']:.4f} |")
+    if report.get("scheduler_stops"):
+        lines += ["", "Stopped by the wrapped scheduler:", "",
+                  "| trial | variant | scheduler | iteration | % budget | reason | "
+                  "saved iterations | saved hours |", "|---|---|---|---|---|---|---|---|"]
+        for k in report["scheduler_stops"]:
+            lines.append(f"| {_cell(k['trial'])} | {_cell(k['variant'] or '-')} | "
+                         f"{_cell(k['rule'])} | {k['iteration']}/{k['budget']} | "
+                         f"{_pct(k['budget_used_pct'])} | {_cell(k['reason'])} | "
+                         f"{k['saved_iterations']} | {k['saved_hours']:.4f} |")
+        lines += ["", "| decided by | stops | saved iterations | saved hours |",
+                  "|---|---|---|---|"]
+        for r in report["per_policy"]:
+            lines.append(f"| {_cell(r['decided_by'])} | {r['stops']} | "
+                         f"{r['saved_iterations']} | {r['saved_hours']:.4f} |")
     if report["warnings"]:
         lines += ["", "Warnings:", ""]
         for w in report["warnings"]:
@@ -364,8 +425,8 @@ def print_table(report: dict[str, Any], console) -> None:
                           f"{r['saved_iterations']} it", _fmt(r["final_metric"]) + best)
         print_wide(console, table)
     if not report["kills"]:
-        print_wide(console, f"No trial of {safe(report['run'])} was killed ({report['trials']} "
-               "trials).")
+        print_wide(console, f"No trial of {safe(report['run'])} was killed by a rule "
+                   f"({report['trials']} trials).")
     else:
         table = Table(title=f"Kills in {safe(report['run'])}")
         for col in ("trial", "variant", "rule", "failure", "when", "evidence", "saved"):
@@ -384,10 +445,24 @@ def print_table(report: dict[str, Any], console) -> None:
             per_rule.add_row(safe(r["rule"]), safe(r["failure"]), str(r["kills"]),
                              str(r["saved_iterations"]), f"{r['saved_hours']:.3f}")
         print_wide(console, per_rule)
-    t = report["totals"]
-    print_wide(console, f"{report['killed']} of {report['trials']} trials killed; saved "
-           f"{t['saved_iterations']} of {t['budget_iterations']} trial-iterations "
-           f"({t['saved_pct']:.0f}%), {t['saved_hours']:.3f} trial-hours.")
+    if report.get("scheduler_stops"):
+        table = Table(title=f"Stopped by the wrapped scheduler in {safe(report['run'])}")
+        for col in ("trial", "variant", "scheduler", "when", "reason", "saved"):
+            table.add_column(col, overflow="fold")
+        for k in report["scheduler_stops"]:
+            table.add_row(safe(k["trial"]), safe(k["variant"] or "-"), safe(k["rule"]),
+                          f"it {k['iteration']}/{k['budget']} ({_pct(k['budget_used_pct'])}), "
+                          f"{k['trial_time_s']:.0f} s", safe(k["reason"]),
+                          f"{k['saved_iterations']} it, {k['saved_hours']:.3f} h")
+        print_wide(console, table)
+        policies = Table(title="Per deciding policy")
+        for col in ("decided by", "stops", "saved iterations", "saved hours"):
+            policies.add_column(col)
+        for r in report["per_policy"]:
+            policies.add_row(safe(r["decided_by"]), str(r["stops"]),
+                             str(r["saved_iterations"]), f"{r['saved_hours']:.3f}")
+        print_wide(console, policies)
+    print_wide(console, safe(totals_line(report)))
     for w in report["warnings"]:
         kind = "would-be kills (shadow)" if w["shadow_kill"] else "warnings"
         print_wide(console, f"{safe(w['rule'])} ({safe(w['failure'])}): {w['count']} {kind} on "

@@ -1,7 +1,8 @@
 """``monitor kill-report --html``: one self-contained page per run, opened from disk.
 
 What it shows: a sortable table of the trials; the validation metric of every trial over
-time; for each stopped trial the rule's sentence and the signals it read, against the band of
+time; for each stopped trial the rule's (or the wrapped scheduler's) sentence and the signals
+it read (the scheduler: the metric it ranked), against the band of
 its healthy siblings at the same iterations, with the kill marked and the layers named, and
 its output clip beside the baseline's at the same iteration (``<audio>`` and a spectrogram);
 and every trial against the baseline (the best finished trial, or ``--baseline``), every
@@ -19,7 +20,7 @@ from typing import Any
 
 from monitor import audio_samples, report_plots
 from monitor.console import plain
-from monitor.report import _fmt, changes_lines, reading, rule_of
+from monitor.report import _fmt, changes_lines, reading, rule_of, totals_line
 
 MAX_COMPARED = 30  # trials drawn against the baseline: a page stays about a minute and 30 MB
 
@@ -49,7 +50,8 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f0f0f0;cursor:pointer;user-select:none}
 th[data-order=asc]::after{content:' \\25B2'} th[data-order=desc]::after{content:' \\25BC'}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.KILLED td{background:#fdecea} tr.baseline td{background:#e8f5e9}
+tr.KILLED td{background:#fdecea} tr.STOPPED td{background:#fff4e0}
+tr.baseline td{background:#e8f5e9}
 .reason{background:#fafafa;border-left:4px solid #d62728;padding:.5em 1em}
 .plots img{width:560px;max-width:100%;margin:.2em} img.metric{width:900px;max-width:100%}
 img.comparison{width:100%}
@@ -152,14 +154,18 @@ def _kill_section(kill: dict[str, Any], store, run_dir: Path, healthy: list[str]
         picture = report_plots.evidence(signal, mine[signal], siblings, kill["iteration"], x_max)
         plots.append(f"<img class='plot evidence' alt='{_e(signal)} of {_e(kill['trial'])}' "
                      f"src='{picture}'>")
+    by = (f"the wrapped scheduler {_e(kill['rule'])}" if kill.get("policy") == "scheduler"
+          else f"rule {_e(rule_of(kill))}")
+    read = "What the scheduler ranked" if kill.get("policy") == "scheduler" else \
+        "What the rule read"
     band = (f"Grey: the middle 80% (10th to 90th percentile) and the median of the "
             f"{len(healthy)} healthy sibling(s) at the same iterations."
             if healthy else "No healthy sibling finished: no band to compare against.")
     return (f"<section class='kill' id='{_anchor(kill['trial'])}'>"
             f"<h3>{_e(names[kill['trial']])}: stopped at iteration {kill['iteration']} of "
-            f"{kill['budget']} by rule {_e(rule_of(kill))}</h3>"
+            f"{kill['budget']} by {by}</h3>"
             f"<p class='reason'>{_e(kill['reason'])}</p>"
-            f"<p>What the rule read ({_e(', '.join(signals))}), one line per layer. {band}</p>"
+            f"<p>{read} ({_e(', '.join(signals))}), one line per layer. {band}</p>"
             f"<div class='plots'>{''.join(plots)}</div>"
             f"{_listen(run_dir, kill['trial'], baseline, kill['iteration'], names)}</section>")
 
@@ -217,7 +223,7 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
                      if lines else "<p>No validation metric was declared for this run.</p>")
         kills = "".join(_kill_section(k, store, run_dir, [t for t in healthy if t != k["trial"]],
                                       baseline, names, k["budget"] or budget, roles)
-                        for k in report["kills"])
+                        for k in report["kills"] + report.get("scheduler_stops", []))
         compared = ""
         if baseline:
             signals = sorted(_all_signals(store, baseline), key=lambda s: s != metric)
@@ -229,10 +235,7 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
                 left = ", ".join(_e(names[r["trial"]]) for r in others[MAX_COMPARED:])
                 compared += (f"<p>Not drawn (at most {MAX_COMPARED} trials, stopped ones "
                              f"first, then by final {_e(metric)}): {left}.</p>")
-    t = report["totals"]
-    summary = (f"{report['killed']} of {report['trials']} trials stopped by rules; "
-               f"{t['saved_iterations']} of {t['budget_iterations']} trial-iterations saved "
-               f"({t['saved_pct']:.0f}%), {t['saved_hours']:.3f} trial-hours.")
+    summary = _e(totals_line(report))
     base = (f"Baseline: <b>{_e(names[baseline])}</b> (final {_e(metric)} "
             f"{_fmt(rows[baseline]['final_metric'])})." if baseline else
             "No trial finished: there is no baseline to compare with.")
@@ -250,7 +253,7 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
         f"{_trials_table(report)}"
         f"<h2>Validation metric over time</h2>{over_time}"
         f"<h2>Why each stopped trial was stopped</h2>"
-        f"{kills or '<p>No trial was stopped by a rule.</p>'}"
+        f"{kills or '<p>No trial was stopped by a rule or the wrapped scheduler.</p>'}"
         f"<h2>Each trial against the baseline</h2><p>{base} Every signal and metric; "
         f"open a trial to see it.</p>{compared}"
         + (f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else "")

@@ -4,7 +4,9 @@
 for verdicts and records them durably (run store, then the fsynced verdict log:
 ``monitor.verdicts``) *before* it saves the rule state and returns STOP for a kill; it counts
 them in the exporter. With no kill it delegates to a wrapped scheduler (e.g. ASHA) if one is
-given. In shadow mode it records every would-be kill and stops nothing.
+given, and records that scheduler's stops as its verdicts, just as durably
+(``monitor.scheduler_stops``). In shadow mode it records every would-be kill and stops nothing
+(the wrapped scheduler still stops what it stops).
 
 Ray Tune pickles a scheduler once, when the experiment starts, and does not save its state.
 This one keeps its rule state in ``<run dir>/heuristics/state.sqlite`` (the newest record
@@ -28,7 +30,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from heuristics.coverage import SignalCoverage, undeclared
 from heuristics.engine import RuleEngine, TrialState, Verdict
-from heuristics.results import clean_result
+from heuristics.results import clean_result, number
 from heuristics.rules import Rule
 from heuristics.ruleset import RuleSet
 from heuristics.vocabulary import Vocabulary
@@ -39,6 +41,7 @@ from monitor.faults import crash_point
 from monitor.grafana import KillAnnotator
 from monitor.rulechanges import RuleController
 from monitor.rulestate import RuleStateStore
+from monitor.scheduler_stops import before, is_scheduler_verdict, stop_verdict
 from monitor.verdicts import RunLock, VerdictRecorder
 
 log = logging.getLogger(__name__)
@@ -48,9 +51,10 @@ _LIVE: dict[str, HeuristicScheduler] = {}  # run name -> its scheduler, in the d
 
 
 def kill_of(run: str | None, trial: str) -> dict[str, Any] | None:
-    """The kill verdict of ``trial`` in ``run``, as this process's scheduler knows it."""
+    """The verdict that stopped ``trial`` in ``run`` (a rule's kill, or the wrapped
+    scheduler's stop), as this process's scheduler knows it."""
     scheduler = _LIVE.get(run) if run else None
-    return scheduler.ruleset.killed(trial) if scheduler is not None else None
+    return scheduler.stopped(trial) if scheduler is not None else None
 
 
 def live(run: str | None) -> HeuristicScheduler | None:
@@ -93,6 +97,7 @@ class HeuristicScheduler(FIFOScheduler):
         self._supports_buffered_results = False  # act on every result as it arrives
         self._lock = RunLock(self.run_dir)  # "a live driver writes this run"
         self._failed: set[str] = set()  # trials whose result could not be evaluated
+        self.stops: dict[str, dict[str, Any]] = {}  # trial -> the wrapped scheduler's stop
 
     @property
     def state(self) -> RuleStateStore:
@@ -128,6 +133,9 @@ class HeuristicScheduler(FIFOScheduler):
             for n in self.recorder.notices():  # those recorded before a restart
                 exporter.note(n["rule"], n["signal"], n["message"])
         for v in self.recorder.reconcile():  # the recorded verdicts are the truth about kills
+            if is_scheduler_verdict(v):
+                self.stops.setdefault(v["trial"], v)
+                continue
             state = self.engine.trials.get(v["trial"])
             stops = v["action"] == "kill" and not v.get("shadow")
             if stops:
@@ -138,6 +146,14 @@ class HeuristicScheduler(FIFOScheduler):
             if exporter:
                 exporter.snapshot.count_verdict(v)
         self.controller.start()  # revision 1, or the applied rules rebuilt after a restore
+
+    def stopped(self, trial: str) -> dict[str, Any] | None:
+        """The verdict that stopped ``trial``: a rule's kill, else the wrapped scheduler's."""
+        return self.ruleset.killed(trial) or self.stops.get(trial)
+
+    def scheduler_stops(self) -> list[dict[str, Any]]:
+        """The wrapped scheduler's stops this process knows of."""
+        return list(self.stops.values())
 
     def _save(self, trial: str) -> None:
         self.state.append(trial, self.engine.last_record(trial))
@@ -173,8 +189,8 @@ class HeuristicScheduler(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._load()
         self.controller.poll()  # rule changes asked for: swapped in between two results
-        if self.ruleset.killed(trial.trial_id) is not None:
-            return TrialScheduler.STOP  # killed before a restart: never resumed, never twice
+        if self.stopped(trial.trial_id) is not None:
+            return TrialScheduler.STOP  # stopped before a restart: never resumed, never twice
         result, problems = clean_result(result)
         if problems:
             self._input_notices(trial.trial_id, problems)
@@ -207,8 +223,29 @@ class HeuristicScheduler(FIFOScheduler):
                 self.wrapped.on_trial_remove(tune_controller, trial)
             return TrialScheduler.STOP
         if self.wrapped is not None:
-            return self.wrapped.on_trial_result(tune_controller, trial, result)
+            return self._delegate(tune_controller, trial, result)
         return TrialScheduler.CONTINUE
+
+    def _delegate(self, tune_controller, trial, result: dict) -> str:
+        """The wrapped scheduler's decision; a STOP is recorded as its verdict first."""
+        context = before(self.wrapped, trial.trial_id, result)
+        decision = self.wrapped.on_trial_result(tune_controller, trial, result)
+        if decision != TrialScheduler.STOP:
+            return decision
+        try:
+            budget = self.engine.budget or number(result.get("max_iterations")) or None
+            verdict = stop_verdict(
+                self.wrapped, trial, result, context, metric=self.vocabulary.validation,
+                mode=self.vocabulary.mode, experiment=self.engine.experiment,
+                budget=int(budget) if budget else None)
+            if verdict is not None:
+                self.stops[trial.trial_id] = verdict
+                self.recorder.record(verdict)  # store and log, durable before Tune stops it
+                log.info("%s", plain(verdict["reason"]))
+        except Exception as exc:  # noqa: BLE001 - recording a stop never prevents it
+            log.warning("the stop of trial %s by %s could not be recorded (%s)",
+                        trial.trial_id, type(self.wrapped).__name__, describe(exc))
+        return decision
 
     def on_trial_error(self, tune_controller, trial) -> None:
         if self.wrapped is not None:
@@ -227,7 +264,7 @@ class HeuristicScheduler(FIFOScheduler):
         self.controller.poll()
         for trial in tune_controller.get_trials():  # killed before a crash: never relaunched
             if trial.status in (Trial.PENDING, Trial.PAUSED) \
-                    and self.ruleset.killed(trial.trial_id) is not None:
+                    and self.stopped(trial.trial_id) is not None:
                 tune_controller.stop_trial(trial)
         if self.wrapped is not None:
             return self.wrapped.choose_trial_to_run(tune_controller)

@@ -23,6 +23,7 @@ from rich.text import Text
 from heuristics.vocabulary import Vocabulary
 from monitor.console import plain as console_plain
 from monitor.durability import describe, losses, note_loss, write_atomic
+from monitor.scheduler_stops import is_scheduler_verdict
 from monitor.verdicts import VerdictRecorder, read_notices, verdict_key
 
 
@@ -53,7 +54,9 @@ def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
               store_failed: str | None = None,
               known: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The summary of the run in ``run_dir``; ``results``: Tune's ``ResultGrid``, if any;
-    ``known``: kills this process decided, counted even where no file could keep them."""
+    ``known``: kills (and the wrapped scheduler's stops) this process decided, counted even
+    where no file could keep them. A rule's kill is a trial's ``killed`` (status KILLED); the
+    wrapped scheduler's stop its ``stopped`` (status STOPPED, ``by`` the scheduler's name)."""
     run_dir = Path(run_dir)
     recorder = VerdictRecorder(run_dir)
     verdicts = recorder.reconcile()
@@ -61,7 +64,12 @@ def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
     verdicts += [v for v in known or [] if verdict_key(v) not in seen]
     store_failed = store_failed or recorder.store_failed
     recorder.close()
-    kills = {v["trial"]: v for v in verdicts if v["action"] == "kill" and not v.get("shadow")}
+    stopping = [v for v in verdicts if v["action"] == "kill" and not v.get("shadow")]
+    kills = {v["trial"]: v for v in stopping if not is_scheduler_verdict(v)}
+    stops: dict[str, dict[str, Any]] = {}
+    for v in stopping:
+        if is_scheduler_verdict(v) and v["trial"] not in kills:
+            stops.setdefault(v["trial"], v)
     stored, unreadable = _stored_trials(run_dir)
     metric = vocabulary.validation
     trials: dict[str, dict[str, Any]] = {}
@@ -94,9 +102,14 @@ def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
             t["killed"].update({k: v[k] for k in ("rule_version", "ruleset_revision")
                                 if v.get(k)})
             t["status"] = "KILLED"
+        elif trial_id in stops:
+            v = stops[trial_id]
+            t["stopped"] = {"by": v["rule"], "policy": "scheduler",
+                            **{k: v[k] for k in ("failure", "iteration", "reason")}}
+            t["status"] = "STOPPED"
     sign = 1 if vocabulary.mode == "min" else -1
     ranked = sorted((t for t in trials.values() if _finite(t.get("metric"))
-                     and not t.get("killed") and not t.get("error")),
+                     and not t.get("killed") and not t.get("stopped") and not t.get("error")),
                     key=lambda t: sign * t["metric"])
     lost = losses(run_dir)
     not_recorded = [x for x in lost if x.startswith("run store")]
@@ -109,7 +122,7 @@ def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
     changes = read_changes(run_dir)
     summary = {"name": run_dir.name, "experiment": experiment, "metric": metric,
                "mode": vocabulary.mode, "verdicts": len(verdicts),
-               "kills": len(kills),
+               "kills": len(kills), "scheduler_stops": len(stops),
                "warnings": sum(v["action"] == "warn" or bool(v.get("shadow")) for v in verdicts),
                "notices": [n["message"] for n in read_notices(run_dir)],
                "not_recorded": not_recorded,
@@ -133,7 +146,8 @@ def _fmt(x: Any) -> str:
 
 def print_summary(summary: dict[str, Any], console: Console,
                   extra_columns: tuple[str, ...] = ()) -> None:
-    """The run table: trial, variant, iterations, metric, status (killed: rule @iteration);
+    """The run table: trial, variant, iterations, metric, status (killed: rule @iteration;
+    stopped: the wrapped scheduler @iteration);
     ``extra_columns`` (last reported values) only where the terminal is wide enough."""
     metric = summary.get("metric") or "metric"
     table = Table(title=plain(f"{summary['name']}: {len(summary['trials'])} trials "
@@ -152,6 +166,8 @@ def print_summary(summary: dict[str, Any], console: Console,
         status = "error" if t.get("error") else "done"
         if t.get("killed"):
             status = f"killed: {t['killed']['rule']} @{t['killed']['iteration']}"
+        elif t.get("stopped"):
+            status = f"stopped: {t['stopped']['by']} @{t['stopped']['iteration']}"
         elif t.get("status") == "RUNNING":
             status = "running"
         table.add_row(plain(t["trial_id"]), plain(t.get("variant")), str(t.get("iterations")),

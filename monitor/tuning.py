@@ -206,14 +206,15 @@ class TuneMonitor:
         """The run's summary (also ``<run dir>/summary.json``); ``results``: ``tuner.fit()``'s
         ``ResultGrid``."""
         self.close()
-        ruleset = (live(self.name) or self.scheduler).ruleset
+        scheduler = live(self.name) or self.scheduler
         return summarise(self.run_dir, self.spec.experiment, self.spec.vocabulary, results,
                          self.spec.started, store_failed=self.store_callback.failed,
-                         known=ruleset.kills())
+                         known=scheduler.ruleset.kills() + scheduler.scheduler_stops())
 
     def print_summary(self, results: Any = None,
                       extra_columns: tuple[str, ...] = ()) -> dict[str, Any]:
-        """``summary(results)``, shown as a table (killed trials with rule and iteration)."""
+        """``summary(results)``, shown as a table (killed trials with rule and iteration,
+        those the wrapped scheduler stopped with its name and iteration)."""
         summary = self.summary(results)
         print_summary(summary, console, extra_columns)
         return summary

@@ -121,5 +121,5 @@ def test_report_of_a_run_without_kills_says_so(tmp_path, capsys):
     store.close()
     assert main(["kill-report", "exp", "--storage", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "No trial of exp_20260101-000000 was killed (1 trials)" in out
+    assert "No trial of exp_20260101-000000 was killed by a rule (1 trials)" in out
     assert "quiet (silence_collapse): 1 warnings on 1 trial(s)" in out
