@@ -62,6 +62,21 @@ def live(run: str | None) -> HeuristicScheduler | None:
     return _LIVE.get(run) if run else None
 
 
+class _Witness:
+    """Tune's controller as the wrapped scheduler sees it: a trial the scheduler stops directly
+    (HyperBand stops the paused trials of a cut bracket) is recorded as its stop first."""
+
+    def __init__(self, controller: Any, on_stop: Any) -> None:
+        self._controller, self._on_stop = controller, on_stop
+
+    def stop_trial(self, trial: Any) -> Any:
+        self._on_stop(trial)
+        return self._controller.stop_trial(trial)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._controller, name)
+
+
 class HeuristicScheduler(FIFOScheduler):
     """Stops trials whose kill rules fire; otherwise defers to ``scheduler`` (if any).
 
@@ -220,18 +235,28 @@ class HeuristicScheduler(FIFOScheduler):
             self.recorder.note(notice.rule, notice.signal, notice.message)
         if any(v.stops for v in verdicts):
             if self.wrapped is not None:
-                self.wrapped.on_trial_remove(tune_controller, trial)
+                self.wrapped.on_trial_remove(self._seen_by(tune_controller), trial)
             return TrialScheduler.STOP
         if self.wrapped is not None:
             return self._delegate(tune_controller, trial, result)
         return TrialScheduler.CONTINUE
 
+    def _seen_by(self, tune_controller: Any) -> _Witness:
+        return _Witness(tune_controller, self._stopped_directly)
+
+    def _stopped_directly(self, trial: Any) -> None:
+        if trial is not None and self.stopped(trial.trial_id) is None:
+            self._record_stop(trial, dict(getattr(trial, "last_result", None) or {}), {})
+
     def _delegate(self, tune_controller, trial, result: dict) -> str:
         """The wrapped scheduler's decision; a STOP is recorded as its verdict first."""
         context = before(self.wrapped, trial.trial_id, result)
-        decision = self.wrapped.on_trial_result(tune_controller, trial, result)
-        if decision != TrialScheduler.STOP:
-            return decision
+        decision = self.wrapped.on_trial_result(self._seen_by(tune_controller), trial, result)
+        if decision == TrialScheduler.STOP:
+            self._record_stop(trial, result, context)
+        return decision
+
+    def _record_stop(self, trial: Any, result: dict, context: dict[str, Any]) -> None:
         try:
             budget = self.engine.budget or number(result.get("max_iterations")) or None
             verdict = stop_verdict(
@@ -245,19 +270,18 @@ class HeuristicScheduler(FIFOScheduler):
         except Exception as exc:  # noqa: BLE001 - recording a stop never prevents it
             log.warning("the stop of trial %s by %s could not be recorded (%s)",
                         trial.trial_id, type(self.wrapped).__name__, describe(exc))
-        return decision
 
     def on_trial_error(self, tune_controller, trial) -> None:
         if self.wrapped is not None:
-            self.wrapped.on_trial_error(tune_controller, trial)
+            self.wrapped.on_trial_error(self._seen_by(tune_controller), trial)
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         if self.wrapped is not None:
-            self.wrapped.on_trial_complete(tune_controller, trial, result)
+            self.wrapped.on_trial_complete(self._seen_by(tune_controller), trial, result)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         if self.wrapped is not None:
-            self.wrapped.on_trial_remove(tune_controller, trial)
+            self.wrapped.on_trial_remove(self._seen_by(tune_controller), trial)
 
     def choose_trial_to_run(self, tune_controller):
         self._load()
@@ -267,7 +291,7 @@ class HeuristicScheduler(FIFOScheduler):
                     and self.stopped(trial.trial_id) is not None:
                 tune_controller.stop_trial(trial)
         if self.wrapped is not None:
-            return self.wrapped.choose_trial_to_run(tune_controller)
+            return self.wrapped.choose_trial_to_run(self._seen_by(tune_controller))
         return super().choose_trial_to_run(tune_controller)
 
     def debug_string(self) -> str:

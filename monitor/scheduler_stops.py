@@ -3,8 +3,10 @@
 ``HeuristicScheduler`` defers to a wrapped scheduler (ASHA, MedianStoppingRule, HyperBand...)
 when no rule kills. A STOP it returns is recorded like a rule's kill (store, verdict log), named
 after the scheduler (``ASHAScheduler``) with ``policy: "scheduler"``, so that the summary and
-``monitor kill-report`` show who stopped the trial and the compute it saved. PAUSE is not a
-stop; a stop at the trial's budget (ASHA's ``max_t``) is the trial finishing, not a decision.
+``monitor kill-report`` show who stopped the trial and the compute it saved; so is a trial it
+stops directly through the controller (HyperBand stops the paused trials of a cut bracket),
+from that trial's last result. PAUSE is not a stop; a stop at the trial's budget (ASHA's
+``max_t``) is the trial finishing, not a decision; a Tune stopper's stop never reaches here.
 
 The reason gives what can be read honestly: the iteration, the metric and its value in that
 report, and what the scheduler compared it with where it exposes it (ASHA: the rung's cutoff,

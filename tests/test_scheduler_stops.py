@@ -126,6 +126,27 @@ def test_a_scheduler_without_reasons_gets_the_plain_sentence(tmp_path):
                                 "iteration 4 (MagicMock gives no further reason).")
 
 
+def test_a_trial_the_scheduler_stops_through_the_controller_is_recorded(tmp_path):
+    """HyperBand stops the paused trials of a cut bracket with ``controller.stop_trial``."""
+    controller = MagicMock()
+    sched = make(tmp_path, None)
+    paused, current = add(sched, controller, 2)
+    paused.update_last_result(report_of(3, 2.0))
+
+    class CutsTheBracket(MagicMock):
+        def on_trial_result(self, tune_controller, trial, result):
+            tune_controller.stop_trial(paused)
+            return TrialScheduler.CONTINUE
+
+    sched.wrapped = CutsTheBracket()
+    assert sched.on_trial_result(controller, current, report_of(3, 1.0)) == \
+        TrialScheduler.CONTINUE
+    controller.stop_trial.assert_called_once_with(paused)  # Tune still stops it
+    [v] = logged(tmp_path)
+    assert (v["trial"], v["iteration"], v["rule"]) == (paused.trial_id, 3, "CutsTheBracket")
+    assert "val_loss was 2 at iteration 3" in v["reason"]
+
+
 def test_a_stop_survives_a_restore_and_is_never_resumed(tmp_path):
     controller = MagicMock()
     sched = make(tmp_path, ASHAScheduler(grace_period=1, max_t=20, reduction_factor=2))
