@@ -158,6 +158,7 @@ def _kill_section(kill: dict[str, Any], store, run_dir: Path, healthy: list[str]
           else f"rule {_e(rule_of(kill))}")
     read = "What the scheduler ranked" if kill.get("policy") == "scheduler" else \
         "What the rule read"
+    per_layer = "" if kill.get("policy") == "scheduler" else ", one line per layer"
     band = (f"Grey: the middle 80% (10th to 90th percentile) and the median of the "
             f"{len(healthy)} healthy sibling(s) at the same iterations."
             if healthy else "No healthy sibling finished: no band to compare against.")
@@ -165,7 +166,7 @@ def _kill_section(kill: dict[str, Any], store, run_dir: Path, healthy: list[str]
             f"<h3>{_e(names[kill['trial']])}: stopped at iteration {kill['iteration']} of "
             f"{kill['budget']} by {by}</h3>"
             f"<p class='reason'>{_e(kill['reason'])}</p>"
-            f"<p>{read} ({_e(', '.join(signals))}), one line per layer. {band}</p>"
+            f"<p>{read} ({_e(', '.join(signals))}){per_layer}. {band}</p>"
             f"<div class='plots'>{''.join(plots)}</div>"
             f"{_listen(run_dir, kill['trial'], baseline, kill['iteration'], names)}</section>")
 
