@@ -59,6 +59,20 @@ class Notice:
     message: str
 
 
+def _missing(rule: Rule, vocabulary: Vocabulary) -> tuple[list[str], bool]:
+    """The roles ``rule`` names that ``vocabulary`` leaves undeclared, and whether that leaves
+    it nothing to fire on (it reads no declared role, reported key or health signal)."""
+    names = rule_signals(rule)
+    missing = [s for s in names if s in ROLES and not vocabulary.declares(s)]
+    if "quality" in names and not vocabulary.declares("validation"):  # derived from it
+        missing.append("validation")
+        names = [n for n in names if n != "quality"] + ["validation"]
+    never = bool(missing) and len(missing) == len(
+        [s for s in names if s not in LAYER_SIGNALS and s not in MODEL_SIGNALS]) \
+        and not _reads_health(rule)
+    return missing, never
+
+
 def undeclared(rules: Iterable[Rule], vocabulary: Vocabulary, experiment: str) -> list[Notice]:
     """Rules naming a role that ``vocabulary`` leaves undeclared.
 
@@ -67,13 +81,11 @@ def undeclared(rules: Iterable[Rule], vocabulary: Vocabulary, experiment: str) -
     expected; its other arms still work).
     """
     out = []
+    experiment = experiment or "(this experiment)"
     for rule in rules:
-        names = rule_signals(rule)
-        missing = [s for s in names if s in ROLES and not vocabulary.declares(s)]
+        missing, never = _missing(rule, vocabulary)
         if not missing:
             continue
-        never = len(missing) == len([s for s in names if s not in LAYER_SIGNALS
-                                     and s not in MODEL_SIGNALS]) and not _reads_health(rule)
         if _builtin(rule):
             if never:
                 out.append(Notice(rule.name, ",".join(missing), (
@@ -88,6 +100,81 @@ def undeclared(rules: Iterable[Rule], vocabulary: Vocabulary, experiment: str) -
                 f"experiment {experiment} does not declare: {effect}. Declare it (e.g. "
                 f"Vocabulary({signal}=\"<your metric key>\")) or leave the rule out.")))
     return out
+
+
+GAN_ROLES = ("generator_loss", "discriminator_loss", "adversarial_loss")
+
+
+@dataclass(frozen=True)
+class Applicability:
+    """Which rules of a run can act on its vocabulary and experiment: ``apply`` (names);
+    ``cannot``: built-in rules that can never fire here, grouped by why (``{why: names}``);
+    ``yours``: rules a user wrote that can never fire, each named by ``notices``;
+    ``elsewhere``: rules whose file names other experiments; ``notices``: one per user rule
+    (and role) that cannot see a declared role, as ``undeclared`` gives them."""
+
+    total: int
+    apply: tuple[str, ...]
+    cannot: dict[tuple[str, str], tuple[str, ...]]
+    yours: tuple[str, ...]
+    elsewhere: tuple[str, ...]
+    notices: tuple[Notice, ...]
+
+    def line(self) -> str:
+        """One line: "14 rules, 6 apply: ...; 8 cannot fire here: GAN rules (...) ..."."""
+        parts = [f"{self.total} rule{'s' if self.total != 1 else ''}, {len(self.apply)} "
+                 f"appl{'ies' if len(self.apply) == 1 else 'y'}"
+                 + (f": {', '.join(self.apply)}" if self.apply else "")]
+        n = sum(len(v) for v in self.cannot.values()) + len(self.yours)
+        if n:
+            why = [f"{kind}{', '.join(names)} ({reason})"
+                   for (kind, reason), names in self.cannot.items()]
+            if self.yours:
+                why.append(f"yours: {', '.join(self.yours)} (see the warnings)")
+            parts.append(f"{n} cannot fire here: {'; '.join(why)}")
+        if self.elsewhere:
+            parts.append(f"{len(self.elsewhere)} for other experiments (their file's "
+                         f"experiments: list): {', '.join(self.elsewhere)}")
+        return "; ".join(parts)
+
+
+def applicability(rules: Iterable[Rule], vocabulary: Vocabulary,
+                  experiment: str = "") -> Applicability:
+    """Sort ``rules`` into those that can act for ``experiment`` with ``vocabulary`` and those
+    that cannot, and say why (``Applicability.line()`` for the start of a run)."""
+    rules = list(rules)
+    apply: list[str] = []
+    cannot: dict[tuple[str, str], list[str]] = {}
+    yours: list[str] = []
+    elsewhere: list[str] = []
+    for rule in rules:
+        if not rule.for_experiment(experiment):
+            elsewhere.append(rule.name)
+            continue
+        if not rule.applies(vocabulary):
+            want = ", ".join(f"{k}: {v}" for k, v in rule.requires.items())
+            cannot.setdefault(("", f"written for {want}"), []).append(rule.name)
+            continue
+        missing, never = _missing(rule, vocabulary)
+        if not never:
+            apply.append(rule.name)
+        elif not _builtin(rule):
+            yours.append(rule.name)
+        else:
+            gan = all(role in GAN_ROLES for role in missing)
+            roles = [r for r in GAN_ROLES if not vocabulary.declares(r)] if gan else missing
+            why = f"no {', '.join(roles[:-1])}{' or ' if len(roles) > 1 else ''}{roles[-1]} " \
+                  "declared"
+            cannot.setdefault(("GAN rules " if gan else "", why), []).append(rule.name)
+    notices = tuple(n for n in undeclared([r for r in rules if r.for_experiment(experiment)
+                                           and r.applies(vocabulary)], vocabulary, experiment)
+                    if not _builtin_name(rules, n.rule))
+    return Applicability(len(rules), tuple(apply), {k: tuple(v) for k, v in cannot.items()},
+                         tuple(yours), tuple(elsewhere), notices)
+
+
+def _builtin_name(rules: list[Rule], name: str) -> bool:
+    return any(r.name == name and _builtin(r) for r in rules)
 
 
 def _builtin(rule: Rule) -> bool:

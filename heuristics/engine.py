@@ -230,7 +230,9 @@ class RuleEngine:
         if budget is not None and budget < 1:
             raise ValueError(f"budget must be a positive number of iterations, got {budget}")
         self.vocabulary = vocabulary or Vocabulary()
-        self.rules = [r for r in rules if r.applies(self.vocabulary)]  # ``requires`` met
+        # ``requires`` met by the vocabulary, and the rule's file names this experiment
+        self.rules = [r for r in rules if r.applies(self.vocabulary)
+                      and r.for_experiment(experiment)]
         self.experiment = experiment
         self.budget = budget
         self.shadow = shadow

@@ -22,6 +22,7 @@ file is collected (file, line, rule, what was expected) and raised together as `
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -60,6 +61,10 @@ def custom_dir() -> Path:
 
 
 ACTIONS = ("kill", "warn")
+TOP_KEYS = {"groups", "experiments"}
+# ``experiments``: globs of the experiment names a file's rules apply to (``[cnn_*, mlp]``);
+# a run of any other experiment leaves them out (every loader: the engine filters them).
+MAX_GLOBS = 100
 RULE_KEYS = {"name", "expr", "for", "grace", "labels", "annotations", "requires"}
 # ``requires``: settings of the experiment's vocabulary a rule is written for, e.g.
 # ``requires: {gan_loss: lsgan}``: elsewhere the engine leaves the rule out.
@@ -114,6 +119,7 @@ class Rule:
     source: str
     line: int | None
     requires: dict[str, str] = field(default_factory=dict)
+    experiments: tuple[str, ...] = ()
     window: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -131,6 +137,12 @@ class Rule:
         """Whether an experiment with ``vocabulary`` meets this rule's ``requires``."""
         return all(getattr(vocabulary, key, None) == value
                    for key, value in self.requires.items())
+
+    def for_experiment(self, experiment: str) -> bool:
+        """Whether its file's ``experiments`` globs (none: every experiment) match
+        ``experiment``; an engine given no experiment name keeps every rule."""
+        return not self.experiments or not experiment or any(
+            fnmatch.fnmatchcase(experiment, glob) for glob in self.experiments)
 
 
 class RuleErrors(ValueError):
@@ -221,8 +233,15 @@ def _load_file(path: Path, errors: list[ConfigError], text: str | None = None) -
         err((), None, "expected a mapping with a 'groups' list (Prometheus rule-file layout)")
         return []
     for key in data:
-        if key != "groups":
-            err((key,), None, f"unknown top-level key {key!r}; expected 'groups'")
+        if key not in TOP_KEYS:
+            err((key,), None, f"unknown top-level key {key!r}; expected 'groups' or "
+                "'experiments'")
+    experiments: tuple[str, ...] = ()
+    if "experiments" in data:
+        try:
+            experiments = parse_experiments(data["experiments"])
+        except ValueError as exc:
+            err(("experiments",), None, str(exc))
     rules: list[Rule] = []
     for gi, group in enumerate(data["groups"]):
         gp = ("groups", gi)
@@ -244,8 +263,28 @@ def _load_file(path: Path, errors: list[ConfigError], text: str | None = None) -
             rp = (*gp, "rules", ri)
             rule = _parse_rule(raw, gname, path, lines, rp, err)
             if rule is not None:
+                rule.experiments = experiments
                 rules.append(rule)
     return rules
+
+
+def parse_experiments(value: Any) -> tuple[str, ...]:
+    """A rule file's ``experiments``: a non-empty list of experiment names or globs
+    (``fnmatch``: ``*``, ``?``, ``[...]``); ``ValueError`` (one line) otherwise."""
+    expected = ("experiments: expected a list of experiment names or globs, e.g. "
+                "[cnn_sweep, \"gan_*\"]")
+    if isinstance(value, str):
+        raise ValueError(f"{expected} (a list, even of one); got {_shown(value)}")
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{expected}; got {_shown(value)}")
+    if len(value) > MAX_GLOBS:
+        raise ValueError(f"{expected}, at most {MAX_GLOBS}; got {len(value)}")
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or len(item) > 200 \
+                or any(ch in item for ch in "/\n\r\t"):
+            raise ValueError(f"{expected}; got {_shown(item)} (each a non-empty name of at "
+                             "most 200 characters, no '/' or line breaks)")
+    return tuple(value)
 
 
 def _parse_rule(raw: Any, group: str, path: Path, lines: dict, rp: tuple, err) -> Rule | None:
@@ -353,13 +392,20 @@ def load_rules(sources: list[str] | tuple[str, ...] = ("builtin",),
     """Load and validate every rule of ``sources``; raise ``RuleErrors`` listing all problems.
 
     A source that yields no rule (an empty directory, a file without rules, ``builtin`` with
-    its files missing) is an error, except the optional ``custom`` drop-in directory.
+    its files missing) is an error, except the optional ``custom`` drop-in directory. A file
+    that two sources name (``custom`` and the file itself) is loaded once.
     """
     errors: list[ConfigError] = []
     rules: list[Rule] = []
+    loaded_files: set[Path] = set()  # a file named by two sources (custom and itself): once
     for source in sources:
         found, before = 0, len(errors)
         for path in _expand(source, base):
+            if path.exists() and path.resolve() in loaded_files:
+                found += 1
+                continue
+            if path.exists():
+                loaded_files.add(path.resolve())
             if not path.exists():
                 errors.append(ConfigError(path, None, "rule source not found (expected "
                                           "'builtin', a YAML file or a directory)"))
@@ -424,6 +470,8 @@ def rule_mapping(rule: Rule) -> dict[str, Any]:
         out["annotations"] = dict(rule.annotations)
     if rule.requires:
         out["requires"] = dict(rule.requires)
+    if rule.experiments:
+        out["experiments"] = list(rule.experiments)
     return out
 
 
@@ -437,6 +485,8 @@ def rule_version(rule: Rule) -> str:
                          else round(rule.grace.fraction, 9)],
                "labels": rule.labels, "annotations": rule.annotations,
                "requires": rule.requires}
+    if rule.experiments:  # absent otherwise: versions of rules without it stay as they were
+        content["experiments"] = list(rule.experiments)
     text = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -449,8 +499,16 @@ def rule_from_mapping(raw: dict[str, Any], group: str, source: str) -> Rule:
         prefix = f"rule {rule!r}: " if rule else ""
         errors.append(ConfigError(source, None, prefix + message))
 
+    raw = dict(raw)
+    experiments: tuple[str, ...] = ()
+    if "experiments" in raw:
+        try:
+            experiments = parse_experiments(raw.pop("experiments"))
+        except ValueError as exc:
+            err((), raw.get("name"), str(exc))
     rule = _parse_rule(raw, group, Path(source), {}, (), err)
     if rule is None or errors:
         raise RuleErrors(errors or [ConfigError(source, None, "not a rule")])
     rule.source = source
+    rule.experiments = experiments
     return rule

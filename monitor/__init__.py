@@ -7,7 +7,8 @@ The public API:
   ``collect()`` for the health block to report as ``"health"``);
 * under Ray Tune: ``TuneMonitor`` (scheduler and callbacks for ``tune.Tuner``);
 * in a plain loop: ``LoopMonitor`` (``report(...)`` returns a ``Decision``);
-* ``Vocabulary``: which reported keys are the training loss, GAN losses and validation metric.
+* ``Vocabulary``: which reported keys are the training loss, GAN losses and validation metric;
+* ``check_rules(rules=..., signals=Vocabulary(...))``: before a run, the rules that cannot act.
 
 Layers (enforced by import-linter): ``trainers`` and ``bench`` use ``monitor``, which uses
 ``heuristics`` (rules, engine, vocabulary) and ``dashboards``; never the other way.
@@ -22,13 +23,15 @@ from heuristics.vocabulary import Vocabulary
 if TYPE_CHECKING:
     from monitor.hooks import HealthMonitor, attach
     from monitor.loop import Decision, LoopMonitor
+    from monitor.run import check_rules
     from monitor.tuning import TuneMonitor
 
-__all__ = ["Decision", "HealthMonitor", "LoopMonitor", "TuneMonitor", "Vocabulary", "attach"]
+__all__ = ["Decision", "HealthMonitor", "LoopMonitor", "TuneMonitor", "Vocabulary", "attach",
+           "check_rules"]
 
 _LAZY = {"HealthMonitor": "monitor.hooks", "attach": "monitor.hooks",
          "LoopMonitor": "monitor.loop", "Decision": "monitor.loop",
-         "TuneMonitor": "monitor.tuning"}
+         "TuneMonitor": "monitor.tuning", "check_rules": "monitor.run"}
 
 
 def __getattr__(name: str) -> Any:

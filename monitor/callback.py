@@ -108,6 +108,9 @@ class RunStoreCallback(tune.Callback):
         self.writer = StoreWriter(run_dir, experiment, run, vocabulary, budget,
                                   healthy_threshold, flush_s)
         self.loop_thread: int | None = None  # the thread running Tune's loop, while it runs
+        # What the run says when Tune starts it (``TuneMonitor``: metrics URL, rules), unless
+        # ``announce()`` said it already.
+        self.banner: list[str] | None = None
 
     @property
     def failed(self) -> str | None:
@@ -116,6 +119,17 @@ class RunStoreCallback(tune.Callback):
     def setup(self, **info: Any) -> None:
         self.loop_thread = threading.get_ident()
         self.writer.open()
+        if self.banner:
+            from monitor.console import console, safe
+
+            for line in self.banner:
+                console.print(safe(line), soft_wrap=True, highlight=False)
+            self.banner = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["banner"] = None  # a restored run says its own (another port, another URL)
+        return state
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         config = dict(trial.config)

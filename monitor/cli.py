@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from monitor.console import console, print_error, print_wide, safe
+from monitor.console import console, print_error, print_warning, print_wide, safe
 from monitor.paths import runs_dir
 from monitor.summary import plain
 
@@ -47,13 +47,57 @@ def _experiment_file(path: str):
     return sources, vocabulary, file.parent
 
 
-def _declaration_warnings(rules, vocabulary, experiment: str) -> int:
-    from heuristics.coverage import undeclared
+RUN_SOURCES = ["builtin", "custom"]  # what TuneMonitor and LoopMonitor load by default
 
-    notices = undeclared(rules, vocabulary, experiment)
-    for n in notices:
-        print_error(f"warning: {n.message}")
-    return len(notices)
+
+def _vocabulary_of(args: argparse.Namespace):
+    """``(sources, vocabulary, base, experiment name)`` from ``--experiment FILE`` or the
+    ``--role ROLE=KEY`` options (with a run's own sources), or None when neither is given;
+    ``ConfigError`` (one line) for a malformed one."""
+    from pydantic import ValidationError
+
+    from heuristics.vocabulary import Vocabulary
+    from heuristics.yamlfile import ConfigError
+
+    if args.experiment:
+        sources, vocabulary, base = _experiment_file(args.experiment)
+        return sources, vocabulary, base, args.experiment_name or Path(args.experiment).stem
+    if not args.role:
+        return None
+    fields = [f for f in Vocabulary.model_fields if f != "role"]
+    mapping: dict[str, str] = {}
+    for item in args.role:
+        role, sep, key = item.partition("=")
+        if not sep or role.strip() not in fields or not key.strip():
+            raise ConfigError("--role", None, f"expected ROLE=KEY with ROLE one of "
+                              f"{', '.join(fields)} (e.g. --role validation=val_loss), got "
+                              f"{item!r}")
+        mapping[role.strip()] = key.strip()
+    try:
+        vocabulary = Vocabulary.from_mapping(mapping)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(map(str, first["loc"]))
+        raise ConfigError("--role", None, f"{field}={mapping.get(field)!r}: "
+                          f"{first['msg']}") from None
+    return list(RUN_SOURCES), vocabulary, None, args.experiment_name or ""
+
+
+def _applicability(rules, vocabulary, experiment: str) -> None:
+    """Which of ``rules`` apply with ``vocabulary`` (the line a run starts with), then one
+    warning per rule of the user's that cannot fire, and per rule for other experiments."""
+    from heuristics.coverage import applicability
+
+    app = applicability(rules, vocabulary, experiment)
+    who = f" for experiment {experiment}" if experiment else ""
+    print_wide(console, safe(f"With this vocabulary{who}: {app.line()}"))
+    for n in app.notices:
+        print_warning(n.message)
+    by_name = {r.name: r for r in rules}
+    for name in app.elsewhere:
+        r = by_name[name]
+        print_warning(f"rule {name} ({r.source}:{r.line}) is for experiments "
+                      f"{', '.join(r.experiments)}, not {experiment}: left out")
 
 
 def _rules_check(args: argparse.Namespace) -> int:
@@ -62,7 +106,10 @@ def _rules_check(args: argparse.Namespace) -> int:
 
     try:
         rules = load_rules(args.paths)
-        declared = _experiment_file(args.experiment) if args.experiment else None
+        declared = _vocabulary_of(args)
+        if declared:  # the rule set a run would have: its sources and these files, together
+            sources, vocabulary, base, experiment = declared
+            everything = load_rules([*sources, *args.paths], base=base)
     except RuleErrors as exc:
         for error in exc.errors:
             print_error(str(error))
@@ -73,19 +120,20 @@ def _rules_check(args: argparse.Namespace) -> int:
         return 2
     console.print(f"OK: {len(rules)} rules in {safe(', '.join(args.paths))}")
     if declared:
-        _declaration_warnings(rules, declared[1], Path(args.experiment).stem)
+        _applicability(everything, vocabulary, experiment)
     return 0
 
 
 def _rules_list(args: argparse.Namespace) -> int:
-    from heuristics.rules import RuleErrors, load_rules
+    from heuristics.rules import RuleErrors, custom_dir, load_rules
     from heuristics.yamlfile import ConfigError
 
-    sources, base, vocabulary = ["builtin", *args.rules], None, None
+    sources, base, declared = [*RUN_SOURCES, *args.rules], None, None
     try:
-        if args.experiment:
-            declared, vocabulary, base = _experiment_file(args.experiment)
-            sources = [*declared, *args.rules]
+        declared = _vocabulary_of(args)
+        if declared:
+            sources = [*declared[0], *args.rules]
+            base = declared[2]
         rules = load_rules(sources, base=base)
     except ConfigError as exc:
         print_error(str(exc))
@@ -99,19 +147,24 @@ def _rules_list(args: argparse.Namespace) -> int:
                            "for": r.hold.describe(), "grace": r.grace.fraction
                            if r.grace.fraction is not None else r.grace.iterations,
                            "labels": r.labels, "annotations": r.annotations,
+                           "experiments": list(r.experiments) or None,
                            "source": f"{r.source}:{r.line}"} for r in rules], indent=2))
         return 0
-    table = Table(title=plain(f"Effective rules ({', '.join(sources)})"))
+    shown = [f"custom = {custom_dir()}" if s == "custom" else str(s) for s in sources]
+    table = Table(title=plain(f"Effective rules ({', '.join(shown)})"))
     for col in ("rule", "action", "failure", "expression", "for", "grace", "source"):
         table.add_column(col, overflow="fold")
     for r in rules:
         grace = (f"{100 * r.grace.fraction:g}%" if r.grace.fraction is not None
                  else str(r.grace.iterations))
+        where = f"{Path(r.source).name}:{r.line}"
+        if r.experiments:
+            where += f" (experiments: {', '.join(r.experiments)})"
         table.add_row(plain(r.name), r.action, plain(r.failure), plain(r.expr),
-                      r.hold.describe(), grace, plain(f"{Path(r.source).name}:{r.line}"))
+                      r.hold.describe(), grace, plain(where))
     print_wide(console, table)
-    if vocabulary is not None:
-        _declaration_warnings(rules, vocabulary, Path(args.experiment).stem)
+    if declared:
+        _applicability(rules, declared[1], declared[3])
     return 0
 
 
@@ -466,15 +519,28 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_dashboards_build)
     rules = sub.add_parser("rules", help="check or list heuristic rules").add_subparsers(
         dest="rules_command", required=True)
-    p = rules.add_parser("check", help="validate rule files; every error with file and line")
+    role = {"action": "append", "default": [], "metavar": "ROLE=KEY",
+            "help": "a role of your vocabulary, as monitor.Vocabulary takes it (repeatable): "
+            "--role train_loss=loss --role validation=val_loss --role mode=max; then the "
+            "rules a run would load (built-in, custom) are checked against it"}
+    name = {"dest": "experiment_name", "metavar": "NAME",
+            "help": "the experiment's name, for rule files that say which experiments they "
+            "apply to (`experiments:`); default: the experiment file's name"}
+    p = rules.add_parser("check", help="validate rule files; every error with file and line; "
+                         "with --role or --experiment, which rules a run would apply")
     p.add_argument("paths", nargs="+", help="rule files, directories, or 'builtin'")
-    p.add_argument("--experiment", help="an experiment YAML file: warn about rules over "
-                   "signals its `signals:` section does not declare")
+    p.add_argument("--experiment", help="an experiment YAML file: its rule sources and "
+                   "`signals:`; say which rules apply and warn about those that cannot fire")
+    p.add_argument("--role", **role)
+    p.add_argument("--experiment-name", **name)
     p.set_defaults(func=_rules_check)
-    p = rules.add_parser("list", help="the effective rule set (built-in plus custom)")
+    p = rules.add_parser("list", help="the effective rule set, as a run loads it: built-in "
+                         "plus custom ($MONITOR_CUSTOM_RULES, else ./heuristics/custom)")
     p.add_argument("--rules", nargs="*", default=[], help="extra rule files or directories")
     p.add_argument("--experiment", help="an experiment YAML file: show the rules its "
-                   "`heuristics:` list uses, and warn about undeclared signals")
+                   "`heuristics:` list uses, and which apply to its `signals:`")
+    p.add_argument("--role", **role)
+    p.add_argument("--experiment-name", **name)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_rules_list)
     _rules_change_commands(rules)

@@ -9,7 +9,10 @@ escapes (``\\x1b``) instead of reaching the terminal.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -51,6 +54,11 @@ def print_error(message: str) -> None:
     error_console.print(Text.assemble(("error:", "red"), " ", text))
 
 
+def print_warning(message: str) -> None:
+    """Print ``warning: message`` on stderr, one line, as plain text (``print_error``'s kin)."""
+    error_console.print(Text.assemble(("warning:", "yellow"), " ", plain(message)))
+
+
 def print_wide(out: Console, renderable: object) -> None:
     """Print on a terminal at its width; piped or redirected, at the width the content needs
     (a table is never cut at 80 columns, a line never broken inside a word)."""
@@ -69,3 +77,30 @@ def print_wide(out: Console, renderable: object) -> None:
         out.print(renderable)
     finally:
         out.width = width
+
+
+ONE_LINE = "_monitor_one_line"  # set on an exception whose message says everything
+
+
+def _one_line_hook(previous: Any) -> Any:
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if getattr(value, ONE_LINE, False) and not os.environ.get("MONITOR_TRACEBACK"):
+            for line in str(value).splitlines() or [kind.__name__]:
+                print_error(line)
+            return
+        previous(kind, value, tb)
+
+    hook.monitor_one_line = True  # type: ignore[attr-defined]
+    return hook
+
+
+def one_line(exc: BaseException) -> BaseException:
+    """Mark ``exc`` (a user's mistake whose message names file, line and what was expected)
+    so that, if nothing catches it, the program ends with ``error: <message>`` on stderr (one
+    line per problem) and no traceback (``MONITOR_TRACEBACK=1`` shows it). Caught, it is the
+    exception it was. Only marked exceptions are shown this way: the hook hands every other
+    one to the one it replaced."""
+    setattr(exc, ONE_LINE, True)
+    if not getattr(sys.excepthook, "monitor_one_line", False):
+        sys.excepthook = _one_line_hook(sys.excepthook)
+    return exc

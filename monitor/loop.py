@@ -34,17 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heuristics.coverage import SignalCoverage, undeclared
+from heuristics.coverage import SignalCoverage
 from heuristics.engine import RuleEngine
 from heuristics.results import clean_result, text_ok
 from heuristics.ruleset import RuleSet
 from heuristics.vocabulary import Vocabulary
-from monitor.console import console
+from monitor.console import console, one_line
 from monitor.console import plain as console_plain
 from monitor.durability import describe, note_loss
 from monitor.recording import StoreWriter
 from monitor.rulechanges import RuleChangeError, RuleController, user_name
-from monitor.run import RuleSources, RunSpec
+from monitor.run import USER_ERRORS, RuleSources, RunSpec, record_rules, start_lines
 from monitor.summary import plain, print_summary, summarise
 from monitor.verdicts import RunLock, VerdictRecorder, recover
 
@@ -94,16 +94,22 @@ class LoopMonitor:
     """Evaluates the rules on every report of one or more trainings in this process.
 
     Args: as ``monitor.TuneMonitor`` (experiment, signals, rules, budget, storage, shadow,
-    healthy_threshold); ``exporter=True`` serves Prometheus metrics while it runs.
+    healthy_threshold); ``exporter=True`` serves Prometheus metrics while it runs (``url``).
+
+    At its first report it says where the metrics are served, which rules run and what they
+    cannot see (``announce()`` says it earlier); ``print_summary()`` says it again at the end.
     """
 
     def __init__(self, experiment: str, *, signals: Vocabulary | dict[str, Any] | None = None,
                  rules: RuleSources = ("builtin", "custom"), budget: int | None = None,
                  storage: str | Path | None = None, shadow: bool = False,
                  exporter: bool = False, healthy_threshold: float | None = None) -> None:
-        self.spec = spec = RunSpec.create(experiment, rules=rules, signals=signals,
-                                          budget=budget, storage=storage, shadow=shadow,
-                                          healthy_threshold=healthy_threshold)
+        try:
+            self.spec = spec = RunSpec.create(experiment, rules=rules, signals=signals,
+                                              budget=budget, storage=storage, shadow=shadow,
+                                              healthy_threshold=healthy_threshold)
+        except USER_ERRORS as exc:  # uncaught: one line, no traceback
+            raise one_line(exc) from None
         self.engine = RuleEngine(spec.rules, experiment, budget, shadow, spec.vocabulary)
         self.coverage = SignalCoverage(self.engine.rules, spec.vocabulary)
         self.recorder = VerdictRecorder(spec.run_dir)
@@ -113,11 +119,14 @@ class LoopMonitor:
                                   healthy_threshold)
         self.exporter = None
         if exporter:
-            from monitor.exporter import Exporter
+            from monitor.exporter import Exporter, ExporterError
 
             self.exporter = Exporter(experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd",
                                      vocabulary=spec.vocabulary)
-            self.exporter.start()
+            try:
+                self.exporter.start()
+            except ExporterError as exc:  # a taken port: one line, uncaught
+                raise one_line(exc) from None
             if self.exporter.sd_failed:
                 note_loss(spec.run_dir, self.exporter.sd_failed)
             self.exporter.snapshot.declare_rules(experiment, self.engine.rules, shadow)
@@ -126,8 +135,29 @@ class LoopMonitor:
         self._lock = RunLock(spec.run_dir)
         self._lock.acquire()
         recover(spec.run_dir.parent, experiment, exclude=spec.run_dir)  # earlier runs killed
-        for n in undeclared(self.engine.rules, spec.vocabulary, experiment):
-            self.recorder.note(n.rule, n.signal, n.message)
+        self.applicability = record_rules(self.recorder, spec.rules, spec.vocabulary,
+                                          experiment)
+        self.notices = [n.message for n in self.applicability.notices]
+        self.served_at = self.url  # kept for the summary, after the exporter has stopped
+        self._banner: list[str] | None = self.start_lines()
+
+    @property
+    def url(self) -> str | None:
+        """Where Prometheus scrapes this run (``exporter=True``), else None."""
+        return self.exporter.url if self.exporter is not None else None
+
+    def start_lines(self) -> list[str]:
+        """What the run says at its start: where the metrics are served, which rules run (one
+        line) and each rule of yours that cannot fire, the run directory."""
+        return start_lines(self.name, self.url,
+                           self.exporter.sd_file if self.exporter is not None else None,
+                           self.applicability, self.spec.shadow, self.run_dir)
+
+    def announce(self) -> None:
+        """Say now what the first report would say (then not again)."""
+        for line in self._banner or self.start_lines():
+            console.print(console_plain(line), soft_wrap=True, highlight=False, markup=False)
+        self._banner = None
 
     # -- changing the rules while it runs (monitor.rulechanges) ------------------------------
     def apply_rules(self, path: str | Path) -> dict[str, Any]:
@@ -173,6 +203,8 @@ class LoopMonitor:
         if self._closed:
             raise RuntimeError(f"LoopMonitor {self.name} is closed; create a new one")
         check_report(metrics, trial, iteration)
+        if self._banner is not None:
+            self.announce()
         self.controller.start()  # revision 1 recorded at the first report
         self.controller.poll()  # changes asked for by `monitor rules` (between two reports)
         state = self._trials.get(trial)
@@ -247,7 +279,7 @@ class LoopMonitor:
                         log.warning("%s", what)
         summary = summarise(self.run_dir, self.spec.experiment, self.spec.vocabulary,
                             started=self.spec.started, store_failed=self.writer.failed,
-                            known=self.ruleset.kills())
+                            known=self.ruleset.kills(), url=self.served_at)
         self._lock.release()
         return summary
 

@@ -25,7 +25,7 @@ from typing import Any
 from monitor.console import plain, print_wide, safe
 from monitor.scheduler_stops import is_scheduler_verdict
 from monitor.store import STORE_FILE, RunStore, StoreError
-from monitor.verdicts import read_notices
+from monitor.verdicts import rules_and_notices
 
 
 class ReportError(StoreError):
@@ -191,6 +191,7 @@ def build(run_dir: Path, baseline: str | None = None) -> dict[str, Any]:
     saved = sum(k["saved_iterations"] for k in kills + stops)
     rows = trial_rows(trials, kills, budget_default, stops)
     metric, mode = meta.get("metric"), meta.get("mode") or "min"
+    rules_line, notices = rules_and_notices(run_dir)
     return {
         "experiment": meta.get("experiment"), "run": meta.get("run", run_dir.name),
         "run_dir": str(run_dir), "trials": len(trials), "killed": len(kills),
@@ -201,7 +202,7 @@ def build(run_dir: Path, baseline: str | None = None) -> dict[str, Any]:
         "kills": kills, "per_rule": sorted(per_rule.values(), key=lambda r: -r["kills"]),
         "scheduler_stops": stops, "per_policy": per_policy(kills, stops),
         "warnings": list(warnings.values()),
-        "notices": [n["message"] for n in read_notices(run_dir)],
+        "rules": rules_line, "notices": notices,
         "rule_set": {"revision": max((c["revision"] for c in changes), default=1),
                      "changes": [c for c in changes if c["op"] != "initial"]},
         "totals": {"budget_iterations": total_budget, "used_iterations": used,
@@ -401,6 +402,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Rule set: revision {report['rule_set']['revision']}, changed while the "
                   "run went on:", ""]
         lines += [f"- {plain(line)}" for line in changes_lines(report)]
+    if report.get("rules"):
+        lines += ["", f"Rules: {plain(report['rules'])}"]
     if report.get("notices"):
         lines += ["", "Notices (rules that cannot see their signal, reports left out in part):",
                   ""]
@@ -469,6 +472,8 @@ def print_table(report: dict[str, Any], console) -> None:
                f"{len(w['trials'])} trial(s)")
     for line in changes_lines(report):
         print_wide(console, f"Rule set {safe(line)}")
+    if report.get("rules"):
+        print_wide(console, f"Rules: {safe(report['rules'])}")
     for notice in report.get("notices", []):
         print_wide(console, f"Warning: {safe(notice)}")
 

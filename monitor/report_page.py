@@ -260,5 +260,6 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
         + (f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else "")
         + (f"<h2>Rule set changed while the run went on</h2><ul>{changes}</ul>"
            if changes else "")
+        + (f"<h2>Rules</h2><p>{_e(report['rules'])}</p>" if report.get("rules") else "")
         + (f"<h2>Notices</h2><ul>{notices}</ul>" if notices else "")
         + f"<script>{SORT_SCRIPT}</script></body></html>")

@@ -87,6 +87,10 @@ def check_against_run(rules: list[Rule], vocabulary, experiment: str,
     signal or key no trial of the run has reported."""
     for rule in rules:
         where = f"{rule.source}:{rule.line}" if rule.line else rule.source
+        if not rule.for_experiment(experiment):
+            raise RuleChangeError(f"{where}: rule {rule.name!r}: its file is for experiments "
+                                  f"{', '.join(rule.experiments)}, not {experiment}: it would "
+                                  "never be evaluated")
         if not rule.applies(vocabulary):
             have = {k: getattr(vocabulary, k, None) for k in rule.requires}
             raise RuleChangeError(f"{where}: rule {rule.name!r}: requires {rule.requires}, but "

@@ -167,7 +167,10 @@ def export(run_dir: str | Path) -> tuple[str, list[dict[str, Any]]]:
         source = mappings.get((name, e["version"]))
         if source is None:
             continue
-        groups.setdefault(source.get("group") or "applied", []).append(source["mapping"])
+        # ``experiments`` (a file's key, kept per rule in the record) is left out: every rule
+        # exported acted on this run's experiment; the next sweep's file says its own.
+        mapping = {k: v for k, v in source["mapping"].items() if k != "experiments"}
+        groups.setdefault(source.get("group") or "applied", []).append(mapping)
         shown.append({"rule": name, "version": e["version"], "revision": e["revision"]})
     header = (f"# The acting rules of {Path(run_dir).name} (rule versions: "
               + ", ".join(f"{s['rule']} {s['version']}" for s in shown) + ")\n")

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heuristics.coverage import Applicability, Notice, applicability
 from heuristics.results import text_ok
-from heuristics.rules import Rule, load_rules
+from heuristics.rules import BUILTIN_DIR, Rule, load_rules
 from heuristics.vocabulary import Vocabulary
 from monitor.console import CONTROL
 from monitor.paths import RUNS_ENV, runs_dir
@@ -20,6 +21,12 @@ RuleSources = Sequence[str | Path] | Sequence[Rule]
 
 class StorageError(RuntimeError):
     """Runs cannot be written where they should go (one line: where, why, what to do)."""
+
+
+# What a monitor's arguments can get wrong, each said in lines that name what was expected
+# (rule files: ``RuleErrors``/``ConfigError`` with file and line; names, budget, vocabulary;
+# the runs directory): uncaught, one line each and no traceback (``console.one_line``).
+USER_ERRORS = (ValueError, TypeError, StorageError)
 
 
 def check_name(name: object, what: str = "experiment") -> str:
@@ -107,3 +114,66 @@ class RunSpec:
         loaded = as_rules(rules, rules_base)
         path = Path(run_dir).resolve() if run_dir else new_run_dir(experiment, storage)
         return cls(experiment, path, loaded, vocabulary, budget, shadow, healthy_threshold)
+
+
+def check_rules(rules: RuleSources = ("builtin", "custom"),
+                signals: Vocabulary | dict[str, Any] | None = None,
+                experiment: str = "") -> list[Notice]:
+    """Before a run: every rule of ``rules`` (sources as ``TuneMonitor`` takes them, or
+    ``Rule``s) that cannot act with ``signals`` for ``experiment``, one ``Notice`` each
+    (``rule``, ``signal``, ``message``); an empty list when every rule can. A rule file that
+    does not load raises ``RuleErrors`` (every problem, one line each, with file and line).
+
+    The notices: a rule of yours naming a role ``signals`` does not declare (one per role); a
+    built-in rule with nothing to fire on (a GAN rule without GAN losses); a rule whose
+    ``requires`` the vocabulary does not meet; a rule whose file's ``experiments:`` does not
+    name ``experiment`` (given a name)."""
+    loaded = as_rules(rules)
+    vocabulary = as_vocabulary(signals)
+    app = applicability(loaded, vocabulary, experiment)
+    out = list(app.notices)
+    named = {n.rule for n in out}
+    why = {name: f"{kind}{reason}" for (kind, reason), names in app.cannot.items()
+           for name in names}
+    for rule in loaded:
+        if rule.name in named:
+            continue
+        if rule.name in app.elsewhere:
+            out.append(Notice(rule.name, "experiments", (
+                f"rule {rule.name} ({rule.source}) is for experiments "
+                f"{', '.join(rule.experiments)}, not {experiment}: it is left out.")))
+        elif rule.name in why:
+            signal = "requires" if rule.requires and not rule.applies(vocabulary) else "roles"
+            kind = "built-in rule" if rule.source.startswith(str(BUILTIN_DIR)) else "rule"
+            out.append(Notice(rule.name, signal, f"{kind} {rule.name} cannot fire here: "
+                              f"{why[rule.name].removeprefix('GAN rules ')}."))
+    return out
+
+
+def record_rules(recorder: Any, rules: list[Rule], vocabulary: Vocabulary,
+                 experiment: str) -> Applicability:
+    """Record (``VerdictRecorder.note``, once per run) the one-line summary of which rules
+    apply and which cannot fire, and a notice for each rule of the user's that cannot."""
+    from monitor.verdicts import RULES_NOTICE
+
+    app = applicability(rules, vocabulary, experiment)
+    recorder.note(*RULES_NOTICE, app.line())
+    for n in app.notices:
+        recorder.note(n.rule, n.signal, n.message)
+    return app
+
+
+def start_lines(name: str, url: str | None, sd_file: Path | None, app: Applicability,
+                shadow: bool, run_dir: Path) -> list[str]:
+    """What a run says when it starts: where its metrics are served, which rules run and what
+    they cannot see, where its files go (plain text, one item a line)."""
+    if url:
+        where = f" (Prometheus file_sd: {sd_file})" if sd_file else ""
+        lines = [f"Health metrics of {name}: {url}{where}"]
+    else:
+        lines = [f"Health metrics of {name}: not served (exporter=False)"]
+    mode = " (shadow mode: nothing is stopped)" if shadow else ""
+    lines.append(f"Rules{mode}: {app.line()}")
+    lines += [f"Warning: {n.message}" for n in app.notices]
+    lines.append(f"Run directory: {run_dir}")
+    return lines

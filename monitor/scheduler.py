@@ -28,7 +28,7 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from heuristics.coverage import SignalCoverage, undeclared
+from heuristics.coverage import Applicability, SignalCoverage
 from heuristics.engine import RuleEngine, TrialState, Verdict
 from heuristics.results import clean_result, number
 from heuristics.rules import Rule
@@ -41,6 +41,7 @@ from monitor.faults import crash_point
 from monitor.grafana import KillAnnotator
 from monitor.rulechanges import RuleController
 from monitor.rulestate import RuleStateStore
+from monitor.run import record_rules
 from monitor.scheduler_stops import before, is_scheduler_verdict, stop_verdict
 from monitor.verdicts import RunLock, VerdictRecorder
 
@@ -96,6 +97,8 @@ class HeuristicScheduler(FIFOScheduler):
                  vocabulary: Vocabulary | None = None) -> None:
         super().__init__()
         self.vocabulary = vocabulary or Vocabulary()
+        self.all_rules = list(rules)  # those the engine leaves out too, to say why
+        self.applicability: Applicability | None = None
         self.engine = RuleEngine(rules, experiment, budget, shadow, self.vocabulary)
         self.coverage = SignalCoverage(self.engine.rules, self.vocabulary)
         self.run_dir = Path(run_dir)
@@ -121,11 +124,11 @@ class HeuristicScheduler(FIFOScheduler):
         return self._state
 
     def declaration_notices(self) -> list[str]:
-        """Rules naming roles the vocabulary leaves undeclared (recorded, and returned)."""
-        notices = undeclared(self.engine.rules, self.vocabulary, self.engine.experiment)
-        for n in notices:
-            self.recorder.note(n.rule, n.signal, n.message)
-        return [n.message for n in notices]
+        """Record which rules apply (one line: ``monitor.run.record_rules``) and each rule of
+        the user's naming a role the vocabulary leaves undeclared; return the latter."""
+        self.applicability = record_rules(self.recorder, self.all_rules, self.vocabulary,
+                                          self.engine.experiment)
+        return [n.message for n in self.applicability.notices]
 
     # -- state that survives a restore ------------------------------------------------------
     def _load(self) -> None:

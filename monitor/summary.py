@@ -24,7 +24,7 @@ from heuristics.vocabulary import Vocabulary
 from monitor.console import plain as console_plain
 from monitor.durability import describe, losses, note_loss, write_atomic
 from monitor.scheduler_stops import is_scheduler_verdict
-from monitor.verdicts import VerdictRecorder, read_notices, verdict_key
+from monitor.verdicts import VerdictRecorder, rules_and_notices, verdict_key
 
 
 def plain(value: Any) -> Text:
@@ -52,11 +52,13 @@ def _stored_trials(run_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
 def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
               results: Any = None, started: float | None = None,
               store_failed: str | None = None,
-              known: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+              known: list[dict[str, Any]] | None = None,
+              url: str | None = None) -> dict[str, Any]:
     """The summary of the run in ``run_dir``; ``results``: Tune's ``ResultGrid``, if any;
     ``known``: kills (and the wrapped scheduler's stops) this process decided, counted even
     where no file could keep them. A rule's kill is a trial's ``killed`` (status KILLED); the
-    wrapped scheduler's stop its ``stopped`` (status STOPPED, ``by`` the scheduler's name)."""
+    wrapped scheduler's stop its ``stopped`` (status STOPPED, ``by`` the scheduler's name);
+    ``url``: where its health metrics were served."""
     run_dir = Path(run_dir)
     recorder = VerdictRecorder(run_dir)
     verdicts = recorder.reconcile()
@@ -120,11 +122,12 @@ def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
     from monitor.rulechanges import read_changes
 
     changes = read_changes(run_dir)
+    rules_line, notices = rules_and_notices(run_dir)
     summary = {"name": run_dir.name, "experiment": experiment, "metric": metric,
                "mode": vocabulary.mode, "verdicts": len(verdicts),
                "kills": len(kills), "scheduler_stops": len(stops),
                "warnings": sum(v["action"] == "warn" or bool(v.get("shadow")) for v in verdicts),
-               "notices": [n["message"] for n in read_notices(run_dir)],
+               "metrics_url": url, "rules": rules_line, "notices": notices,
                "not_recorded": not_recorded,
                "storage": str(run_dir), "started": started, "finished": time.time(),
                "trials": list(trials.values()), "best": ranked[0] if ranked else None,
@@ -177,8 +180,12 @@ def print_summary(summary: dict[str, Any], console: Console,
     for c in (summary.get("rule_set") or {}).get("changes", []):
         console.print(plain(f"Rule set revision {c['revision']}: {c['op']} {c['rule']} "
                             f"{c['version']} ({c['mode']}) by {c.get('user') or '-'}"))
+    if summary.get("metrics_url"):
+        console.print(plain(f"Health metrics were served at {summary['metrics_url']}"))
+    if summary.get("rules"):
+        console.print(plain(f"Rules: {summary['rules']}"), soft_wrap=True)
     for notice in summary.get("notices", []):
-        console.print(plain(f"Warning: {notice}"))
+        console.print(plain(f"Warning: {notice}"), soft_wrap=True)
     for gap in summary.get("not_recorded", []):
         console.print(plain(f"Not recorded: {gap}"))
     if summary.get("best"):

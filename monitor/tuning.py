@@ -27,10 +27,11 @@ from typing import Any
 
 from heuristics.vocabulary import Vocabulary
 from monitor.callback import HealthExporterCallback, RunStoreCallback
-from monitor.console import console
+from monitor.console import console, one_line
 from monitor.durability import note_loss
+from monitor.exporter import ExporterError
 from monitor.rulechanges import Requests, RuleChangeError, user_name
-from monitor.run import RuleSources, RunSpec
+from monitor.run import USER_ERRORS, RuleSources, RunSpec, start_lines
 from monitor.scheduler import HeuristicScheduler, live
 from monitor.summary import plain, print_summary, summarise
 
@@ -63,9 +64,13 @@ class TuneMonitor:
                  shadow: bool = False, exporter: bool = True,
                  healthy_threshold: float | None = None, tune_storage: str | None = None,
                  rules_base: Path | None = None) -> None:
-        self.spec = RunSpec.create(experiment, rules=rules, signals=signals, budget=budget,
-                                   storage=storage, shadow=shadow,
-                                   healthy_threshold=healthy_threshold, rules_base=rules_base)
+        try:
+            self.spec = RunSpec.create(experiment, rules=rules, signals=signals,
+                                       budget=budget, storage=storage, shadow=shadow,
+                                       healthy_threshold=healthy_threshold,
+                                       rules_base=rules_base)
+        except USER_ERRORS as exc:  # uncaught: one line, no traceback
+            raise one_line(exc) from None
         spec = self.spec
         self.tune_storage = tune_storage.rstrip("/") if tune_storage else str(
             spec.run_dir.parent)
@@ -79,10 +84,16 @@ class TuneMonitor:
             self.exporter_callback = HealthExporterCallback(
                 experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd",
                 vocabulary=spec.vocabulary)
-            exporter = self.exporter_callback.start()  # a taken port fails here, before Tune
+            try:  # a taken port fails here, before Tune: one line, uncaught
+                exporter = self.exporter_callback.start()
+            except ExporterError as exc:
+                raise one_line(exc) from None
             if exporter.sd_failed:
                 note_loss(spec.run_dir, exporter.sd_failed)
+        self.served_at = self.url  # kept for the summary, after the exporter has stopped
         self.notices = self.scheduler.declaration_notices()
+        # Said once when Tune starts the run (the store callback's setup), or by announce().
+        self.store_callback.banner = self.start_lines()
 
     # -- what a Tuner needs ---------------------------------------------------------------------
     @property
@@ -129,15 +140,19 @@ class TuneMonitor:
         return tune.RunConfig(name=self.name, storage_path=self.tune_storage,
                               callbacks=callbacks, **kwargs)
 
+    def start_lines(self) -> list[str]:
+        """What the run says at its start: where the metrics are served, which rules run (one
+        line) and each rule of yours that cannot fire, the run directory."""
+        exp = self.exporter_callback.exporter if self.exporter_callback else None
+        return start_lines(self.name, self.url, exp.sd_file if exp else None,
+                           self.scheduler.applicability, self.spec.shadow, self.run_dir)
+
     def announce(self) -> None:
-        """Say where the metrics are, which rules run, and what they cannot see."""
-        if self.url:
-            console.print(plain(f"Health metrics of {self.name}: {self.url}"))
-        mode = " (shadow mode: nothing is stopped)" if self.spec.shadow else ""
-        console.print(plain(f"Early kill: {len(self.spec.rules)} rules{mode}; run directory "
-                            f"{self.run_dir}"))
-        for notice in self.notices:
-            console.print(plain(f"Warning: {notice}"))
+        """Say now what the run says when Tune starts it (then not again): where the metrics
+        are, which rules run, and what they cannot see."""
+        for line in self.start_lines():
+            console.print(plain(line), soft_wrap=True, highlight=False)
+        self.store_callback.banner = None
 
     # -- changing the rules while the sweep runs (monitor.rulechanges) -------------------------
     def apply_rules(self, path: str | Path, *, timeout: float = 60.0) -> dict[str, Any]:
@@ -205,11 +220,13 @@ class TuneMonitor:
     def summary(self, results: Any = None) -> dict[str, Any]:
         """The run's summary (also ``<run dir>/summary.json``); ``results``: ``tuner.fit()``'s
         ``ResultGrid``."""
+        url = self.url or self.served_at
         self.close()
         scheduler = live(self.name) or self.scheduler
         return summarise(self.run_dir, self.spec.experiment, self.spec.vocabulary, results,
                          self.spec.started, store_failed=self.store_callback.failed,
-                         known=scheduler.ruleset.kills() + scheduler.scheduler_stops())
+                         known=scheduler.ruleset.kills() + scheduler.scheduler_stops(),
+                         url=url)
 
     def print_summary(self, results: Any = None,
                       extra_columns: tuple[str, ...] = ()) -> dict[str, Any]:

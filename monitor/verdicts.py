@@ -247,6 +247,22 @@ def read_notices(run_dir: str | Path) -> list[dict[str, Any]]:
     return VerdictLog(Path(run_dir) / NOTICES_FILE, NOTICE_KEYS).read()
 
 
+# The notice that says, in one line, which rules apply to the run and which cannot fire
+# (``heuristics.coverage.Applicability.line``): recorded with the others, shown apart.
+RULES_NOTICE = ("(rules)", "applicability")
+
+
+def rules_and_notices(run_dir: str | Path) -> tuple[str | None, list[str]]:
+    """The run's rules line (None if none was recorded) and its other notices' messages."""
+    line, rest = None, []
+    for n in read_notices(run_dir):
+        if (n["rule"], n["signal"]) == RULES_NOTICE:
+            line = n["message"]
+        else:
+            rest.append(n["message"])
+    return line, rest
+
+
 class RunLock:
     """Says "a live driver writes this run": an exclusive ``flock`` on
     ``heuristics/driver.lock``, released by the kernel when the process ends, however."""

@@ -101,7 +101,12 @@ def test_tune_monitor_parts_agree(tmp_path):
         assert (tc.metric, tc.mode, tc.scheduler) == ("val_loss", "min", mon.scheduler)
         assert rc.name == mon.name and rc.storage_path == str(tmp_path.resolve())
         assert rc.callbacks == mon.callbacks and rc.stop == {"training_iteration": 3}
-        assert any("discriminator_overpowering cannot fire" in n for n in mon.notices)
+        assert mon.notices == []  # built-in rules that cannot fire: one line, not warnings
+        line = mon.scheduler.applicability.line()
+        assert "GAN rules discriminator_overpowering, generator_outpaced (no generator_loss, "\
+            "discriminator_loss or adversarial_loss declared)" in line
+        assert mon.start_lines()[0] == f"Health metrics of {mon.name}: {mon.url} (Prometheus " \
+            f"file_sd: {tmp_path.resolve() / 'file_sd' / (mon.name + '.json')})"
     finally:
         mon.close()
 
