@@ -79,7 +79,7 @@ def _vocabulary_of(args: argparse.Namespace):
         first = exc.errors()[0]
         field = ".".join(map(str, first["loc"]))
         raise ConfigError("--role", None, f"{field}={mapping.get(field)!r}: "
-                          f"{first['msg']}") from None
+                          f"{first['msg'].removeprefix('Value error, ')}") from None
     return list(RUN_SOURCES), vocabulary, None, args.experiment_name or ""
 
 

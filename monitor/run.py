@@ -13,7 +13,7 @@ from heuristics.coverage import Applicability, Notice, applicability
 from heuristics.results import text_ok
 from heuristics.rules import BUILTIN_DIR, Rule, load_rules
 from heuristics.vocabulary import Vocabulary
-from monitor.console import CONTROL
+from monitor.console import CONTROL, one_line
 from monitor.paths import RUNS_ENV, runs_dir
 
 RuleSources = Sequence[str | Path] | Sequence[Rule]
@@ -128,8 +128,11 @@ def check_rules(rules: RuleSources = ("builtin", "custom"),
     built-in rule with nothing to fire on (a GAN rule without GAN losses); a rule whose
     ``requires`` the vocabulary does not meet; a rule whose file's ``experiments:`` does not
     name ``experiment`` (given a name)."""
-    loaded = as_rules(rules)
-    vocabulary = as_vocabulary(signals)
+    try:
+        loaded = as_rules(rules)
+        vocabulary = as_vocabulary(signals)
+    except USER_ERRORS as exc:  # uncaught: one line, no traceback
+        raise one_line(exc) from None
     app = applicability(loaded, vocabulary, experiment)
     out = list(app.notices)
     named = {n.rule for n in out}

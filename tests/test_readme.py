@@ -62,7 +62,9 @@ def test_readme_plain_loop_example(tmp_path):
     out = run_block(readme_blocks()[1], tmp_path)
     assert "Trial absurd_lr stopped at iteration" in out and "by rule divergence" in out
     summary = check_run(tmp_path, "mlp_loop")
-    assert any("discriminator_overpowering cannot fire" in n for n in summary["notices"])
+    assert "GAN rules discriminator_overpowering, generator_outpaced" in summary["rules"]
+    assert not any("cannot fire" in n for n in summary["notices"])  # one line, not warnings
+    assert out.startswith("Health metrics of mlp_loop_")  # said at the first report
     from monitor.cli import main
 
     assert main(["kill-report", summary["storage"], "--format", "json"]) == 0

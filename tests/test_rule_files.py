@@ -113,6 +113,8 @@ def test_experiment_with_broken_rules_stops_before_any_trial(tmp_path):
     assert proc.returncode == 2
     assert "rules do not load; no trial was started" in proc.stderr
     assert "rules.yaml:5" in proc.stderr
+    assert "Traceback" not in proc.stderr  # one line per problem, each naming file and line
+    assert all(line.startswith("error: ") for line in proc.stderr.splitlines())
     assert not (tmp_path / "runs").exists()
 
 

@@ -275,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print_error(str(exc))
         return 2
-    except RuleErrors as exc:
-        print_error(f"the experiment's rules do not load; no trial was started:\n{exc}")
+    except RuleErrors as exc:  # one line per problem, the last says what it means
+        lines = [str(e) for e in exc.errors] or [str(exc)]
+        lines[-1] += " (the experiment's rules do not load; no trial was started)"
+        for line in lines:
+            print_error(line)
         return 2
     try:
         summary = run(exp, storage, args.max_iterations, args.address, shadow=args.shadow,
