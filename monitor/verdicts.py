@@ -214,7 +214,8 @@ class VerdictRecorder:
             if note_loss(self.run_dir, what):
                 log.warning("%s; the notice was: %s", what, message)
         log.info("%s", message)
-        export_notice(self.run_dir.name, rule, signal, message)
+        if (rule, signal) != RULES_NOTICE:  # which rules apply: said, but no alert
+            export_notice(self.run_dir.name, rule, signal, message)
         return True
 
     def notices(self) -> list[dict[str, Any]]:

@@ -191,6 +191,8 @@ def test_a_loop_run_says_where_its_metrics_are_and_which_rules_run(tmp_path, cap
         else:
             assert out == ""  # once
     url, rules_line = run.url, lines[1].removeprefix("Rules: ")
+    notices = {k[1] for k in run.exporter.snapshot.notices()}  # what alerts read
+    assert notices == {"d_role_too_strong"}  # a user's rule; not the rules line
     summary = run.print_summary()
     out = capsys.readouterr().out
     assert summary["metrics_url"] == url and summary["rules"] == rules_line
