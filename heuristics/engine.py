@@ -151,6 +151,9 @@ class TrialState:
     def __init__(self) -> None:
         self.reports: list[Record] = []
         self.killed: dict[str, Any] | None = None
+        # every scalar name of the last report (roles, keys, derived), read or not by a rule:
+        # what ``SignalCoverage`` checks the vocabulary's declared keys against
+        self.reported: frozenset[str] = frozenset()
         self.first: dict[str, int] = {}  # rule -> first iteration it still sees
         # ``peer_zscore`` inputs of this trial: canonical text -> iteration -> value, kept for
         # the trial's whole life (the other trials compare with them, whenever they run)
@@ -277,6 +280,7 @@ class RuleEngine:
         if "quality" in self.scalar_signals and "validation" in obs.roles:
             value = obs.roles["validation"]  # the declared metric, higher is better
             scalars["quality"] = value if self.vocabulary.mode == "max" else -value
+        state.reported = frozenset(obs.scalars()) | frozenset(scalars)
         record = Record(iteration, time_s, layers, scalars)
         record.peers = lambda key: [s.peer_evidence(key, iteration)
                                     for t, s in self.trials.items() if t != trial]

@@ -241,8 +241,8 @@ class LoopMonitor:
                 self.exporter.snapshot.count_verdict(data)
             if not v.stops:
                 warnings.append(v.reason)
-        last = self.engine.trials[trial].reports[-1]
-        for n in self.coverage.observe(trial, last.layers, last.scalars):
+        seen = self.engine.trials[trial]
+        for n in self.coverage.observe(trial, seen.reports[-1].layers, seen.reported):
             if self.recorder.note(n.rule, n.signal, n.message):
                 console.print(plain(f"Warning: {n.message}"))
         kill = next((v for v in verdicts if v.stops), None)

@@ -233,8 +233,9 @@ class HeuristicScheduler(FIFOScheduler):
         self._save(trial.trial_id)
         if any(v.stops for v in verdicts):
             crash_point("kill:after-state")
-        last = self.engine.trials[trial.trial_id].reports[-1]
-        for notice in self.coverage.observe(trial.trial_id, last.layers, last.scalars):
+        seen = self.engine.trials[trial.trial_id]
+        for notice in self.coverage.observe(trial.trial_id, seen.reports[-1].layers,
+                                            seen.reported):
             self.recorder.note(notice.rule, notice.signal, notice.message)
         if any(v.stops for v in verdicts):
             if self.wrapped is not None:

@@ -273,3 +273,19 @@ def test_an_unreadable_rule_file_is_one_line_from_the_cli(tmp_path, capsys):
     with pytest.raises(RuleErrors) as info:
         monitor.LoopMonitor("x", rules=[str(fifo)], storage=tmp_path / "runs")
     assert getattr(info.value, "_monitor_one_line", False)  # uncaught: one line (above)
+
+
+def test_declared_keys_that_are_reported_are_never_said_missing(tmp_path):
+    """Every declared key is checked against what the trial reported, not against what the
+    rules happen to read (the engine turns `validation` into `quality`; no built-in rule reads
+    `grad_norm`): the README's own example once warned that it never reported val_loss."""
+    vocab = monitor.Vocabulary(train_loss="loss", validation="val_loss", grad_norm="gn")
+    run = monitor.LoopMonitor("mlp", signals=vocab, rules=["builtin"], storage=tmp_path)
+    for i in range(1, 7):
+        run.report({"loss": 1.0 / i, "val_loss": 2.0 / i, "gn": 0.5}, trial="t")
+        run.report({"loss": 1.0 / i, "val_los": 2.0 / i, "gn": 0.5}, trial="typo")
+    notices = run.close()["notices"]
+    assert [n.split(" is declared")[0] for n in notices if "is declared" in n] == [
+        "validation='val_loss'"]
+    assert "trial typo has not reported 'val_loss'" in notices[0] or any(
+        "trial typo has not reported 'val_loss'" in n for n in notices)
