@@ -29,6 +29,7 @@ from typing import Any
 from monitor.durability import describe, disk_full, note_loss
 from monitor.faults import crash_point
 from monitor.store import StoreError
+from monitor.webhook import post_kill
 
 log = logging.getLogger(__name__)
 STORE_FAULTS = (OSError, sqlite3.Error, StoreError)  # full disk, read-only, damaged
@@ -160,6 +161,7 @@ class VerdictRecorder:
             self._log_fault(exc, verdict)
         if stops:
             crash_point("kill:after-log")
+            post_kill(verdict, self.run_dir.name)  # MONITOR_ALERT_WEBHOOK, if set
 
     def reconcile(self) -> list[dict[str, Any]]:
         """Every verdict of the run, each once; copies one found in only one place into the

@@ -127,11 +127,12 @@ class AlertmanagerServer:
 
 
 class Webhook:
-    """An HTTP server on loopback that keeps every alert posted to it (Alertmanager's webhook
-    payload: ``{"alerts": [{"status", "labels", "annotations", ...}]}``)."""
+    """An HTTP server on loopback that keeps every JSON document posted to it, and the alerts
+    of Alertmanager's ones (``{"alerts": [{"status", "labels", "annotations", ...}]}``)."""
 
     def __init__(self) -> None:
         self.alerts: list[dict[str, Any]] = []
+        self.bodies: list[Any] = []  # every JSON document posted
         self.arrived = threading.Condition()
         webhook = self
 
@@ -139,7 +140,8 @@ class Webhook:
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with webhook.arrived:
-                    webhook.alerts += json.loads(body)["alerts"]
+                    webhook.bodies.append(json.loads(body))
+                    webhook.alerts += webhook.bodies[-1].get("alerts", [])
                     webhook.arrived.notify_all()
                 self.send_response(200)
                 self.end_headers()

@@ -181,6 +181,36 @@ def test_alertmanager_start_without_a_webhook_is_one_line(capsys, monkeypatch):
                                        "posted to (or --webhook)\n")
 
 
+@pytest.mark.slow
+def test_a_kill_is_posted_from_the_driver_and_a_dead_webhook_stops_nothing(
+        tmp_path, monkeypatch, caplog):
+    """``MONITOR_ALERT_WEBHOOK``: the kill's rule and reason reach a real HTTP server; a
+    webhook nobody serves is one warning that hides the URL's token, and the run goes on."""
+    webhook = Webhook().start()
+    try:
+        monkeypatch.setenv("MONITOR_ALERT_WEBHOOK", webhook.url)
+        run = monitor.LoopMonitor("direct", signals=VOCAB, budget=6, storage=tmp_path,
+                                  rules=["builtin"])
+        decisions = train_mlp(8.0, run, "broken")
+        run.close()
+    finally:
+        webhook.stop()
+    assert decisions[-1].stop
+    [body] = webhook.bodies
+    assert body["trial"] == "broken" and body["rule"] == "divergence"
+    assert body["reason"] == decisions[-1].reason and body["run"] == run.spec.name
+    assert body["text"].startswith("direct: trial broken killed by rule divergence")
+    monkeypatch.setenv("MONITOR_ALERT_WEBHOOK", webhook.url + "/T000/SECRET")  # now closed
+    run = monitor.LoopMonitor("direct", signals=VOCAB, budget=6, storage=tmp_path,
+                              rules=["builtin"])
+    decisions = train_mlp(8.0, run, "broken")
+    summary = run.close()
+    assert decisions[-1].stop and summary["trials"][0]["status"] == "KILLED"
+    warnings = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+    assert len(warnings) == 1 and "SECRET" not in warnings[0], warnings
+    assert f"http://127.0.0.1:{webhook.server.server_address[1]}/***" in warnings[0]
+
+
 USER_RULES = """\
 groups:
   - name: mine
