@@ -28,6 +28,7 @@ from typing import Any
 
 from monitor.durability import describe, disk_full, note_loss
 from monitor.faults import crash_point
+from monitor.scheduler_stops import is_scheduler_verdict
 from monitor.store import StoreError
 from monitor.webhook import post_kill
 
@@ -161,7 +162,8 @@ class VerdictRecorder:
             self._log_fault(exc, verdict)
         if stops:
             crash_point("kill:after-log")
-            post_kill(verdict, self.run_dir.name)  # MONITOR_ALERT_WEBHOOK, if set
+            if not is_scheduler_verdict(verdict):  # a rule's kill, not ASHA's routine stop
+                post_kill(verdict, self.run_dir.name)  # MONITOR_ALERT_WEBHOOK, if set
 
     def reconcile(self) -> list[dict[str, Any]]:
         """Every verdict of the run, each once; copies one found in only one place into the

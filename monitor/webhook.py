@@ -1,12 +1,12 @@
 """A kill posted straight from the driver to a webhook, for teams without Alertmanager.
 
-Set ``MONITOR_ALERT_WEBHOOK`` to an http(s) URL: every kill (a verdict that stops a trial) is
-POSTed, once it is recorded, as JSON: ``text`` (one line, as Slack and Mattermost incoming
-webhooks read it) and the fields ``experiment``, ``run``, ``trial``, ``rule``, ``failure``,
-``iteration``, ``reason``, ``wall_time``. The URL is read from the environment at each post,
-never stored (nothing pickled into Tune's ``tuner.pkl``), and shown only as its scheme and
-host (webhook URLs carry their token in the path). A post that fails is logged and never
-stops the run (2 s timeout).
+Set ``MONITOR_ALERT_WEBHOOK`` to an http(s) URL: every kill by a rule (not the wrapped
+scheduler's routine stops) is POSTed, once it is recorded, as JSON: ``text`` (one line, as
+Slack and Mattermost incoming webhooks read it) and the fields ``experiment``, ``run``,
+``trial``, ``rule``, ``failure``, ``iteration``, ``reason``, ``wall_time``. The URL is read
+from the environment at each post, never stored (nothing pickled into Tune's ``tuner.pkl``),
+and shown only as its scheme and host (webhook URLs carry their token in the path). A post
+that fails is logged and never stops the run (2 s timeout).
 """
 
 from __future__ import annotations

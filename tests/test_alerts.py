@@ -18,6 +18,7 @@ from dashboards import alert_rules_file
 from monitor import alertmanager_local
 from monitor.exporter import SignalSnapshot
 from monitor.prometheus_local import config_text
+from monitor.verdicts import VerdictRecorder
 from tests.prometheus_server import AlertmanagerServer, PrometheusServer, Webhook
 from tests.test_api import VOCAB, train_mlp
 
@@ -179,6 +180,23 @@ def test_alertmanager_start_without_a_webhook_is_one_line(capsys, monkeypatch):
     assert alertmanager_local.main([]) == 2
     assert capsys.readouterr().err == ("error: ALERT_WEBHOOK_URL: expected the URL alerts are "
                                        "posted to (or --webhook)\n")
+
+
+def test_the_driver_posts_a_rules_kill_not_a_warning_nor_the_schedulers_stop(
+        tmp_path, monkeypatch):
+    webhook = Webhook().start()
+    try:
+        monkeypatch.setenv("MONITOR_ALERT_WEBHOOK", webhook.url)
+        recorder = VerdictRecorder(tmp_path / "e_1")
+        recorder.record({**KILL, "trial": "asha", "rule": "ASHAScheduler",
+                         "policy": "scheduler"})
+        recorder.record({**KILL, "trial": "warned", "action": "warn"})
+        recorder.record({**KILL, "trial": "shadowed", "shadow": True})
+        recorder.record(KILL)
+        recorder.close()
+    finally:
+        webhook.stop()
+    assert [(b["trial"], b["run"], b["reason"]) for b in webhook.bodies] == [("t1", "e_1", REASON)]
 
 
 @pytest.mark.slow
