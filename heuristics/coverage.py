@@ -191,7 +191,8 @@ def population_rules(rules: Iterable[Rule], vocabulary: Vocabulary) -> list[Rule
     out = []
     for rule in rules:
         peers = [n for n in walk(rule.tree) if isinstance(n, Call) and n.fn in PEERS]
-        if peers and all(n.name not in ROLES or vocabulary.declares(n.name)
+        if peers and all(vocabulary.declares("validation" if n.name == "quality" else n.name)
+                         or n.name not in (*ROLES, "quality")
                          for p in peers for n in walk(p) if isinstance(n, Signal)):
             out.append(rule)
     return out
