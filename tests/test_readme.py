@@ -1,4 +1,5 @@
-"""The README's "Monitor your own training" blocks, run verbatim in a fresh directory."""
+"""The README's Python blocks (all in "Monitor your own training"), run verbatim in a fresh
+directory; the pages under docs/ hold none (their blocks are shell, YAML or text)."""
 
 from __future__ import annotations
 
@@ -51,10 +52,28 @@ def check_run(cwd: Path, experiment: str) -> dict:
     return summary
 
 
-def test_readme_has_both_examples():
+def test_readme_has_the_examples_and_every_python_block_is_run():
     blocks = readme_blocks()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     assert "TuneMonitor" in blocks[0] and "LoopMonitor" in blocks[1]
+    assert "nn.ModuleDict" in blocks[2]
+    fence = re.compile(r"^```\s*(python|py|python3|pycon)\b", re.M)
+    assert len(fence.findall(README.read_text())) == len(blocks)  # none outside the section
+    pages = sorted((README.parent / "docs").glob("**/*.md"))
+    assert pages and not [p.name for p in pages if fence.search(p.read_text())]
+    for page in pages:  # the README links them, and they exist
+        assert f"docs/{page.relative_to(README.parent / 'docs')}" in README.read_text()
+
+
+@pytest.mark.slow
+def test_readme_gan_example(tmp_path):
+    out = run_block(readme_blocks()[2], tmp_path)
+    assert "['discriminator.1', 'generator.1']" in out  # both networks, one monitor
+    (summary,) = [json.loads(p.read_text())
+                  for p in (tmp_path / "runs").glob("toy_gan_*/summary.json")]
+    assert [t["status"] for t in summary["trials"]] == ["TERMINATED"]
+    assert "learning_undone (no train_loss declared)" in summary["rules"]
+    assert not any("is declared, but" in n for n in summary["notices"])
 
 
 @pytest.mark.slow
