@@ -187,11 +187,15 @@ def _reads_health(rule: Rule) -> bool:
 
 def population_rules(rules: Iterable[Rule], vocabulary: Vocabulary) -> list[Rule]:
     """Rules with a ``peer_zscore`` whose input the vocabulary declares (one it does not
-    declare gets the ``undeclared`` notice instead)."""
+    declare gets the ``undeclared`` notice instead), except rules that say what to do
+    without siblings (``absent(peer_zscore(x)) or ...``: they act either way)."""
     out = []
     for rule in rules:
         peers = [n for n in walk(rule.tree) if isinstance(n, Call) and n.fn in PEERS]
-        if peers and all(vocabulary.declares("validation" if n.name == "quality" else n.name)
+        fallback = any(isinstance(n, Call) and n.fn == "absent"
+                       and any(isinstance(m, Call) and m.fn in PEERS for m in walk(n))
+                       for n in walk(rule.tree))
+        if peers and not fallback and all(vocabulary.declares("validation" if n.name == "quality" else n.name)
                          or n.name not in (*ROLES, "quality")
                          for p in peers for n in walk(p) if isinstance(n, Signal)):
             out.append(rule)

@@ -125,14 +125,12 @@ def test_recorded_vocoders_lose_no_healthy_trial_and_keep_their_catches() -> Non
         trials = elsewhere(family)
         stops = heuristic_stops(trials, BUILTIN)
         for t in trials:
-            if t.failure == "healthy":  # known, not solved: MelGANs dipping to -13..-15 dB
-                assert t.name not in stops or family == "melgan" and stops[t.name][0] == \
-                    "silence_collapse" and stops[t.name][1] >= 15, (t.name, stops.get(t.name))
-                assert stops.get(t.name, ("", 99))[1] >= 15  # none early in training
+            if t.failure == "healthy":  # MelGANs dipping to -13..-22 dB together: spared
+                assert t.name not in stops, (t.name, stops.get(t.name))
             elif t.name in stops and t.name != "melgan/lr_spike_ttur_b8":  # silent before onset
                 assert stops[t.name][1] > t.onset, (t.name, stops[t.name])
     hifigan = heuristic_stops(elsewhere("hifigan"), BUILTIN)
-    assert hifigan["hifigan/d_lr_boost_b8"][1] == 13  # onset 12
+    assert hifigan["hifigan/d_lr_boost_b8"][1] == 14  # onset 12; generator_outpaced held 3
     assert hifigan["hifigan/mel_off_wide_b4"][0] == "quality_regressed"
 
 

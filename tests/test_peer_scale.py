@@ -81,15 +81,15 @@ def test_two_failing_siblings_among_few_are_both_stopped() -> None:
     population["boosted_b"] = gan(99, jump_at=16, jump=30.0)  # far off: it inflated the scale
     engine = RuleEngine(BUILTIN, "gan", 40, vocabulary=HINGE)
     stops = feed(engine, population)
-    assert stops == {"boosted_a": ("generator_outpaced", 17),
-                     "boosted_b": ("generator_outpaced", 17)}
+    assert stops == {"boosted_a": ("generator_outpaced", 18),
+                     "boosted_b": ("generator_outpaced", 18)}
 
 
 def test_a_sweep_of_four_has_evidence() -> None:
     population = {f"healthy_{i}": gan(i) for i in range(3)}
     population["boosted"] = gan(99, jump_at=16)
     engine = RuleEngine(BUILTIN, "gan", 40, vocabulary=HINGE)
-    assert feed(engine, population) == {"boosted": ("generator_outpaced", 17)}
+    assert feed(engine, population) == {"boosted": ("generator_outpaced", 18)}
     assert feed(RuleEngine(BUILTIN, "gan", 40, vocabulary=HINGE),
                 {f"healthy_{i}": gan(i) for i in range(4)}) == {}
 
@@ -104,7 +104,7 @@ def test_survivors_keep_their_evidence_after_siblings_are_stopped() -> None:
     engine = RuleEngine(BUILTIN, "gan", 40, vocabulary=HINGE)
     stops = feed(engine, population)
     assert stops == {"nan_a": ("divergence", 3), "nan_b": ("divergence", 3),
-                     "boosted": ("generator_outpaced", 17)}
+                     "boosted": ("generator_outpaced", 18)}
 
 
 def test_nearly_identical_healthy_siblings_are_not_outliers() -> None:
