@@ -195,9 +195,10 @@ def population_rules(rules: Iterable[Rule], vocabulary: Vocabulary) -> list[Rule
         fallback = any(isinstance(n, Call) and n.fn == "absent"
                        and any(isinstance(m, Call) and m.fn in PEERS for m in walk(n))
                        for n in walk(rule.tree))
-        if peers and not fallback and all(vocabulary.declares("validation" if n.name == "quality" else n.name)
-                         or n.name not in (*ROLES, "quality")
-                         for p in peers for n in walk(p) if isinstance(n, Signal)):
+        if peers and not fallback and all(
+                vocabulary.declares("validation" if n.name == "quality" else n.name)
+                or n.name not in (*ROLES, "quality")
+                for p in peers for n in walk(p) if isinstance(n, Signal)):
             out.append(rule)
     return out
 
