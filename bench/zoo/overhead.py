@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=200, help="timed steps per mode")
     parser.add_argument("--models", nargs="*", default=None,
-                        help="zoo model names (default: all)")
+                        help="zoo model names measured eager (default: all; none: only the "
+                        "--compiled ones)")
     parser.add_argument("--compiled", nargs="*", default=None,
                         help="models to measure compiled too (no names: the default "
                         f"four, one per family: {', '.join(COMPILED)}; 'all': every model)")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     known = {e.name: e for e in ZOO}
-    names = args.models or list(known)
+    names = list(known) if args.models is None else args.models  # --models alone: none eager
     compiled = ([] if args.compiled is None else list(known) if args.compiled == ["all"]
                 else args.compiled or list(COMPILED))
     for name in names + compiled:
