@@ -50,6 +50,8 @@ def _rank(rank: int, port: int, out: str) -> None:
             ddp(x).sum().backward()
             results[str(combine)] = health.collect()["layers"]
             health.close()
+        del ddp  # its reducer holds the process group: released before it is destroyed
+        dist.barrier()  # neither rank tears the group down while the other still uses it
         Path(out, f"{rank}.json").write_text(json.dumps(results))
     finally:
         dist.destroy_process_group()
