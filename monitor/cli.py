@@ -431,31 +431,25 @@ def _rules_change_commands(rules) -> None:
     run_help = "experiment name (its latest run) or run directory"
     wait = {"type": float, "default": 60.0,
             "help": "seconds to wait for the driver's answer (default 60)"}
-    p = rules.add_parser("apply", help="apply a rule file to a running sweep, in shadow: "
-                         "checked, replayed over the recorded history, then live")
-    p.add_argument("run", help=run_help)
-    p.add_argument("file", help="a rule file (Prometheus layout, as `rules check` reads)")
-    p.add_argument("--storage", **storage)
-    p.add_argument("--timeout", **wait)
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=_rules_apply)
-    p = rules.add_parser("arm", help="make a shadow rule of a running sweep act")
-    p.add_argument("run", help=run_help)
-    p.add_argument("rule")
-    p.add_argument("--storage", **storage)
-    p.add_argument("--timeout", **wait)
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=_rules_arm)
-    p = rules.add_parser("retire", help="remove a rule (or one version of it) from a "
-                         "running sweep")
-    p.add_argument("run", help=run_help)
-    p.add_argument("rule")
-    p.add_argument("--version", help="the version to retire, where the rule has an armed "
-                   "and a shadow one")
-    p.add_argument("--storage", **storage)
-    p.add_argument("--timeout", **wait)
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=_rules_retire)
+    def change(name: str, help_: str, func, *args: tuple[str, dict]) -> None:
+        """A command sent to the run's driver: RUN, its own arguments, then where runs are,
+        how long to wait for the answer and the output format."""
+        p = rules.add_parser(name, help=help_)
+        p.add_argument("run", help=run_help)
+        for flag, options in args:
+            p.add_argument(flag, **options)
+        p.add_argument("--storage", **storage)
+        p.add_argument("--timeout", **wait)
+        p.add_argument("--format", choices=("text", "json"), default="text")
+        p.set_defaults(func=func)
+
+    change("apply", "apply a rule file to a running sweep, in shadow: checked, replayed over "
+           "the recorded history, then live", _rules_apply,
+           ("file", {"help": "a rule file (Prometheus layout, as `rules check` reads)"}))
+    change("arm", "make a shadow rule of a running sweep act", _rules_arm, ("rule", {}))
+    change("retire", "remove a rule (or one version of it) from a running sweep", _rules_retire,
+           ("rule", {}), ("--version", {"help": "the version to retire, where the rule has an "
+                                          "armed and a shadow one"}))
     p = rules.add_parser("status", help="a run's rule set by revision: each rule applied "
                          "since the start, its would-be kills beside the trials' outcomes")
     p.add_argument("run", help=run_help)

@@ -26,52 +26,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class PrometheusServer:
-    def __init__(self, workdir: Path, sd_dir: Path, rule_files: Sequence[Path] | None = None,
-                 alertmanagers: Sequence[str] = ()) -> None:
-        self.binary = shutil.which("prometheus")
-        if self.binary is None:
-            raise RuntimeError("prometheus is not installed (Debian package 'prometheus'; "
-                               ".ci/run installs it)")
-        self.workdir, self.sd_dir = workdir, sd_dir
-        self.rule_files, self.alertmanagers = rule_files, alertmanagers
+class _LoopbackServer:
+    """A server process on a free loopback port: started with its log in ``workdir``,
+    ready when ``/-/ready`` answers, stopped (terminated, then killed) with its log closed."""
+
+    name = ""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 30.0) -> PrometheusServer:
-        self.sd_dir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "prometheus.yml"
-        # The configuration `make prometheus` uses, scraping every second for the tests.
-        config.write_text(config_text(self.sd_dir, scrape_interval="1s",
-                                      rule_files=self.rule_files,
-                                      alertmanagers=self.alertmanagers))
-        self.log = open(self.workdir / "prometheus.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={config}",
-             f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.url}/-/ready", timeout=1)
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError((self.workdir / "prometheus.log").read_text()) from None
-                time.sleep(0.2)
-        raise RuntimeError("prometheus did not become ready")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def api(self, path: str, **params: Any) -> Any:
-        query = urllib.parse.urlencode(params, doseq=True)
-        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as r:
-            body = json.load(r)
-        assert body["status"] == "success", body
-        return body["data"]
+    def _run(self, command: list[str], timeout: float) -> None:
+        log_path = self.workdir / f"{self.name}.log"
+        self.log = open(log_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/-/ready", timeout=1)
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(log_path.read_text()) from None
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not become ready")
 
     def stop(self) -> None:
         if self.proc:
@@ -83,14 +66,48 @@ class PrometheusServer:
             self.log.close()
 
 
-class AlertmanagerServer:
+class PrometheusServer(_LoopbackServer):
+    name = "prometheus"
+
+    def __init__(self, workdir: Path, sd_dir: Path, rule_files: Sequence[Path] | None = None,
+                 alertmanagers: Sequence[str] = ()) -> None:
+        self.binary = shutil.which("prometheus")
+        if self.binary is None:
+            raise RuntimeError("prometheus is not installed (Debian package 'prometheus'; "
+                               ".ci/run installs it)")
+        super().__init__(workdir)
+        self.sd_dir = sd_dir
+        self.rule_files, self.alertmanagers = rule_files, alertmanagers
+
+    def start(self, timeout: float = 30.0) -> PrometheusServer:
+        self.sd_dir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "prometheus.yml"
+        # The configuration `make prometheus` uses, scraping every second for the tests.
+        config.write_text(config_text(self.sd_dir, scrape_interval="1s",
+                                      rule_files=self.rule_files,
+                                      alertmanagers=self.alertmanagers))
+        self._run([self.binary, f"--config.file={config}",
+                   f"--storage.tsdb.path={self.workdir / 'data'}",
+                   f"--web.listen-address=127.0.0.1:{self.port}"], timeout)
+        return self
+
+    def api(self, path: str, **params: Any) -> Any:
+        query = urllib.parse.urlencode(params, doseq=True)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as r:
+            body = json.load(r)
+        assert body["status"] == "success", body
+        return body["data"]
+
+
+class AlertmanagerServer(_LoopbackServer):
     """``make alertmanager``'s configuration and command line, routing to ``webhook_url`` with
     short waits, on a free loopback port."""
 
+    name = "alertmanager"
+
     def __init__(self, workdir: Path, webhook_url: str) -> None:
-        self.workdir, self.webhook_url = workdir, webhook_url
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+        super().__init__(workdir)
+        self.webhook_url = webhook_url
 
     @property
     def address(self) -> str:
@@ -101,29 +118,9 @@ class AlertmanagerServer:
         config = self.workdir / "alertmanager.yml"
         config.write_text(alertmanager_local.config_text(self.webhook_url, group_wait="0s",
                                                          group_interval="1s"))
-        self.log = open(self.workdir / "alertmanager.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            alertmanager_local.command(config, self.workdir / "data", "127.0.0.1", self.port),
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://{self.address}/-/ready", timeout=1)
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError((self.workdir / "alertmanager.log").read_text()) from None
-                time.sleep(0.2)
-        raise RuntimeError("alertmanager did not become ready")
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.log.close()
+        self._run(alertmanager_local.command(config, self.workdir / "data", "127.0.0.1",
+                                             self.port), timeout)
+        return self
 
 
 class Webhook:

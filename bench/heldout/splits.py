@@ -110,9 +110,9 @@ def splits_markdown(reports: dict[str, dict[str, Any]], rules: list[str]) -> str
              "(% budget) | saved | median lead |", "|---|---|---|---|---|---|---|---|---|"]
     for split in SPLITS:
         if split in reports:
-            for policy in ("heuristic", "asha", "median", "heuristic+asha", "heuristic+median"):
-                if any(p["policy"] == policy for p in reports[split]["policies"]):
-                    lines.append(summary_row(split, reports[split], policy))
+            for p in reports[split]["policies"]:
+                if p["policy"] != "none":
+                    lines.append(summary_row(split, reports[split], p["policy"]))
     for split in SPLITS:
         if split in reports:
             r = reports[split]
