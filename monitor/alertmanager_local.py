@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from monitor.durability import write_atomic
 from monitor.grafana import redact
 from monitor.paths import runs_dir
 
@@ -73,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     home = (args.storage / "alertmanager").resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "alertmanager.yml"
-    config.touch(mode=0o600)
-    config.chmod(0o600)  # it holds the webhook URL, which may carry a token
-    config.write_text(text)
+    write_atomic(config, text, mode=0o600)  # it holds the webhook URL, which may carry a token
     try:
         cmd = command(config, home / "data", args.host, args.port)
     except FileNotFoundError as exc:

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from monitor.durability import write_atomic
+
 AUDIO_KEY = "monitor_audio"
 REFERENCE_KEY = "monitor_audio_reference"
 AUDIO_DIR = "audio"
@@ -121,7 +123,7 @@ def keep(run_dir: str | Path, trial: str, iteration: int, result: dict[str, Any]
             continue
         folder.mkdir(parents=True, exist_ok=True)
         name = REFERENCE_FILE if key == REFERENCE_KEY else f"{iteration:06d}.wav"
-        (folder / name).write_bytes(wav)
+        write_atomic(folder / name, wav)  # a page never plays half a clip
     if AUDIO_KEY in texts and not problems:
         held = clips(run_dir, trial)
         for i in set(held) - kept_iterations(list(held), max_clips):

@@ -26,6 +26,7 @@ from scipy import stats
 
 from heuristics.expr import LAYER_SIGNALS, SIGNALS
 from monitor.console import plain, print_wide, safe
+from monitor.durability import write_atomic
 from monitor.replay import is_failure
 from monitor.report import ReportError, reading
 from monitor.store import RunStore
@@ -215,7 +216,6 @@ def write_rules(path: Path, rules: dict[str, Any], sources: list[str]) -> None:
         raise ReportError(f"{path}: cannot write the rules, directory {path.parent} does not "
                           "exist (create it, or give another --output path)")
     try:
-        path.write_text(header + yaml.safe_dump(rules, sort_keys=False, width=100),
-                        encoding="utf-8")
+        write_atomic(path, header + yaml.safe_dump(rules, sort_keys=False, width=100))
     except OSError as exc:
         raise ReportError(f"{path}: cannot write the rules ({exc.strerror})") from None

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dashboards import alert_rules_file
+from monitor.durability import write_atomic
 from monitor.paths import runs_dir
 
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sd_dir.mkdir(parents=True, exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
-    (home / "prometheus.yml").write_text(text)
+    write_atomic(home / "prometheus.yml", text)
     sent = f", alerts to {args.alertmanager}" if managers else ""
     print(f"Prometheus on http://{args.host}:{args.port}, discovering runs in {sd_dir}{sent}",
           flush=True)

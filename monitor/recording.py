@@ -60,10 +60,10 @@ class StoreWriter:
 
     def _open(self):
         if self.store is None and self.failed is None:
-            from monitor.store import RunStore
+            from monitor.store import open_for_driver
 
             try:
-                self.store = RunStore(self.run_dir)
+                self.store = open_for_driver(self.run_dir)
                 _LIVE[str(self.run_dir)] = self
                 self.store.set_meta(experiment=self.experiment, run=self.run,
                                     metric=self.metric, mode=self.vocabulary.mode,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.console import plain, print_wide, safe
+from monitor.durability import write_atomic
 from monitor.scheduler_stops import is_scheduler_verdict
 from monitor.store import STORE_FILE, RunStore, StoreError
 from monitor.verdicts import rules_and_notices
@@ -114,7 +115,7 @@ def write_html(path: str | Path, page: str) -> None:
         raise ReportError(f"{path}: cannot write the HTML report, directory {path.parent} does "
                           "not exist (create it, or give another --html path)")
     try:
-        path.write_text(page, encoding="utf-8")
+        write_atomic(path, page)
     except OSError as exc:
         raise ReportError(f"{path}: cannot write the HTML report ({exc.strerror})") from None
 

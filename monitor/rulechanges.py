@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 CHANGES_FILE = Path("heuristics") / "rule_changes.jsonl"
 REQUESTS_DIR = Path("heuristics") / "requests"
 CHANGE_KEYS = ("revision", "op", "rule", "version", "mode", "time")
+CHANGE_SHAPE = {"revision": (int,), "op": (str,), "rule": (str,), "version": (str,),
+                "mode": (str, type(None)), "time": (int, float)}
 POLL_S = 0.2  # the driver looks for requests at most this often
 OPS = ("apply", "arm", "retire")
 PROGRESS_S = 5.0  # a replay longer than this says how far it is
@@ -181,7 +183,7 @@ class RuleChangeLog:
     def __init__(self, run_dir: str | Path, recorder: VerdictRecorder) -> None:
         self.run_dir = Path(run_dir)
         self.recorder = recorder
-        self.log = VerdictLog(self.run_dir / CHANGES_FILE, CHANGE_KEYS)
+        self.log = VerdictLog(self.run_dir / CHANGES_FILE, CHANGE_SHAPE)
 
     def append(self, entry: dict[str, Any]) -> None:
         store = self.recorder._open_store()
@@ -217,7 +219,7 @@ def read_changes(run_dir: str | Path) -> list[dict[str, Any]]:
     from monitor.report import reading
     from monitor.store import StoreError
 
-    entries = {key(e): e for e in VerdictLog(Path(run_dir) / CHANGES_FILE, CHANGE_KEYS).read()}
+    entries = {key(e): e for e in VerdictLog(Path(run_dir) / CHANGES_FILE, CHANGE_SHAPE).read()}
     try:
         with reading(run_dir) as store:
             entries.update({key(e): e for e in store.rule_changes()})

@@ -20,11 +20,10 @@ import json
 import logging
 import pickle
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
-from monitor.durability import describe, disk_full, note_loss
+from monitor.durability import describe, disk_full, move_aside, note_loss
 
 log = logging.getLogger(__name__)
 
@@ -155,20 +154,12 @@ class RuleStateStore:
             return self._load()
         except sqlite3.Error as exc:  # not a database, or damaged beyond its rows
             self.close()
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
-            try:
-                for suffix in ("", "-wal", "-shm"):
-                    part = Path(f"{self.path}{suffix}")
-                    if part.exists():
-                        part.rename(Path(f"{aside}{suffix}"))
-                where = f"moved to {aside.name}"
-            except OSError as move:
-                where = f"left in place ({describe(move)})"
+            where = move_aside(self.path)
+            if where.startswith("left"):
                 self.failed = "the rule state file is damaged"
-            log.warning("%s: not a readable rule state (%s); %s, every trial's rules start "
-                        "afresh (kills are kept: they come from the verdicts)", self.path,
-                        describe(exc), where)
+            log.warning("%s: not a readable rule state (%s; expected the SQLite database this "
+                        "driver writes); %s, every trial's rules start afresh (kills are kept: "
+                        "they come from the verdicts)", self.path, describe(exc), where)
             return {}
 
     def _load(self) -> dict[str, dict[str, Any]]:
@@ -176,7 +167,10 @@ class RuleStateStore:
         damaged: set[str] = set()
         for trial, first in self.db.execute("SELECT trial, first FROM trials"):
             try:
-                out[trial] = {"reports": [], "first": json.loads(first), "killed": None}
+                loaded = json.loads(first)
+                if not isinstance(loaded, dict):
+                    raise ValueError(f"expected an object, got {type(loaded).__name__}")
+                out[trial] = {"reports": [], "first": loaded, "killed": None}
             except ValueError as exc:
                 self._damaged(trial, exc)
                 out[trial] = {"reports": [], "first": {}, "killed": None}
@@ -196,6 +190,8 @@ class RuleStateStore:
                 continue
             try:
                 values = json.loads(peer)
+                if not isinstance(values, dict):
+                    raise ValueError(f"expected an object, got {type(values).__name__}")
             except ValueError as exc:  # that trial's population inputs start afresh
                 self._damaged(trial, exc)
                 out[trial]["peer"] = {}

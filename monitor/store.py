@@ -24,6 +24,7 @@ crash of the driver loses at most the samples of the last unflushed batch, never
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 import struct
@@ -34,8 +35,9 @@ from typing import Any
 
 from heuristics.results import number, text_ok, unflatten_health
 from heuristics.vocabulary import BOOKKEEPING
-from monitor.durability import disk_full
+from monitor.durability import disk_full, move_aside, note_loss
 
+log = logging.getLogger(__name__)
 STORE_FILE = "monitor.sqlite"
 SCHEMA_VERSION = 2
 PAGE_SIZE = 16384
@@ -106,11 +108,37 @@ _LE = sys.byteorder == "little"
 
 
 class StoreError(RuntimeError):
-    """A run store that cannot be opened or read (missing, damaged, not a store)."""
+    """A run store that cannot be opened or read (missing, damaged, not a store); ``damaged``:
+    the file is not a SQLite database, or a malformed one (not merely locked or read-only)."""
+
+    def __init__(self, message: str, damaged: bool = False) -> None:
+        super().__init__(message)
+        self.damaged = damaged
 
 
 _num = number  # the one conversion of a reported value (heuristics.results.number)
 MAX_INTEGER = 2 ** 63 - 1  # SQLite's INTEGER
+
+
+def open_for_driver(run_dir: str | Path) -> RunStore:
+    """The run store a driver writes. One that is damaged (not a SQLite database, malformed)
+    is moved aside (``monitor.sqlite.damaged-<time>``) with one warning and a fresh one
+    started: the verdict log refills its verdicts, and the summary says the samples recorded
+    before are in the old file only. Other failures raise ``StoreError`` as ``RunStore``."""
+    try:
+        return RunStore(run_dir)
+    except StoreError as exc:
+        if not exc.damaged:
+            raise
+        path = Path(run_dir) / STORE_FILE
+        where = move_aside(path)
+        if where.startswith("left"):
+            raise
+        what = (f"run store {exc}; {where}, a fresh store holds what follows and every "
+                "logged verdict (the samples recorded before are in the old file only)")
+        if note_loss(run_dir, what):
+            log.warning("%s", what)
+        return RunStore(run_dir)
 
 
 def _text(name: Any) -> str:
@@ -273,7 +301,9 @@ class RunStore:
                 raise StoreError(f"{self.path}: cannot be written ({exc}: a read-only file "
                                  "system, or no write permission); reports read it as it is"
                                  ) from None
-            raise StoreError(f"{self.path}: damaged or not a run store ({exc})") from None
+            text = str(exc).lower()
+            raise StoreError(f"{self.path}: damaged or not a run store ({exc})",
+                             damaged="not a database" in text or "malformed" in text) from None
 
     def _create_view(self) -> None:
         """The ``samples`` view in plain SQL, replacing one of an earlier version (which

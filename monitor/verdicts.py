@@ -39,6 +39,21 @@ NOTICES_FILE = Path("heuristics") / "notices.jsonl"
 LOCK_FILE = Path("heuristics") / "driver.lock"
 VERDICT_KEYS = ("trial", "rule", "failure", "action", "iteration", "wall_time", "reason")
 NOTICE_KEYS = ("rule", "signal", "message")
+TEXT, NUMBER = (str,), (int, float)
+# What each entry of a log holds, key by key: a line of another shape (``{"trial": [1]}``)
+# is not an entry, and never reaches the code that files verdicts by trial and rule.
+VERDICT_SHAPE = {"trial": TEXT, "rule": TEXT, "failure": (str, type(None)), "action": TEXT,
+                 "iteration": NUMBER, "wall_time": NUMBER, "reason": TEXT}
+NOTICE_SHAPE = {"rule": TEXT, "signal": TEXT, "message": TEXT}
+
+
+def fits(value: Any, types: tuple[type, ...]) -> bool:
+    """``value`` is one of ``types`` (a bool is no number here)."""
+    return isinstance(value, types) and (not isinstance(value, bool) or bool in types)
+
+
+def shape_of(required: tuple[str, ...] | dict[str, tuple[type, ...]]) -> dict[str, tuple]:
+    return dict(required) if isinstance(required, dict) else {k: (object,) for k in required}
 
 
 def verdict_key(v: dict[str, Any]) -> tuple:
@@ -50,13 +65,15 @@ def verdict_key(v: dict[str, Any]) -> tuple:
 class VerdictLog:
     """Append-only JSON-lines file of verdicts (or notices); every append is fsynced.
 
-    Every entry is a JSON object; ``required``: the keys each must have (a line without them
-    is not one of ours).
+    Every entry is a JSON object; ``required``: the keys each must have, or a mapping of each
+    key to the types its value may have (a line without them is not one of ours).
     """
 
-    def __init__(self, path: str | Path, required: tuple[str, ...] = ()) -> None:
+    def __init__(self, path: str | Path,
+                 required: tuple[str, ...] | dict[str, tuple[type, ...]] = ()) -> None:
         self.path = Path(path)
-        self.required = required
+        self.shape = shape_of(required)
+        self.required = tuple(self.shape)
 
     def append(self, entry: dict[str, Any]) -> None:
         """Append one entry, durable when this returns (``OSError`` when it cannot be)."""
@@ -89,12 +106,21 @@ class VerdictLog:
             except json.JSONDecodeError:
                 log.warning("%s:%d: skipped an incomplete line", self.path, i)
                 continue
-            if not isinstance(entry, dict) or any(k not in entry for k in self.required):
+            if not isinstance(entry, dict) or any(
+                    k not in entry or not fits(entry[k], types) for k, types in self.shape.items()):
                 log.warning("%s:%d: skipped a line that is not an entry of this log (expected "
-                            "an object with %s)", self.path, i, ", ".join(self.required))
+                            "an object with %s)", self.path, i, self._expected())
                 continue
             out.append(entry)
         return out
+
+
+    def _expected(self) -> str:
+        names = {str: "text", int: "number", float: "number", type(None): "null"}
+        return ", ".join(
+            k if types == (object,) else
+            f"{k} ({' or '.join(dict.fromkeys(names.get(t, t.__name__) for t in types))})"
+            for k, types in self.shape.items())
 
 
 class VerdictRecorder:
@@ -105,8 +131,8 @@ class VerdictRecorder:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.log = VerdictLog(self.run_dir / LOG_FILE, VERDICT_KEYS)
-        self.notices_log = VerdictLog(self.run_dir / NOTICES_FILE, NOTICE_KEYS)
+        self.log = VerdictLog(self.run_dir / LOG_FILE, VERDICT_SHAPE)
+        self.notices_log = VerdictLog(self.run_dir / NOTICES_FILE, NOTICE_SHAPE)
         self._store = None
         self.store_failed: str | None = None
         self.log_failed: str | None = None
@@ -114,10 +140,10 @@ class VerdictRecorder:
 
     def _open_store(self):
         if self._store is None and self.store_failed is None:
-            from monitor.store import RunStore
+            from monitor.store import open_for_driver
 
             try:
-                self._store = RunStore(self.run_dir)
+                self._store = open_for_driver(self.run_dir)
             except STORE_FAULTS as exc:
                 self._store_fault(exc)
         return self._store
@@ -176,8 +202,8 @@ class VerdictRecorder:
                 stored = store.verdicts()
             except STORE_FAULTS as exc:
                 self._store_fault(exc)
-        stored = [v for v in stored
-                  if isinstance(v, dict) and all(k in v for k in VERDICT_KEYS)]
+        stored = [v for v in stored if isinstance(v, dict)
+                  and all(k in v and fits(v[k], t) for k, t in VERDICT_SHAPE.items())]
         in_log = {verdict_key(v) for v in logged}
         in_store = {verdict_key(v) for v in stored}
         for v in stored:
@@ -249,7 +275,7 @@ def export_notice(run: str, rule: str, signal: str, message: str) -> None:
 
 def read_notices(run_dir: str | Path) -> list[dict[str, Any]]:
     """The run's notices: rules that referred to signals nobody declared or reported."""
-    return VerdictLog(Path(run_dir) / NOTICES_FILE, NOTICE_KEYS).read()
+    return VerdictLog(Path(run_dir) / NOTICES_FILE, NOTICE_SHAPE).read()
 
 
 # The notice that says, in one line, which rules apply to the run and which cannot fire
@@ -316,7 +342,7 @@ def recover(storage: str | Path, experiment: str, exclude: Path | None = None) -
         if not lock.acquire():
             continue
         try:
-            before = len(VerdictLog(run_dir / LOG_FILE).read())
+            before = len(VerdictLog(run_dir / LOG_FILE, VERDICT_SHAPE).read())
             recorder = VerdictRecorder(run_dir)
             try:
                 after = len(recorder.reconcile())

@@ -23,7 +23,7 @@ import torch
 
 import monitor
 from heuristics.rules import parse_grace
-from monitor import report
+from monitor import durability, report
 from monitor.cli import main as cli
 from monitor.durability import DISK_FULL_ENV, write_atomic
 from monitor.exporter import Exporter, ExporterError
@@ -209,6 +209,73 @@ def test_5_log_lines_that_are_not_verdicts_are_skipped_and_the_store_fills_the_l
             if isinstance(v, dict) and "trial" in v] == ["divergence"]
 
 
+def test_5_log_entries_of_another_type_are_skipped_not_filed(tmp_path, caplog):
+    """Valid JSON objects with the verdict's keys but values of other types (a list as the
+    trial) are not verdicts: skipped with file and line, never filed by trial and rule."""
+    recorder = VerdictRecorder(tmp_path)
+    verdict = {"trial": "t", "rule": "divergence", "failure": "divergence", "action": "kill",
+               "iteration": 3, "wall_time": 1.0, "reason": "r", "shadow": False}
+    recorder.record(verdict)
+    recorder.close()
+    odd = [{**verdict, "trial": ["t"]}, {**verdict, "rule": {"a": 1}},
+           {**verdict, "iteration": True}, {**verdict, "iteration": "3"}]
+    with recorder.log.path.open("a") as f:
+        f.writelines(json.dumps(v) + "\n" for v in odd)
+    found = VerdictRecorder(tmp_path).reconcile()
+    assert [(v["trial"], v["rule"]) for v in found] == [("t", "divergence")]
+    for line in (2, 3, 4, 5):
+        assert f"verdicts.jsonl:{line}: skipped a line that is not an entry" in caplog.text
+    assert "trial (text)" in caplog.text
+
+
+def test_5_a_damaged_run_store_is_moved_aside_and_refilled_from_the_log(tmp_path, caplog):
+    """On a restore the driver opens the run store first: one that is not a database is moved
+    aside with one warning, a fresh one takes what follows, and the verdict log refills it."""
+    recorder = VerdictRecorder(tmp_path)
+    verdict = {"trial": "t", "rule": "divergence", "failure": "divergence", "action": "kill",
+               "iteration": 3, "wall_time": 1.0, "reason": "r", "shadow": False}
+    recorder.record(verdict)
+    recorder.close()
+    for p in tmp_path.glob("monitor.sqlite-*"):
+        p.unlink()
+    (tmp_path / "monitor.sqlite").write_bytes(os.urandom(8192))
+    restored = VerdictRecorder(tmp_path)
+    assert [v["rule"] for v in restored.reconcile()] == ["divergence"]
+    assert restored.store_failed is None
+    restored.record({**verdict, "trial": "u", "iteration": 4})
+    restored.close()
+    [warning] = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert "monitor.sqlite: damaged or not a run store" in warning
+    assert "moved to monitor.sqlite.damaged-" in warning and "\n" not in warning
+    assert list(tmp_path.glob("monitor.sqlite.damaged-*"))
+    with RunStore(tmp_path, create=False) as store:
+        assert sorted(v["trial"] for v in store.verdicts()) == ["t", "u"]
+    assert any("samples recorded before are in the old file only" in w
+               for w in durability.losses(tmp_path))
+
+
+def test_5_a_locked_store_is_never_moved_aside(tmp_path, monkeypatch):
+    """Only a damaged file is moved aside: a store another process holds locked is not."""
+    import sqlite3
+
+    from monitor.store import StoreError, open_for_driver
+
+    VerdictRecorder(tmp_path)._open_store().close()
+    holder = sqlite3.connect(tmp_path / "monitor.sqlite")
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: connect(*a, **{**k, "timeout": 0.1}))
+    try:
+        with pytest.raises(StoreError) as info:
+            open_for_driver(tmp_path)
+        assert not info.value.damaged and "locked" in str(info.value)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert not list(tmp_path.glob("monitor.sqlite.damaged-*"))
+
+
 # -- 6 and the disk-full fault injection at every write ------------------------------------------
 @pytest.mark.parametrize("point", ["verdicts.jsonl", "monitor.sqlite", "notices.jsonl",
                                    "summary.json", "file_sd", "all"])
@@ -258,6 +325,26 @@ def test_9_an_interrupted_atomic_write_leaves_the_old_file(tmp_path, monkeypatch
         write_atomic(path, '{"new": true}')
     assert json.loads(path.read_text()) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_9_an_atomic_write_gives_the_mode_a_plain_write_would(tmp_path):
+    """A temporary file is 0o600: the summary and the file_sd file (which a Prometheus running
+    as another user reads) get what ``open()`` would give, a replaced file keeps its mode,
+    and a file holding a secret can ask for 0o600."""
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "summary.json", "{}")
+        write_atomic(tmp_path / "clip.wav", b"RIFF")
+        (tmp_path / "kept.json").write_text("{}")
+        (tmp_path / "kept.json").chmod(0o640)
+        write_atomic(tmp_path / "kept.json", "[]")
+        write_atomic(tmp_path / "secret.yml", "token", mode=0o600)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"summary.json": 0o644, "clip.wav": 0o644, "kept.json": 0o640,
+                     "secret.yml": 0o600}
+    assert (tmp_path / "clip.wav").read_bytes() == b"RIFF"
 
 
 # -- 8: where runs go ------------------------------------------------------------------------------
