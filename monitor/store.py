@@ -302,6 +302,9 @@ class RunStore:
                                  "system, or no write permission); reports read it as it is"
                                  ) from None
             text = str(exc).lower()
+            if "disk is full" in text or "disk i/o error" in text:
+                raise StoreError(f"{self.path}: cannot be written ({exc}: the disk is full or "
+                                 "failing); reports read it as it is") from None
             raise StoreError(f"{self.path}: damaged or not a run store ({exc})",
                              damaged="not a database" in text or "malformed" in text) from None
 

@@ -76,14 +76,31 @@ class VerdictLog:
         self.required = tuple(self.shape)
 
     def append(self, entry: dict[str, Any]) -> None:
-        """Append one entry, durable when this returns (``OSError`` when it cannot be)."""
+        """Append one entry, durable when this returns (``OSError`` when it cannot be).
+
+        Never leaves half a line for the next entry to run into: a write the disk cut short is
+        cut back, and a line torn by a crash is ended before the entry is written after it."""
         disk_full(self.path.name)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(entry, allow_nan=True, default=str)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        data = (json.dumps(entry, allow_nan=True, default=str) + "\n").encode()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            if start and os.pread(fd, 1, start - 1) != b"\n":
+                data = b"\n" + data
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                try:
+                    os.ftruncate(fd, start)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
 
     def read(self) -> list[dict[str, Any]]:
         """Every complete entry; a torn line (crash mid-write) or one of another shape is
