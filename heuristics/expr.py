@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import reduce
 from typing import Any
 
 from heuristics.vocabulary import ROLES
@@ -655,6 +657,32 @@ def evaluate(node: Node, history: list[Report], scope: str = "") -> Value:
     return value
 
 
+def _inputs(node: Node, history: list[Report], start: int, end: int | None,
+            scope: str) -> list[Value]:
+    """The present (not None) values of window input ``node`` at ``history[start:end]``, read
+    as ``_past`` reads each (the memo of a local input first): one loop, no call per report."""
+    out: list[Value] = []
+    if node.local and not isinstance(node, Num):
+        key = node.key
+        for r in history[start:end]:
+            memo = r.memo
+            v = memo[key] if key in memo else evaluate(node, [r], scope)
+            if v is not None:
+                out.append(v)
+    elif node.local:
+        out = [node.value] * len(history[start:end])
+    else:
+        nid = node.id
+        for r in history[start:end]:
+            v = r.cache.get(scope, _NO_SLOTS).get(nid)
+            if v is not None:
+                out.append(v)
+    return out
+
+
+_NO_SLOTS: dict[int, Value] = {}
+
+
 def _past(node: Node, history: list[Report], i: int, scope: str) -> Value:
     """The value of window input ``node`` at ``history[i]``: recomputed from that report's
     own data when the input is local, else read from the rule's slot."""
@@ -728,13 +756,15 @@ def _eval(node: Node, history: list[Report], scope: str) -> Value:
         return _zip(lambda a, b: a - b, inner, _past(arg, history, -n - 1, scope))
     if fn in BASELINES:
         end = -1 - offset(node)  # the baseline stops before it
-        before = [p for p in (_past(arg, history, i, scope)
-                              for i in range(-min(n - end, size), end)) if p is not None]
+        before = _inputs(arg, history, -min(n - end, size), end, scope)
         return _baseline(fn, inner, before)
-    past = [p for p in (_past(arg, history, i, scope) for i in range(-min(n, size), 0))
-            if p is not None]
+    past = _inputs(arg, history, -min(n, size), None, scope)
     if not past:
         return None
+    if dict not in set(map(type, past)):  # scalars: the same left fold, in C
+        total = reduce(operator.add if fn == "avg_over" else min if fn == "min_over" else max,
+                       past)
+        return total / len(past) if fn == "avg_over" else total
     if fn == "avg_over":
         total = past[0]
         for p in past[1:]:
