@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,24 +18,22 @@ from typing import Any
 
 from heuristics.vocabulary import BOOKKEEPING, Vocabulary
 
-_MAX_ITERATION = 2 ** 53  # an iteration a float, SQLite and JSON all hold exactly
+MAX_ITERATION = 2 ** 53  # an iteration a float, SQLite and JSON all hold exactly
 
 
 def number(x: Any) -> float | None:
     """The one place that turns a reported value into a number: ``float`` for every kind of
-    real number a training can hand over (Python ``int``/``float``, ``Decimal``,
-    ``Fraction``, numpy scalars of any width, 0-d numpy arrays, one-element torch tensors and
-    anything else with ``ndim == 0`` and ``item()``), ``None`` for everything else (text,
-    ``bool``, containers, complex numbers). Integers beyond the float range become ``inf``
-    with their sign, never ``OverflowError``; NaN stays NaN (the ``divergence`` rule's)."""
+    real number a training can hand over (Python ``int``/``float``, ``Decimal`` (a signalling
+    NaN too), ``Fraction``, numpy scalars of any width (``longdouble`` too), 0-d numpy
+    arrays, torch scalar tensors and anything else with ``ndim == 0`` and ``item()``),
+    ``None`` for everything else (text, ``bool``, containers, complex numbers). Numbers
+    beyond the float range become ``inf`` with their sign, never ``OverflowError``; NaN stays
+    NaN (the ``divergence`` rule's)."""
     kind = type(x)
     if kind is float:
         return x
     if kind is int:
-        try:
-            return float(x)
-        except OverflowError:
-            return math.inf if x > 0 else -math.inf
+        return _int(x)
     if x is None or kind is bool or kind is str or kind is bytes:
         return None
     if getattr(x, "ndim", None) == 0 and callable(getattr(x, "item", None)):
@@ -42,15 +41,49 @@ def number(x: Any) -> float | None:
             item = x.item()
         except Exception:  # noqa: BLE001 - an object that only looks like an array
             return None
-        return None if item is x else number(item)
-    if isinstance(x, (numbers.Real, Decimal)) and not isinstance(x, bool):
+        if type(item) in (float, int, bool, complex) or item is None:
+            return number(item)
+        x = item  # numpy longdouble: its item() is itself, a numbers.Real
+    if isinstance(x, Decimal):
+        return math.nan if x.is_nan() else float(x)  # float() refuses a signalling NaN
+    if isinstance(x, numbers.Real) and not isinstance(x, bool):
         try:
-            return float(x)
+            with warnings.catch_warnings():  # numpy: "overflow encountered in cast"
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return float(x)
         except OverflowError:
-            return math.inf if x > 0 else -math.inf
-        except (TypeError, ValueError, ArithmeticError):
+            try:
+                return math.inf if x > 0 else -math.inf
+            except Exception:  # noqa: BLE001 - a Real that cannot even be compared
+                return None
+        except Exception:  # noqa: BLE001 - a Real whose float() fails is no number
             return None
     return None
+
+
+def _int(x: int) -> float:
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
+
+
+def whole_number(x: Any, limit: int = MAX_ITERATION) -> int | None:
+    """``x`` as an ``int`` from 0 to ``limit`` (exclusive) if it is a whole number of any
+    numeric type (``3``, ``3.0``, ``numpy.int64(3)``, a torch scalar tensor), else None: the
+    one reading of an iteration (``clean_result``, ``LoopMonitor.report``)."""
+    if type(x) is int:
+        return x if 0 <= x < limit else None
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        try:
+            value = int(x)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return value if 0 <= value < limit else None
+    v = number(x)
+    if v is None or not math.isfinite(v) or v != int(v) or not 0 <= v < limit:
+        return None
+    return int(v)
 
 
 _number = number
@@ -167,14 +200,13 @@ def clean_result(result: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
             fixed = clean_health(value, problems)
             drop = fixed is None
         elif key == "training_iteration":
-            it = number(value)
-            if it is None or not math.isfinite(it) or it != int(it) \
-                    or not 0 <= it < _MAX_ITERATION:
+            it = whole_number(value)
+            if it is None:
                 problems.append(f"training_iteration: expected a whole number from 0 to 2**53, "
                                 f"got {_shown(value)}; ignored")
                 drop = True
             elif kind is not int:
-                fixed = int(it)
+                fixed = it
         elif key == "time_total_s":
             t = number(value)
             if t is None or not math.isfinite(t):

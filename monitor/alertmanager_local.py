@@ -18,8 +18,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from monitor.durability import write_atomic
-from monitor.grafana import redact
 from monitor.paths import runs_dir
+from monitor.redaction import redact
 
 BINARIES = ("prometheus-alertmanager", "alertmanager")  # Debian's name, upstream's
 

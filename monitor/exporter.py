@@ -14,6 +14,7 @@ O(expired) from a queue ordered by end time.
 from __future__ import annotations
 
 import atexit
+import errno
 import ipaddress
 import json
 import logging
@@ -37,6 +38,7 @@ from heuristics.results import observe
 from heuristics.vocabulary import Vocabulary
 from monitor.console import plain
 from monitor.durability import describe, write_atomic
+from monitor.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -565,7 +567,7 @@ class Exporter:
                  retain_s: float = 30.0, vocabulary: Vocabulary | None = None) -> None:
         self.experiment, self.run = experiment, run
         host = host if host is not None else os.environ.get("MONITOR_EXPORTER_HOST", "127.0.0.1")
-        self.host = host.strip().strip("[]") or "127.0.0.1"
+        self.host = str(host).strip().strip("[]") or "127.0.0.1"
         source = "port" if port is not None else "MONITOR_EXPORTER_PORT"
         self.port = parse_port(port if port is not None
                                else os.environ.get("MONITOR_EXPORTER_PORT", "0"), source)
@@ -603,19 +605,27 @@ class Exporter:
             log.warning("the health exporter listens on every interface (%s): anyone who can "
                         "reach this machine can read the metrics; the file_sd target is %s",
                         self.host, self.target.rsplit(":", 1)[0])
+        host = redact(self.host) if any(c in self.host for c in "@?#") \
+            else ascii(self.host)[1:-1]  # one line, no credentials
+        where = f"cannot serve metrics on {host}:{self.port}"
+        set_host = ("set MONITOR_EXPORTER_HOST to an address or name of this machine "
+                    "(default 127.0.0.1)")
+        if any(c in self.host for c in "/@ ") or not self.host.isprintable():
+            raise ExporterError(f"{where}: the host '{host}' is not a host name or "
+                                f"address (a URL?); {set_host}")
         try:
             server = (_Server6 if _is_ipv6(self.host) else _Server)((self.host, self.port),
                                                                      _Handler)
         except socket.gaierror as exc:
-            raise ExporterError(
-                f"cannot serve metrics on {self.host}:{self.port}: the host {self.host!r} does "
-                f"not resolve ({exc.strerror}); set MONITOR_EXPORTER_HOST to an address or name "
-                "of this machine (default 127.0.0.1)") from None
+            raise ExporterError(f"{where}: the host {self.host!r} does not resolve "
+                                f"({exc.strerror}); {set_host}") from None
         except (OSError, OverflowError) as exc:
             why = getattr(exc, "strerror", None) or str(exc)
-            raise ExporterError(
-                f"cannot serve metrics on {self.host}:{self.port}: {why}; choose another "
-                "port with MONITOR_EXPORTER_PORT (0 picks a free one)") from None
+            if getattr(exc, "errno", None) == errno.EADDRNOTAVAIL:
+                raise ExporterError(f"{where}: {why} (the host {self.host!r} is not an address "
+                                    f"of this machine); {set_host}") from None
+            raise ExporterError(f"{where}: {why}; choose another port with "
+                                "MONITOR_EXPORTER_PORT (0 picks a free one)") from None
         server.snapshot = self.snapshot
         self._server = server
         self.port = server.server_address[1]

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from monitor.redaction import has_credentials, redact
+
 log = logging.getLogger(__name__)
+__all__ = ["GrafanaError", "KillAnnotator", "client", "has_credentials", "load_dashboards",
+           "push", "redact"]
 
 
 class GrafanaError(RuntimeError):
@@ -34,43 +37,19 @@ def client(url: str, token: str | None, timeout: float = 5.0):
                            ) from None
 
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/+")
-
-
-def redact(url: str) -> str:
-    """``url`` with no secret left in it, whatever its form: everything between the scheme
-    (``http://``, ``http:/``, or none at all) and the last ``@`` becomes ``***``, and a
-    query or fragment becomes ``?***``; never raises (it does not need a valid URL).
-
-    ``https://user:secret@host`` -> ``https://***@host``; ``admin:secret@host:9`` ->
-    ``***@host:9``; ``http://u:p@[::1`` -> ``http://***@[::1``.
-    """
-    text = str(url)
-    if "@" in text:
-        scheme = _SCHEME.match(text)
-        start = scheme.end() if scheme else 0
-        text = text[:start] + "***" + text[text.rindex("@"):]
-    for mark in "?#":
-        if mark in text:
-            text = text[:text.index(mark)] + "?***"
-    return text
-
-
-def has_credentials(url: str) -> bool:
-    """Whether ``url`` carries anything ``redact`` would hide."""
-    return redact(url) != str(url)
-
-
 def _explain(exc: Exception, url: str) -> GrafanaError:
     if isinstance(exc, GrafanaError):
         return exc
     url = redact(url)
-    from grafana_client.client import (
-        GrafanaClientError,
-        GrafanaServerError,
-        GrafanaTimeoutError,
-        GrafanaUnauthorizedError,
-    )
+    try:
+        from grafana_client.client import (
+            GrafanaClientError,
+            GrafanaServerError,
+            GrafanaTimeoutError,
+            GrafanaUnauthorizedError,
+        )
+    except ImportError:
+        return GrafanaError(f"cannot reach Grafana at {url}: {type(exc).__name__}")
 
     if isinstance(exc, GrafanaUnauthorizedError):
         return GrafanaError(f"Grafana at {url} refused the request (401/403): check that "
@@ -129,25 +108,37 @@ def push(url: str, token: str | None, dashboards: list[dict[str, Any]] | None = 
 class KillAnnotator:
     """Posts each kill to Grafana as an annotation tagged for the dashboards.
 
-    Active when ``GRAFANA_URL`` is set. A failure to post is logged and never raised: the run
-    must not depend on Grafana.
+    Active when ``GRAFANA_URL`` is set. The URL and ``GRAFANA_TOKEN`` are read from the
+    environment at each post and never kept (Tune pickles this object into the run's
+    ``tuner.pkl``); a ``url`` given explicitly is kept only without credentials. A failure to
+    post is logged (redacted) and never raised: the run must not depend on Grafana.
     """
 
     def __init__(self, url: str | None = None, token: str | None = None,
                  timeout: float = 2.0) -> None:
-        self.url = url if url is not None else os.environ.get("GRAFANA_URL", "")
-        self._token = token if token is not None else os.environ.get("GRAFANA_TOKEN")
+        self._url = url  # None: GRAFANA_URL, read when posting
+        self._token = token  # None: GRAFANA_TOKEN, read when posting
         self.timeout = timeout
+
+    @property
+    def url(self) -> str:
+        return self._url if self._url is not None else os.environ.get("GRAFANA_URL", "")
+
+    @property
+    def token(self) -> str | None:
+        return self._token if self._token is not None else os.environ.get("GRAFANA_TOKEN")
 
     @property
     def enabled(self) -> bool:
         return bool(self.url)
 
     def post(self, verdict: dict[str, Any]) -> bool:
-        if not self.enabled:
-            return False
+        url = ""
         try:
-            api = client(self.url, self._token, self.timeout)
+            url = self.url
+            if not url:
+                return False
+            api = client(url, self.token, self.timeout)
             api.annotations.add_annotation(
                 time_from=int(verdict["wall_time"] * 1000),
                 tags=["tune-health", verdict["experiment"], verdict["trial"], verdict["rule"],
@@ -155,21 +146,21 @@ class KillAnnotator:
                 text=verdict["reason"])
             return True
         except Exception as exc:  # noqa: BLE001 - never break the run
-            log.warning("could not post the kill of %s to Grafana: %s", verdict["trial"],
-                        _explain(exc, self.url))
+            log.warning("could not post the kill of %s to Grafana: %s", verdict.get("trial"),
+                        _explain(exc, url))
             return False
 
     def __getstate__(self) -> dict[str, Any]:
-        """Neither the token nor a URL with credentials is pickled (Tune writes this object
-        into the run's ``tuner.pkl``): both are read from the environment again on restore."""
+        """No token and no URL with credentials in the pickle: those given explicitly are
+        dropped (then read from the environment), those from the environment never kept."""
         state = self.__dict__.copy()
         state["_token"] = None
-        if has_credentials(self.url):
-            state["url"] = None
+        if self._url is not None and has_credentials(self._url):
+            state["_url"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        if self.url is None:
-            self.url = os.environ.get("GRAFANA_URL", "")
-        self._token = os.environ.get("GRAFANA_TOKEN")
+        if "url" in state:  # pickled by an earlier version: its URL, if any, came from GRAFANA_URL
+            state = {**state, "_url": None}
+            state.pop("url")
+        self.__dict__.update({"_url": None, "_token": None, "timeout": 2.0, **state})

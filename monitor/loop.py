@@ -26,8 +26,6 @@ values that are not signals are left out with a notice (``heuristics.results.cle
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ from typing import Any
 
 from heuristics.coverage import SignalCoverage
 from heuristics.engine import RuleEngine
-from heuristics.results import clean_result, text_ok
+from heuristics.results import MAX_ITERATION, clean_result, text_ok, whole_number
 from heuristics.ruleset import RuleSet
 from heuristics.vocabulary import Vocabulary
 from monitor.console import console, one_line
@@ -49,7 +47,6 @@ from monitor.summary import plain, print_summary, summarise
 from monitor.verdicts import RunLock, VerdictRecorder, recover
 
 log = logging.getLogger(__name__)
-MAX_ITERATION = 2 ** 53
 
 
 def _shown(x: object) -> str:
@@ -66,14 +63,7 @@ def check_report(metrics: object, trial: object, iteration: object) -> None:
     if not isinstance(trial, str) or not trial or not text_ok(trial):
         raise ValueError(f"LoopMonitor.report: trial: expected a non-empty name (valid text), "
                          f"got {_shown(trial)}")
-    if iteration is None:
-        return
-    if isinstance(iteration, bool) or not isinstance(iteration, numbers.Integral):
-        if not (isinstance(iteration, float) and math.isfinite(iteration)
-                and iteration.is_integer()):
-            raise ValueError(f"LoopMonitor.report: iteration: expected a whole number from 0 to "
-                             f"2**53, got {_shown(iteration)}")
-    if not 0 <= iteration < MAX_ITERATION:
+    if iteration is not None and whole_number(iteration, MAX_ITERATION) is None:
         raise ValueError(f"LoopMonitor.report: iteration: expected a whole number from 0 to "
                          f"2**53, got {_shown(iteration)}")
 
@@ -219,7 +209,8 @@ class LoopMonitor:
         result = dict(metrics)
         if health is not None:
             result["health"] = health.collect() if hasattr(health, "collect") else health
-        result["training_iteration"] = int(iteration) if iteration is not None else state["n"]
+        result["training_iteration"] = whole_number(iteration) if iteration is not None \
+            else state["n"]
         result, problems = clean_result(result)
         if "time_total_s" not in result:
             result["time_total_s"] = time.time() - state["started"]

@@ -76,10 +76,15 @@ def test_1_the_annotator_pickles_no_credentials(monkeypatch):
     monkeypatch.setenv("GRAFANA_URL", URLS[0])
     monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
     annotator = KillAnnotator()
+    assert SECRET not in repr(vars(annotator)) and TOKEN not in repr(vars(annotator))
     blob = pickle.dumps(annotator)
     assert SECRET.encode() not in blob and TOKEN.encode() not in blob
     restored = pickle.loads(blob)  # restored where the environment still has them
-    assert restored.url == URLS[0] and restored._token == TOKEN
+    assert restored.url == URLS[0] and restored.token == TOKEN
+    monkeypatch.setenv("GRAFANA_URL", URLS[2])  # read when it posts, not when it was made
+    assert annotator.url == URLS[2]
+    explicit = pickle.dumps(KillAnnotator(url=URLS[1], token=TOKEN))
+    assert SECRET.encode() not in explicit and TOKEN.encode() not in explicit
     plain = KillAnnotator(url="http://127.0.0.1:3000")
     assert pickle.loads(pickle.dumps(plain)).url == "http://127.0.0.1:3000"
 
