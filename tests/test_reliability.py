@@ -97,12 +97,62 @@ def test_1_a_failed_kill_annotation_logs_no_credentials(monkeypatch, caplog):
     assert caplog.records and SECRET not in caplog.text and TOKEN not in caplog.text
 
 
+REDACTED = {  # every form a URL may take, and what may be shown of it
+    f"http://admin:{SECRET}@127.0.0.1:9": "http://***@127.0.0.1:9",
+    f"admin:{SECRET}@127.0.0.1:9": "***@127.0.0.1:9",
+    f"http:/admin:{SECRET}@127.0.0.1:9": "http:/***@127.0.0.1:9",
+    f"http:admin:{SECRET}@127.0.0.1:9": "http:***@127.0.0.1:9",
+    f"http://u:{SECRET}@[::1": "http://***@[::1",
+    f"http://admin:{SECRET}@[::1]:9/x": "http://***@[::1]:9/x",
+    f"http://admin:{SECRET}": "http://admin:***",  # the host forgotten: the password a port
+    f"admin:{SECRET}": "admin:***",
+    f"http://u:a/{SECRET}@h:3000/g": "http://***@h:3000/g",
+    f"http://u:a#{SECRET}@h/g": "http://***@h/g",
+    f"https://h/g?token={SECRET}": "https://h/g?***",
+    f"https://h/g#{SECRET}": "https://h/g?***",
+    f" http://u:{SECRET}@h\n": "http://***@h",
+    "http://localhost:3000/grafana": "http://localhost:3000/grafana",
+    "localhost:3000": "localhost:3000",
+    "[::1]:3000": "[::1]:3000",
+}
+
+
+@pytest.mark.parametrize("url", sorted(REDACTED))
+def test_1_2_12_one_redaction_parses_every_form(url):
+    from monitor import webhook
+
+    assert redact(url) == REDACTED[url]
+    shown = webhook.shown(url)  # webhook URLs: not even the path
+    assert SECRET not in shown and "\n" not in shown and "/g" not in shown
+
+
+@pytest.mark.parametrize("url", [f"http://127.0.0.1:99999/hooks/{SECRET}",
+                                 f"http://127.0.0.1:{SECRET}/hooks",
+                                 f"http://u:{SECRET}@[::1/hooks"])
+def test_1_a_webhook_url_with_a_bad_port_never_breaks_a_kill(tmp_path, monkeypatch, caplog,
+                                                             capsys, url):
+    """A port out of range or not a number made ``report`` raise after the kill was recorded
+    (``ValueError: Port out of range``): the training never learnt it was stopped."""
+    monkeypatch.setenv("MONITOR_ALERT_WEBHOOK", url)
+    run = loop(tmp_path)
+    healthy(run, "t", 2)
+    decision = run.report({"loss": float("nan"), "val_loss": 1.0}, trial="t")
+    assert decision.stop and decision.rule == "divergence"
+    assert run.close()["kills"] == 1
+    out = capsys.readouterr()
+    assert "MONITOR_ALERT_WEBHOOK" in caplog.text
+    assert SECRET not in caplog.text + out.out + out.err
+
+
 # -- 3, 7: every numeric type, every size -------------------------------------------------------
 NAN_TYPES = {
     "float": float("nan"), "float32": np.float32("nan"), "float16": np.float16("nan"),
     "array0d": np.array(float("nan")), "tensor": torch.tensor(float("nan")),
     "tensor_bf16": torch.tensor(float("nan"), dtype=torch.bfloat16),
     "decimal": Decimal("NaN"), "huge_int": 10 ** 400, "minus_huge_int": -10 ** 400,
+    "longdouble": np.longdouble("nan"), "longdouble_array": np.array(np.longdouble("inf")),
+    "decimal_snan": Decimal("sNaN"), "huge_decimal": Decimal("1e400"),
+    "object_array": np.array(Decimal("NaN"), dtype=object),
 }
 
 
@@ -137,6 +187,9 @@ def test_7_a_finite_loss_of_any_type_is_read_as_its_value(tmp_path):
     (dict(metrics={"loss": 1.0}, iteration=float("nan")), "iteration: expected a whole"),
     (dict(metrics={"loss": 1.0}, iteration=-1), "iteration: expected a whole number"),
     (dict(metrics={"loss": 1.0}, iteration=True), "iteration: expected a whole number"),
+    (dict(metrics={"loss": 1.0}, iteration=np.uint64(2 ** 63)), "iteration: expected a whole"),
+    (dict(metrics={"loss": 1.0}, iteration=torch.tensor(2.5)), "iteration: expected a whole"),
+    (dict(metrics={"loss": 1.0}, iteration=Decimal("sNaN")), "iteration: expected a whole"),
     (dict(metrics=None), "metrics: expected a mapping"),
     (dict(metrics=[("loss", 1.0)]), "metrics: expected a mapping"),
     (dict(metrics={"loss": 1.0}, trial="bad\udcff"), "trial: expected a non-empty name"),
@@ -183,6 +236,16 @@ def test_13_a_variant_name_with_a_lone_surrogate_is_stored(tmp_path):
     with RunStore(tmp_path, create=False) as store:
         assert store.trials()[0]["variant"] == "v\\udcff"
         assert store.samples("t\\udcff")
+
+
+def test_4_an_iteration_of_any_whole_numeric_type_is_taken(tmp_path):
+    """The iteration is read as reported values are (``results.whole_number``)."""
+    run = loop(tmp_path)
+    for it in (np.int64(1), torch.tensor(2), np.float32(3.0), Decimal(4), 5.0):
+        assert not run.report({"loss": 1.0, "val_loss": 1.0}, trial="t", iteration=it).stop
+    run.close()
+    with RunStore(run.run_dir, create=False) as store:
+        assert [r["training_iteration"] for r in store.results("t")] == [1, 2, 3, 4, 5]
 
 
 # -- 5: resume reads only what it can, with one line and a way on -------------------------------
@@ -484,6 +547,21 @@ def test_17_an_unresolvable_exporter_host_is_named(tmp_path):
     message = str(info.value)
     assert "does not resolve" in message and "MONITOR_EXPORTER_HOST" in message
     assert "choose another port" not in message
+
+
+@pytest.mark.parametrize("host, words", [
+    ("192.0.2.77", "is not an address of this machine"),  # TEST-NET-1: never local
+    ("two\nlines", "is not a host name or address"),
+    (f"http://admin:{SECRET}@127.0.0.1", "is not a host name or address"),
+])
+def test_17_a_host_the_exporter_cannot_serve_on_is_named_not_the_port(tmp_path, host, words):
+    exporter = Exporter("e", "r", host=host, port=0, sd_dir=tmp_path)
+    with pytest.raises(ExporterError) as info:
+        exporter.start()
+    message = str(info.value)
+    assert words in message and "MONITOR_EXPORTER_HOST" in message, message
+    assert "choose another port" not in message and SECRET not in message
+    assert "\n" not in message
 
 
 # -- 18: names -------------------------------------------------------------------------------------
