@@ -36,8 +36,8 @@ def number(x: Any) -> float | None:
         return _int(x)
     if x is None or kind is bool or kind is str or kind is bytes:
         return None
-    if getattr(x, "ndim", None) == 0 and callable(getattr(x, "item", None)):
-        try:  # numpy 0-d arrays and scalars, torch scalar tensors
+    if _one_element(x):
+        try:  # numpy 0-d arrays and scalars, torch scalar tensors, one-element arrays
             item = x.item()
         except Exception:  # noqa: BLE001 - an object that only looks like an array
             return None
@@ -59,6 +59,31 @@ def number(x: Any) -> float | None:
         except Exception:  # noqa: BLE001 - a Real whose float() fails is no number
             return None
     return None
+
+
+def _one_element(x: Any) -> bool:
+    """Whether ``x`` is an array or tensor holding exactly one value (``item()`` reads it)."""
+    ndim = getattr(x, "ndim", None)
+    if type(ndim) is not int or not callable(getattr(x, "item", None)):
+        return False
+    if ndim == 0:
+        return True
+    size = getattr(x, "size", None)  # numpy: an int; torch: a method (numel() counts)
+    if callable(size):
+        numel = getattr(x, "numel", None)
+        size = numel() if callable(numel) else None
+    return size == 1
+
+
+def _shape(x: Any) -> str | None:
+    """``x``'s shape if it is an array or tensor of several values (not one number)."""
+    shape = getattr(x, "shape", None)
+    if type(getattr(x, "ndim", None)) is not int or shape is None or _one_element(x):
+        return None
+    try:
+        return str(tuple(int(n) for n in shape))
+    except Exception:  # noqa: BLE001 - something that only looks like an array
+        return None
 
 
 def _int(x: int) -> float:
@@ -229,6 +254,9 @@ def clean_result(result: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 fixed = number(value)
         elif kind is not float and kind is not str and (v := number(value)) is not None:
             fixed = v
+        elif (shape := _shape(value)) is not None:  # kept (the user's), but no signal
+            problems.append(f"{key}: an array of shape {shape} is not one number; the rules "
+                            "do not read it")
         if fixed is value and not drop:
             if (kind is float or kind is str) and key not in _SPECIAL \
                     and len(_CLEAN_KEYS) < 100_000:

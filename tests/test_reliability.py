@@ -153,6 +153,7 @@ NAN_TYPES = {
     "longdouble": np.longdouble("nan"), "longdouble_array": np.array(np.longdouble("inf")),
     "decimal_snan": Decimal("sNaN"), "huge_decimal": Decimal("1e400"),
     "object_array": np.array(Decimal("NaN"), dtype=object),
+    "tensor_one_element": torch.tensor([float("nan")]), "array_one_element": np.array([[np.inf]]),
 }
 
 
@@ -214,6 +215,7 @@ def test_4_11_13_a_bad_report_is_refused_and_close_still_works(tmp_path, call, e
     ({"loss": 1.0, "time_total_s": "soon"}, None, "time_total_s: expected a finite number"),
     ({"loss": 1.0, "bad\udcffkey": 1.0}, None, "is not a name"),
     ({"loss": 1.0}, {"layers": {"bad\udcff": {"dead_ratio": 0.1}}}, "is not a name"),
+    ({"loss": torch.ones(3), "val_loss": 1.0}, None, "loss: an array of shape (3,) is not one"),
 ])
 def test_11_13_odd_parts_of_a_report_are_left_out_with_a_notice(tmp_path, metrics, health,
                                                                  notice):

@@ -1,23 +1,33 @@
-"""Issue 25, property-based: whatever a training hands to ``LoopMonitor.report`` (any JSON value,
-numpy and torch scalars and 0-d arrays, huge and non-finite numbers, odd keys and names,
-garbage health blocks), ``report`` either takes it or refuses it with a clear
-``ValueError``/``TypeError`` before recording anything, ``close()`` never raises, no other
-trial's data is lost, and a non-finite loss of any numeric type is killed by ``divergence``.
-The same conversion (``heuristics.results.clean_result``) serves the Tune scheduler and
-callbacks (real Tune runs: ``test_reliability_tune.py``)."""
+"""Issue 25, property-based: whatever a training hands to ``LoopMonitor.report`` or
+``tune.report`` (any JSON value, numpy and torch scalars and 0-d arrays, huge and non-finite
+numbers, odd keys and names, garbage health blocks), ``report`` either takes it or refuses it
+with a clear ``ValueError``/``TypeError`` before recording anything; under Tune the driver
+(scheduler, callbacks, exporter, store, Grafana annotator) never raises and a bad result is
+left out with a one-line notice; ``close()`` and the summary never raise, no other trial's
+data is lost, a non-finite loss of any numeric type is killed by ``divergence``, and no
+Grafana password or token reaches any file, pickle or line printed. The same conversion
+(``heuristics.results.clean_result``) serves the loop, the Tune scheduler and callbacks (real
+Tune runs: ``test_reliability_tune.py``)."""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import pickle
 import tempfile
 from decimal import Decimal
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.utils import flatten_dict
 
 import monitor
 from heuristics.results import clean_result, number
@@ -62,7 +72,8 @@ NAN_LOSSES = st.sampled_from([
     float("nan"), float("inf"), -float("inf"), np.float32("nan"), np.float16("inf"),
     np.float64("nan"), np.array(float("nan")), torch.tensor(float("nan")),
     torch.tensor(float("inf"), dtype=torch.float16), Decimal("NaN"), Decimal("-Infinity"),
-    10 ** 400, -10 ** 400])
+    Decimal("sNaN"), np.longdouble("nan"), np.array(np.longdouble("inf")),
+    np.array(Decimal("NaN"), dtype=object), 10 ** 400, -10 ** 400])
 REFUSALS = ("LoopMonitor.report: metrics:", "LoopMonitor.report: trial:",
             "LoopMonitor.report: iteration:")
 
@@ -130,3 +141,120 @@ def test_a_cleaned_result_holds_only_what_every_reader_takes(result, health):
         assert all(type(v) is float for v in block.get("model", {}).values())
     again, problems = clean_result(cleaned)
     assert problems == [] and set(again) == set(cleaned)
+
+
+SECRET, TOKEN = "s3cretPASS", "glsa_T0KENsecret"
+GRAFANA_URLS = st.sampled_from([  # every form: with and without // or a scheme, broken IPv6
+    f"http://admin:{SECRET}@127.0.0.1:9", f"admin:{SECRET}@127.0.0.1:9",
+    f"http:/admin:{SECRET}@127.0.0.1:9", f"http://u:{SECRET}@[::1", f"http://admin:{SECRET}"])
+tune_results = st.fixed_dictionaries({
+    "metrics": st.dictionaries(names, json_values, max_size=5),
+    "health": health_blocks,
+    "variant": st.one_of(st.none(), names, st.integers(), st.lists(names, max_size=2))})
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+class _Driver:
+    """Tune's driver around one ``TuneMonitor``, as Ray 2.60 calls it: the scheduler gets the
+    flattened result, then every callback the nested one (the same dict for all)."""
+
+    def __init__(self, mon: monitor.TuneMonitor) -> None:
+        self.mon, self.controller = mon, mock.MagicMock()
+        mon.scheduler.set_search_properties("val_loss", "min")
+        for callback in mon.callbacks:
+            callback.setup()
+        self.trials: list[Trial] = []
+
+    def add(self, variant: object = None) -> Trial:
+        config = {} if variant is None else {"variant": {"name": variant}}
+        trial = Trial("__fake", config=config, stub=True)
+        self.trials.append(trial)
+        self.mon.scheduler.on_trial_add(self.controller, trial)
+        self.mon.store_callback.on_trial_start(0, self.trials, trial)
+        return trial
+
+    def result(self, trial: Trial, result: dict) -> str | None:
+        try:
+            flat = flatten_dict(dict(result))
+        except Exception:  # noqa: BLE001 - Tune itself refuses it before any monitor code
+            return None
+        decision = self.mon.scheduler.on_trial_result(self.controller, trial, flat)
+        assert decision in (TrialScheduler.CONTINUE, TrialScheduler.STOP)
+        for callback in self.mon.callbacks:
+            callback.on_trial_result(0, self.trials, trial, result)
+        trial.run_metadata.last_result = result  # as Tune keeps it
+        return decision
+
+    def end(self) -> dict:
+        for trial in self.trials:
+            for callback in self.mon.callbacks:
+                callback.on_trial_complete(0, self.trials, trial)
+        for callback in self.mon.callbacks:
+            callback.on_experiment_end(self.trials)
+        return self.mon.summary()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(hostile=st.lists(tune_results, min_size=1, max_size=3), nan=NAN_LOSSES, url=GRAFANA_URLS)
+def test_nothing_a_trial_reports_breaks_the_tune_driver_or_leaks_a_secret(hostile, nan, url,
+                                                                           capfd):
+    """The scheduler, the store and exporter callbacks and the summary as Tune drives them
+    (stub trials, no cluster: the real Tune runs are in ``test_reliability_tune.py``)."""
+    lines = _Lines()
+    logging.getLogger().addHandler(lines)
+    env = {"GRAFANA_URL": url, "GRAFANA_TOKEN": TOKEN}
+    try:
+        with tempfile.TemporaryDirectory() as storage, mock.patch.dict(os.environ, env):
+            mon = monitor.TuneMonitor("prop", signals=VOCAB, rules=["builtin"], budget=20,
+                                      storage=storage)
+            driver = _Driver(mon)
+            anchor, steady = driver.add("anchor"), 0
+
+            def step() -> None:
+                nonlocal steady
+                steady += 1
+                assert driver.result(anchor, {"loss": 1.0 / steady, "val_loss": 0.5,
+                                              "training_iteration": steady,
+                                              "time_total_s": float(steady)}) == "CONTINUE"
+
+            step()
+            for n, call in enumerate(hostile, 1):
+                trial = driver.add(call["variant"])
+                result = {"training_iteration": n, "time_total_s": float(n), **call["metrics"]}
+                if call["health"] is not None:
+                    result["health"] = call["health"]
+                driver.result(trial, result)
+                step()
+            nan_trial = driver.add("nan")
+            for i in (1, 2):
+                assert driver.result(nan_trial, {"loss": 0.5, "val_loss": 0.5,
+                                                 "training_iteration": i}) == "CONTINUE"
+            assert driver.result(nan_trial, {"loss": nan, "val_loss": 0.5,
+                                             "training_iteration": 3}) == "STOP"
+            blob = pickle.dumps((mon.scheduler, mon.callbacks))  # what tuner.pkl holds
+            summary = driver.end()
+            trials = {t["trial_id"]: t for t in summary["trials"]}
+            assert trials[anchor.trial_id]["iterations"] == steady
+            assert trials[nan_trial.trial_id]["killed"]["rule"] == "divergence"
+            with RunStore(mon.run_dir, create=False) as store:
+                assert len(store.results(anchor.trial_id)) == steady
+            files = [p for p in Path(storage).rglob("*") if p.is_file()]
+            assert any(p.name == "summary.json" for p in files)
+            for data in [blob, *(p.read_bytes() for p in files)]:
+                assert SECRET.encode() not in data and TOKEN.encode() not in data
+    finally:
+        logging.getLogger().removeHandler(lines)
+    captured = capfd.readouterr()
+    printed = "\n".join([captured.out, captured.err, *lines.lines])
+    assert "could not post the kill" in printed
+    assert SECRET not in printed and TOKEN not in printed

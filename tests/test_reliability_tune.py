@@ -139,3 +139,27 @@ def test_5_resume_with_a_damaged_state_and_a_log_of_another_shape(ray_session, t
     again = summarise(mon.run_dir, "rel", mon.vocabulary, results)
     assert again["kills"] == 1
     assert math.isfinite(again["best"]["metric"])
+
+
+@pytest.mark.parametrize("url", [f"admin:{SECRET}@127.0.0.1:9", f"http:/admin:{SECRET}@127.0.0.1:9",
+                                 f"http://u:{SECRET}@[::1"])
+def test_1_2_12_no_form_of_grafana_url_leaks_from_a_tune_run(ray_session, tmp_path, monkeypatch,
+                                                            capfd, caplog, url):
+    """The forms without ``//`` and with a broken IPv6 host (and a kill webhook whose port is
+    its token): the kill is still made and posted (and fails), and neither password nor token
+    is in any file of the run (``tuner.pkl`` included) or in anything printed or logged."""
+    monkeypatch.setenv("GRAFANA_URL", url)
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    monkeypatch.setenv("MONITOR_ALERT_WEBHOOK", f"http://127.0.0.1:{SECRET}/hooks")
+    caplog.set_level(logging.INFO)
+    mon, summary = fit(tmp_path, ["healthy", "np_nan"])
+    assert summary["kills"] == 1 and (mon.run_dir / "summary.json").exists()
+    assert "could not post the kill" in caplog.text and "MONITOR_ALERT_WEBHOOK" in caplog.text
+    captured = capfd.readouterr()
+    printed = captured.out + captured.err + caplog.text
+    assert SECRET not in printed and TOKEN not in printed
+    files = every_file(tmp_path)
+    assert any(p.name == "tuner.pkl" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert SECRET.encode() not in data and TOKEN.encode() not in data, path
