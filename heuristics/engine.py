@@ -284,6 +284,8 @@ class RuleEngine:
         record = Record(iteration, time_s, layers, scalars)
         record.peers = lambda key: [s.peer_evidence(key, iteration)
                                     for t, s in self.trials.items() if t != trial]
+        record.seq = state.reports[-1].seq + 1 if state.reports and \
+            state.reports[-1].seq is not None else 0
         state.reports.append(record)
         self._track_best(state, record, obs.roles.get("validation"))
         del state.reports[:-self.keep]
@@ -412,6 +414,8 @@ class RuleEngine:
         for r in s.reports:  # a store of records: each holds its own peer values
             s.add_peer(r)
         del s.reports[:-self.keep]
+        for seq, r in enumerate(s.reports):
+            r.seq = seq
         s.killed = data.get("killed")
         s.first = {k: int(v) for k, v in (data.get("first") or {}).items()}
         if any(not r.streak for r in s.reports):  # an older format: streaks from ``held``

@@ -514,6 +514,11 @@ class Report:
         self.peer: dict[str, Value] = {}
         # key -> [(a sibling's value, its own noise at that report)]
         self.peers: Callable[[str], list[tuple[Value, Value]]] | None = None
+        # The report's place in its trial (set by the engine: one more than the report before
+        # it) and the running state of long windows at it (``_sliding``; never saved, rebuilt
+        # from the reports when missing).
+        self.seq: int | None = None
+        self.slide: dict[tuple[str, int, str], Any] = {}
 
     def to_dict(self) -> dict[str, Any]:
         out = {"v": STATE_VERSION, "iteration": self.iteration, "time_s": self.time_s,
@@ -758,6 +763,10 @@ def _eval(node: Node, history: list[Report], scope: str) -> Value:
         end = -1 - offset(node)  # the baseline stops before it
         before = _inputs(arg, history, -min(n - end, size), end, scope)
         return _baseline(fn, inner, before)
+    if n > SLIDING_FROM:
+        value = _sliding(fn, node, inner, history, scope)
+        if value is not _UNKNOWN:
+            return value
     past = _inputs(arg, history, -min(n, size), None, scope)
     if not past:
         return None
@@ -775,6 +784,133 @@ def _eval(node: Node, history: list[Report], scope: str) -> Value:
     for p in past[1:]:
         out = _zip(lambda a, b: pick(a, b), out, p)
     return out
+
+
+# -- long windows, incrementally ------------------------------------------------------------
+# A window of more than SLIDING_FROM reports over scalar inputs costs the same at every report,
+# however long the history (nested windows included): ``avg_over`` from running sums (exact:
+# integers in units of 2**-1074, so the mean is the correctly rounded mean of the window),
+# ``min_over``/``max_over`` from running folds over blocks of the window's size (van Herk /
+# Gil-Werman: a window is the end of one block and the start of the next), the same value the
+# left fold gives, bit for bit, NaN included. Shorter windows, vector inputs and reports
+# without their place in the trial (``seq``) take the plain fold.
+SLIDING_FROM = 64
+_UNKNOWN = object()
+_SCALE = 1 << 1074  # 2**-1074 is the least float: every finite float is a whole multiple
+
+
+def _contrib(v: Value) -> tuple[int, int, int, int, int, int]:
+    """One input to the running sums: (sum in 2**-1074, present, NaN, +inf, -inf, vectors)."""
+    if v is None:
+        return (0, 0, 0, 0, 0, 0)
+    if type(v) is dict:
+        return (0, 1, 0, 0, 0, 1)
+    if v != v:
+        return (0, 1, 1, 0, 0, 0)
+    if v in (math.inf, -math.inf):
+        return (0, 1, 0, int(v > 0), int(v < 0), 0)
+    num, den = float(v).as_integer_ratio()
+    return (num * (_SCALE // den), 1, 0, 0, 0, 0)
+
+
+def _fold(fn: str, a: tuple, b: tuple) -> tuple:
+    """Two folds of ``min_over``/``max_over`` inputs, ``a`` the earlier: (first present value,
+    the least (or greatest) non-NaN value, the earliest on ties; any vector)."""
+    first = a[0] if a[0] is not None else b[0]
+    if a[1] is None:
+        best = b[1]
+    elif b[1] is None:
+        best = a[1]
+    else:
+        best = b[1] if (b[1] < a[1] if fn == "min_over" else b[1] > a[1]) else a[1]
+    return (first, best, a[2] or b[2])
+
+
+def _one(v: Value) -> tuple:
+    if v is None:
+        return (None, None, False)
+    if type(v) is dict:
+        return (v, None, True)
+    return (v, None if v != v else v, False)
+
+
+def _sliding(fn: str, node: Call, inner: Value, history: list[Report], scope: str) -> Any:
+    """``node`` (a long ``avg_over``/``min_over``/``max_over``) at ``history[-1]`` from the
+    running state of its reports; ``_UNKNOWN`` when only the plain fold can tell."""
+    size, n, arg = len(history), node.args[1], node.args[0]
+    first, last = history[0].seq, history[-1].seq
+    if first is None or last is None or last - first != size - 1:
+        return _UNKNOWN
+    s = size - min(n, size)  # the window: history[s:]
+
+    def value(i: int) -> Value:
+        return inner if i == size - 1 else _past(arg, history, i, scope)
+
+    if fn == "avg_over":
+        key = (scope, node.id, "sum")
+
+        def ensure(i: int) -> tuple:
+            j = i
+            while j >= 0 and key not in history[j].slide:
+                j -= 1
+            total = history[j].slide[key][0] if j >= 0 else (0,) * 6
+            for k in range(j + 1, i + 1):
+                c = _contrib(value(k))
+                total = tuple(x + y for x, y in zip(total, c))
+                history[k].slide[key] = (total, c)
+            return history[i].slide[key]
+
+        end, _ = ensure(size - 1)
+        start, c = ensure(s)
+        total, count, nan, pinf, ninf, vectors = (e - b + x for e, b, x in zip(end, start, c))
+        if vectors:
+            return _UNKNOWN
+        if not count:
+            return None
+        if nan or (pinf and ninf):
+            return math.nan
+        if pinf or ninf:
+            return math.inf if pinf else -math.inf
+        return total / (count * _SCALE)
+
+    pkey, skey = (scope, node.id, "prefix"), (scope, node.id, "suffix")
+
+    def prefix(i: int) -> tuple:  # the fold from the block's first report in view to i
+        block, j = history[i].seq // n, i
+        while pkey not in history[j].slide and j > 0 and history[j - 1].seq // n == block:
+            j -= 1
+        if pkey in history[j].slide:
+            state, origin = history[j].slide[pkey]
+        else:
+            state, origin = _one(value(j)), history[j].seq
+            history[j].slide[pkey] = (state, origin)
+        for k in range(j + 1, i + 1):
+            state = _fold(fn, state, _one(value(k)))
+            history[k].slide[pkey] = (state, origin)
+        return history[i].slide[pkey]
+
+    state, origin = prefix(size - 1)
+    if history[s].seq // n != last // n:  # the end of the block before, then this one's start
+        if origin != last // n * n:
+            return _UNKNOWN
+        block_end = s + (n - 1 - history[s].seq % n)
+        cached = history[s].slide.get(skey)
+        if cached is None or cached[1] is not history[block_end]:
+            tail = _one(value(block_end))
+            history[block_end].slide[skey] = (tail, history[block_end])
+            for k in range(block_end - 1, s - 1, -1):
+                tail = _fold(fn, _one(value(k)), tail)
+                history[k].slide[skey] = (tail, history[block_end])
+            cached = history[s].slide[skey]
+        state = _fold(fn, cached[0], state)
+    elif origin != history[s].seq:
+        return _UNKNOWN
+    head, best, vectors = state
+    if vectors:
+        return _UNKNOWN
+    if head is None:
+        return None
+    return head if head != head else best
 
 
 MIN_BASELINE = 3  # earlier reports a baseline needs

@@ -652,3 +652,117 @@ def test_20_nested_windows_within_the_limit_load():
     assert window_reads(parse("avg_over(max_over(loss, 100), 1000) > 1")) == 1100
     assert window_reads(parse("change(avg_over(loss, 10), 5000) > 1")) == 11
     assert window_reads(parse("avg_over(loss, 10000) > 1")) == 10000
+
+
+# Long windows are computed incrementally (``heuristics.expr._sliding``): the same value as the
+# plain fold (min/max bit for bit, NaN included; avg the correctly rounded mean), through
+# replays of iterations, restores and nested windows, at a cost that does not grow with history.
+SLIDING_EXPRS = ["min_over(x, {n})", "max_over(x, {n})", "avg_over(x, {n})",
+                 "avg_over(max_over(x, {n}), {m})", "min_over(avg_over(x, {m}), {n})",
+                 "max_over(zscore(x, 5), {n})"]
+
+
+def _report(seq: int, value):
+    from heuristics.expr import Report
+
+    r = Report(seq + 1, float(seq), {}, {} if value is None else {"x": value})
+    r.seq = seq
+    return r
+
+
+def overflowed(got, want) -> bool:
+    """The plain fold's running sum overflowed (1e308 + 1e308); the exact mean did not."""
+    import math
+
+    return want is not None and math.isinf(want) and got is not None and math.isfinite(got) \
+        and abs(got) > 1e300
+
+
+def _same(a, b, signed: bool = False) -> bool:
+    import math
+
+    return (a is None and b is None) or (a is not None and b is not None and (
+        (a == b and (not signed or math.copysign(1, a) == math.copysign(1, b)))
+        or (a != a and b != b)))
+
+
+@pytest.mark.parametrize("template", SLIDING_EXPRS)
+def test_20_long_windows_equal_the_plain_fold(template, monkeypatch):
+    import math
+    import random
+    from fractions import Fraction
+
+    from heuristics import expr as expr_module
+    from heuristics.expr import Report, annotate, evaluate, parse
+
+    rng = random.Random(template)
+    n, m = 70, 66
+    text = template.format(n=n, m=m)
+    fast_tree, plain_tree = parse(text), parse(text)
+    annotate(fast_tree), annotate(plain_tree)
+    fast: list[Report] = []
+    plain: list[Report] = []
+    values = [0.0, -0.0, 1.0, -1.0, 5e-324, math.inf, -math.inf, math.nan, None]
+    if template.count("(") == 1:  # one window over x: there the plain sum may overflow
+        values += [1e308, -1e308]
+    for step in range(600):
+        if step % 97 == 96:  # a restored trial replays iterations after its checkpoint
+            cut = rng.randint(1, 40)
+            del fast[-cut:], plain[-cut:]
+        if step % 151 == 150:  # a restored driver: records reloaded, no running state
+            fast = [Report.from_dict(r.to_dict()) for r in fast[-(n + m + 32):]]
+            plain = plain[-(n + m + 32):]
+            for seq, r in enumerate(fast):
+                r.seq = seq
+        if 200 <= step < 400:  # ties of 0.0 and -0.0, NaN first in the window, gaps
+            value = rng.choice([0.0, -0.0, math.nan, None, 1.0])
+        else:
+            value = rng.choice(values) if rng.random() < 0.2 else rng.uniform(-10, 10)
+        seq = fast[-1].seq + 1 if fast else 0
+        fast.append(_report(seq, value))
+        plain.append(_report(seq, value))
+        got = evaluate(fast_tree, fast, "r")
+        monkeypatch.setattr(expr_module, "SLIDING_FROM", 10 ** 9)
+        want = evaluate(plain_tree, plain, "r")
+        monkeypatch.undo()
+        if text.startswith("avg_over(x"):
+            window = [r.scalars["x"] for r in plain[-n:] if "x" in r.scalars]
+            finite = [v for v in window if math.isfinite(v)]
+            if window and len(finite) == len(window):
+                exact = float(sum(map(Fraction, finite)) / len(finite))
+                assert got == exact, (step, got, exact)
+            assert _same(got, want) or math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-300) \
+                or overflowed(got, want), (step, got, want)
+        elif text.startswith(("min_over(x", "max_over(x")):
+            assert _same(got, want, signed=True), (step, got, want)  # -0.0 too
+        else:
+            assert _same(got, want) or math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9) \
+                or overflowed(got, want), (step, got, want)
+
+
+def test_20_the_cost_of_a_report_does_not_grow_with_history(monkeypatch):
+    """Earlier reports read per report by a rule of nested long windows: the same at report
+    300 and at report 3,000 (the plain fold read 600 and 6,000)."""
+    from heuristics import expr as expr_module
+    from heuristics.engine import RuleEngine
+    from heuristics.rules import load_rules_text
+
+    rules = load_rules_text(
+        "groups:\n  - name: g\n    rules:\n      - name: r\n        expr: "
+        "'avg_over(max_over(loss, 4000), 4000) > 1e9 or min_over(loss, 2000) < -1e9'\n"
+        "        labels: {action: warn, failure: f}\n", "nested.yaml")
+    engine = RuleEngine(rules, vocabulary=monitor.Vocabulary(train_loss="loss"))
+    reads = []
+    past = expr_module._past
+
+    def counted(*args):
+        reads[-1] += 1
+        return past(*args)
+
+    monkeypatch.setattr(expr_module, "_past", counted)
+    for i in range(1, 3001):
+        reads.append(0)
+        engine.observe("t", {"loss": (i * 7919 % 1000) / 1000, "training_iteration": i})
+    late = max(reads[2900:])
+    assert max(reads[250:300]) <= 8 and late <= 8, (max(reads[250:300]), late)
+    assert sum(reads) < 8 * 3000 + 2 * 4000  # each block folded once
