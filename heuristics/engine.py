@@ -51,7 +51,7 @@ from heuristics.expr import (
     truth,
     walk,
 )
-from heuristics.results import observe
+from heuristics.results import number, observe, whole_number
 from heuristics.rules import PLACEHOLDER, Rule, rule_version
 from heuristics.vocabulary import Vocabulary
 
@@ -124,12 +124,6 @@ def next_streak(previous: list[Any] | None, held: bool | None, time_s: float) ->
     if not held:
         return [0, None]
     return [count + 1, first if count else time_s]
-
-
-def _number(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x)
 
 
 def fmt(value: Value) -> str:
@@ -268,8 +262,10 @@ class RuleEngine:
         if state.killed is not None:
             return []
         last = state.reports[-1].iteration if state.reports else 0
-        iteration = int(result.get("training_iteration", last + 1))
-        time_s = float(result.get("time_total_s", 0.0))
+        iteration = whole_number(result.get("training_iteration", last + 1))
+        iteration = last + 1 if iteration is None else iteration
+        time_s = number(result.get("time_total_s")) or 0.0
+        time_s = time_s if math.isfinite(time_s) else 0.0
         while state.reports and state.reports[-1].iteration >= iteration:
             state.reports.pop()  # a restored trial replays iterations after its checkpoint
         state.forget_peer_from(iteration)
@@ -289,8 +285,7 @@ class RuleEngine:
         state.reports.append(record)
         self._track_best(state, record, obs.roles.get("validation"))
         del state.reports[:-self.keep]
-        budget = self.budget or _number(result.get("max_iterations")) or None
-        budget = int(budget) if budget else None
+        budget = self.budget or whole_number(result.get("max_iterations")) or None
         verdicts = []
         for rule in self.rules:
             history = state.view(rule.name, self.keeps[rule.name])

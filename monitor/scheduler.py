@@ -30,7 +30,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from heuristics.coverage import Applicability, SignalCoverage
 from heuristics.engine import RuleEngine, TrialState, Verdict
-from heuristics.results import clean_result, number
+from heuristics.results import clean_result, whole_number
 from heuristics.rules import Rule
 from heuristics.ruleset import RuleSet
 from heuristics.vocabulary import Vocabulary
@@ -262,7 +262,7 @@ class HeuristicScheduler(FIFOScheduler):
 
     def _record_stop(self, trial: Any, result: dict, context: dict[str, Any]) -> None:
         try:
-            budget = self.engine.budget or number(result.get("max_iterations")) or None
+            budget = self.engine.budget or whole_number(result.get("max_iterations")) or None
             verdict = stop_verdict(
                 self.wrapped, trial, result, context, metric=self.vocabulary.validation,
                 mode=self.vocabulary.mode, experiment=self.engine.experiment,

@@ -172,6 +172,19 @@ def test_3_7_a_nonfinite_loss_of_any_type_is_killed_by_divergence(tmp_path, kind
                    for n in summary["notices"]), summary["notices"]
 
 
+@pytest.mark.parametrize("budget", [10 ** 400, float("inf"), float("nan"), Decimal("sNaN")])
+def test_3_a_reported_budget_beyond_any_iteration_is_ignored(tmp_path, budget):
+    """``max_iterations`` (the budget a trial reports when none is declared) of ``10**400``
+    made the engine raise ``OverflowError`` on every report: under Tune the trial was never
+    evaluated again (a later NaN not killed), ``LoopMonitor.report`` raised."""
+    run = monitor.LoopMonitor("rel", signals=VOCAB, rules=["builtin"], storage=tmp_path)
+    for _ in range(2):
+        assert not run.report({"loss": 1.0, "val_loss": 1.0, "max_iterations": budget}).stop
+    decision = run.report({"loss": float("nan"), "val_loss": 1.0, "max_iterations": budget})
+    assert decision.stop and decision.rule == "divergence"
+    assert run.close()["kills"] == 1
+
+
 def test_7_a_finite_loss_of_any_type_is_read_as_its_value(tmp_path):
     run = loop(tmp_path)
     for value in [np.float32(0.5), np.float16(0.25), np.array(0.125), torch.tensor(0.0625),

@@ -11,6 +11,7 @@ Tune runs: ``test_reliability_tune.py``)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -30,7 +31,9 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.utils import flatten_dict
 
 import monitor
+from heuristics.engine import RuleEngine
 from heuristics.results import clean_result, number
+from heuristics.rules import load_rules
 from monitor.store import RunStore
 
 VOCAB = monitor.Vocabulary(train_loss="loss", validation="val_loss", mode="min")
@@ -43,12 +46,15 @@ numbers_ = st.one_of(
     floats.map(lambda x: torch.tensor(x, dtype=torch.bfloat16)),
     st.decimals(allow_nan=True, allow_infinity=True),
     st.integers(min_value=-2 ** 63, max_value=2 ** 63 - 1).map(np.int64))
-names = st.one_of(st.text(max_size=12), st.text(st.characters(codec=None), max_size=4),
+lone_surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"])
+odd_text = st.text(st.one_of(st.characters(), lone_surrogates), max_size=4)
+names = st.one_of(st.text(max_size=12), st.text(st.characters(codec=None), max_size=4), odd_text,
                   st.sampled_from(["health", "health/layers/x/dead_ratio", "health/model",
                                    "training_iteration", "time_total_s", "loss", "val_loss",
+                                   "max_iterations",
                                    "a/b", "", "\udcff", "x\ny"]))
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), numbers_, st.text(max_size=8)),
+    st.one_of(st.none(), st.booleans(), numbers_, st.text(max_size=8), odd_text),
     lambda inner: st.one_of(st.lists(inner, max_size=3),
                             st.dictionaries(st.text(max_size=6), inner, max_size=3)),
     max_leaves=8)
@@ -141,6 +147,27 @@ def test_a_cleaned_result_holds_only_what_every_reader_takes(result, health):
         assert all(type(v) is float for v in block.get("model", {}).values())
     again, problems = clean_result(cleaned)
     assert problems == [] and set(again) == set(cleaned)
+
+
+@functools.cache
+def _builtin_rules() -> list:
+    return load_rules(["builtin"])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@settings(max_examples=100, deadline=None)
+@given(results=st.lists(st.dictionaries(keys, json_values, max_size=6), max_size=4),
+       nan=NAN_LOSSES)
+def test_the_rule_engine_reads_any_raw_result(results, nan):
+    """``RuleEngine.observe`` (which replay and rule changes call too) reads a result nobody
+    cleaned: it never raises, and a later NaN loss is still killed by ``divergence``."""
+    engine = RuleEngine(_builtin_rules(), "prop", None, False, VOCAB)
+    earlier = [v for result in results for v in engine.observe("t", result) if v.stops]
+    verdicts = engine.observe("t", {"loss": nan, "val_loss": 0.5})
+    if earlier:  # killed already (a huge loss is inf): once, and not again
+        assert len(earlier) == 1 and verdicts == [] and engine.killed("t") is not None
+    else:
+        assert [v.rule for v in verdicts if v.stops] == ["divergence"]
 
 
 SECRET, TOKEN = "s3cretPASS", "glsa_T0KENsecret"
