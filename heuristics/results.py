@@ -128,9 +128,17 @@ def text_ok(name: Any) -> bool:
     return True
 
 
-def _shown(x: Any) -> str:
-    text = repr(x)
+def shown(x: Any) -> str:
+    """``x`` as a refusal or notice quotes it: its ``repr`` on one line (an array's spans
+    several), at most 60 characters; never raises."""
+    try:
+        text = " ".join(repr(x).split())
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still named
+        text = f"<{type(x).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_shown = shown
 
 
 def _clean_signals(block: Any, where: str, problems: list[str]) -> dict[str, Any]:

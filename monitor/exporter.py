@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from heuristics.results import observe
+from heuristics.results import number, observe
 from heuristics.vocabulary import Vocabulary
 from monitor.console import plain
 from monitor.durability import describe, write_atomic
@@ -103,12 +103,6 @@ class TrialSignals:
     first: float = 0.0  # the time of the trial's first result
     ended: float | None = None
     chunks: dict[str, bytes] = field(default_factory=dict)  # family -> its lines of this trial
-
-
-def _number(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x)
 
 
 # -- exposition text -------------------------------------------------------------------------
@@ -314,7 +308,7 @@ class SignalSnapshot:
         stops = verdict["action"] == "kill" and not verdict.get("shadow")
         if stops:
             labels = kill_labels(verdict)
-            wall_time = _number(verdict.get("wall_time"))
+            wall_time = number(verdict.get("wall_time"))
             with self._lock:  # before the count: an alert on the counter finds the reason
                 self._kill_times[(labels["experiment"], labels["trial"])] = (
                     labels, wall_time if wall_time is not None else time.time())

@@ -35,6 +35,7 @@ from typing import Any
 from heuristics.coverage import SignalCoverage
 from heuristics.engine import RuleEngine
 from heuristics.results import MAX_ITERATION, clean_result, text_ok, whole_number
+from heuristics.results import shown as _shown
 from heuristics.ruleset import RuleSet
 from heuristics.vocabulary import Vocabulary
 from monitor.console import console, one_line
@@ -49,23 +50,18 @@ from monitor.verdicts import RunLock, VerdictRecorder, recover
 log = logging.getLogger(__name__)
 
 
-def _shown(x: object) -> str:
-    text = repr(x)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def check_report(metrics: object, trial: object, iteration: object) -> None:
     """Refuse what is not a report, before anything is recorded (``TypeError``/
     ``ValueError`` saying what was expected)."""
     if not isinstance(metrics, Mapping):
         raise TypeError(f"LoopMonitor.report: metrics: expected a mapping of reported values "
-                        f"(e.g. {{'loss': 0.31}}), got {_shown(metrics)}")
+                        f"(e.g. {{'loss': 0.31}}), got {_shown(metrics)} (trial {_shown(trial)})")
     if not isinstance(trial, str) or not trial or not text_ok(trial):
         raise ValueError(f"LoopMonitor.report: trial: expected a non-empty name (valid text), "
                          f"got {_shown(trial)}")
     if iteration is not None and whole_number(iteration, MAX_ITERATION) is None:
         raise ValueError(f"LoopMonitor.report: iteration: expected a whole number from 0 to "
-                         f"2**53, got {_shown(iteration)}")
+                         f"2**53, got {_shown(iteration)} (trial {_shown(trial)})")
 
 
 @dataclass(frozen=True)

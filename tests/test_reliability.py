@@ -206,14 +206,18 @@ def test_7_a_finite_loss_of_any_type_is_read_as_its_value(tmp_path):
     (dict(metrics={"loss": 1.0}, iteration=Decimal("sNaN")), "iteration: expected a whole"),
     (dict(metrics=None), "metrics: expected a mapping"),
     (dict(metrics=[("loss", 1.0)]), "metrics: expected a mapping"),
+    (dict(metrics=np.ones((3, 3))), "metrics: expected a mapping"),
+    (dict(metrics={"loss": 1.0}, iteration=torch.ones(4, 4)), "iteration: expected a whole"),
     (dict(metrics={"loss": 1.0}, trial="bad\udcff"), "trial: expected a non-empty name"),
     (dict(metrics={"loss": 1.0}, trial=7), "trial: expected a non-empty name"),
 ])
 def test_4_11_13_a_bad_report_is_refused_and_close_still_works(tmp_path, call, expected):
     run = loop(tmp_path)
     healthy(run, "other", 2)  # buffered results of another trial
-    with pytest.raises((ValueError, TypeError), match=expected):
+    with pytest.raises((ValueError, TypeError), match=expected) as info:
         run.report(**{"trial": "bad", **call})
+    assert "\n" not in str(info.value)  # one line, naming the trial
+    assert "trial" in call or "(trial 'bad')" in str(info.value)
     healthy(run, "other", 1)
     summary = run.close()  # never raises
     assert summary["trials"] and stored_iterations(run.run_dir)["other"] == 3

@@ -84,12 +84,18 @@ REFUSALS = ("LoopMonitor.report: metrics:", "LoopMonitor.report: trial:",
             "LoopMonitor.report: iteration:")
 
 
+@functools.cache
+def _builtin_rules() -> list:
+    """The built-in rules, read once (0.4 s a time)."""
+    return load_rules(["builtin"])
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile=st.lists(reports, min_size=1, max_size=3), nan=NAN_LOSSES)
 def test_nothing_a_training_reports_breaks_the_loop_monitor(hostile, nan):
     with tempfile.TemporaryDirectory() as storage:
-        run = monitor.LoopMonitor("prop", signals=VOCAB, rules=["builtin"], budget=20,
+        run = monitor.LoopMonitor("prop", signals=VOCAB, rules=_builtin_rules(), budget=20,
                                   storage=storage)
         anchor = 0
 
@@ -112,6 +118,7 @@ def test_nothing_a_training_reports_breaks_the_loop_monitor(hostile, nan):
         decision = run.report({"loss": nan, "val_loss": 0.5}, trial="nan")
         assert decision.stop and decision.rule == "divergence"
         summary = run.close()  # never raises
+        assert all("\n" not in notice for notice in summary["notices"])  # one line each
         trials = {t["trial_id"]: t for t in summary["trials"]}
         assert trials["anchor"]["status"] == "TERMINATED"
         assert trials["nan"]["status"] == "KILLED"
@@ -147,11 +154,6 @@ def test_a_cleaned_result_holds_only_what_every_reader_takes(result, health):
         assert all(type(v) is float for v in block.get("model", {}).values())
     again, problems = clean_result(cleaned)
     assert problems == [] and set(again) == set(cleaned)
-
-
-@functools.cache
-def _builtin_rules() -> list:
-    return load_rules(["builtin"])
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
@@ -230,7 +232,7 @@ class _Driver:
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(hostile=st.lists(tune_results, min_size=1, max_size=3), nan=NAN_LOSSES, url=GRAFANA_URLS)
 def test_nothing_a_trial_reports_breaks_the_tune_driver_or_leaks_a_secret(hostile, nan, url,
@@ -242,7 +244,7 @@ def test_nothing_a_trial_reports_breaks_the_tune_driver_or_leaks_a_secret(hostil
     env = {"GRAFANA_URL": url, "GRAFANA_TOKEN": TOKEN}
     try:
         with tempfile.TemporaryDirectory() as storage, mock.patch.dict(os.environ, env):
-            mon = monitor.TuneMonitor("prop", signals=VOCAB, rules=["builtin"], budget=20,
+            mon = monitor.TuneMonitor("prop", signals=VOCAB, rules=_builtin_rules(), budget=20,
                                       storage=storage)
             driver = _Driver(mon)
             anchor, steady = driver.add("anchor"), 0
@@ -270,6 +272,7 @@ def test_nothing_a_trial_reports_breaks_the_tune_driver_or_leaks_a_secret(hostil
                                              "training_iteration": 3}) == "STOP"
             blob = pickle.dumps((mon.scheduler, mon.callbacks))  # what tuner.pkl holds
             summary = driver.end()
+            assert all("\n" not in notice for notice in summary["notices"])  # one line each
             trials = {t["trial_id"]: t for t in summary["trials"]}
             assert trials[anchor.trial_id]["iterations"] == steady
             assert trials[nan_trial.trial_id]["killed"]["rule"] == "divergence"
