@@ -23,6 +23,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from heuristics.expr import STATE_VERSION
 from monitor.durability import describe, disk_full, move_aside, note_loss
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,61 @@ def encode(record: dict[str, Any]) -> bytes:
 
 
 def decode(blob: bytes | str) -> dict[str, Any]:
-    """A stored record: pickled plain data, or JSON text of an older state file."""
-    if isinstance(blob, str):
-        return json.loads(blob)
-    data = _DataOnly(io.BytesIO(blob)).load()
+    """A stored record: pickled plain data, or JSON text of an older state file, checked to be
+    what ``Record.from_dict`` reads (``ValueError`` saying what was expected otherwise: a
+    record of another shape would fail every later result of its trial, or the restore)."""
+    data = json.loads(blob) if isinstance(blob, str) else _DataOnly(io.BytesIO(blob)).load()
     if not isinstance(data, dict):
         raise ValueError(f"expected a record (a mapping), got {type(data).__name__}")
+    problem = record_problem(data)
+    if problem:
+        raise ValueError(f"expected {problem}")
     return data
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _value(x: Any) -> bool:
+    """A rule value: None, a number, or numbers by layer."""
+    return x is None or _number(x) or (isinstance(x, dict) and all(
+        isinstance(k, str) and (v is None or _number(v)) for k, v in x.items()))
+
+
+def _mapping(x: Any, ok: Any) -> bool:
+    return isinstance(x, dict) and all(isinstance(k, str) and ok(v) for k, v in x.items())
+
+
+def record_problem(d: dict[str, Any]) -> str | None:
+    """Which key of a stored record holds a value of another type, and what it should hold
+    (None when every key it has is as ``Record.to_dict`` writes it)."""
+    checks = [
+        ("iteration", lambda x: isinstance(x, int) and not isinstance(x, bool),
+         "a whole number"),
+        ("time_s", _number, "a number"),
+        ("layers", lambda x: _mapping(x, lambda v: _mapping(v, lambda y: y is None
+                                                              or _number(y))),
+         "numbers by signal by layer"),
+        ("scalars", lambda x: _mapping(x, lambda v: v is None or _number(v)),
+         "numbers by name"),
+        ("held", lambda x: _mapping(x, lambda v: v is None or isinstance(v, bool)),
+         "true/false/null by rule"),
+        ("firing", lambda x: _mapping(x, lambda v: isinstance(v, bool)), "true/false by rule"),
+    ]
+    for key, ok, what in checks:  # one without them is refused where it is read (KeyError)
+        if key in d and not ok(d[key]):
+            return f"{key!r}: {what}"
+    if not _mapping(d.get("streak", {}), lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+                    and _number(v[0]) and (v[1] is None or _number(v[1]))):
+        return "'streak': [count, time] by rule"
+    slots = lambda x: _mapping(x, lambda v: _mapping(v, _value))  # noqa: E731
+    for key in ("cache", "ever"):
+        if d.get("v") == STATE_VERSION and not slots(d.get(key)):
+            return f"{key!r}: values by node by rule"
+    if not _mapping(d.get("peer") or {}, _value):
+        return "'peer': values by input"
+    return None
 
 
 class RuleStateStore:

@@ -10,6 +10,7 @@ import os
 import pickle
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -278,6 +279,50 @@ def test_5_a_state_file_that_is_not_a_database_is_moved_aside(tmp_path, caplog):
     assert list(state.path.parent.glob("state.sqlite.damaged-*"))
     state.append("t", {"record": {"iteration": 1}, "first": {}})  # a fresh one is written
     assert state.failed is None and state.path.exists()
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ({"layers": [1]}, "'layers': numbers by signal by layer"),
+    ({"v": 2, "cache": {}, "ever": []}, "'ever': values by node by rule"),
+    ({"iteration": "2"}, "'iteration': a whole number"),
+    ({"streak": {"divergence": 5}}, "'streak': [count, time] by rule"),
+])
+def test_5_a_record_of_another_shape_in_the_rule_state(tmp_path, caplog, bad, expected):
+    """A rule-state record that unpickles but is not what the engine reads (a list of layers,
+    a list of running values) failed the restore, or every later result of its trial (a NaN
+    never killed): that trial's rules start afresh, with one line naming file and key."""
+    from unittest.mock import MagicMock
+
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from heuristics.rules import load_rules
+    from monitor.scheduler import HeuristicScheduler
+
+    def scheduler() -> HeuristicScheduler:
+        sched = HeuristicScheduler(load_rules(["builtin"]), tmp_path, "exp", budget=20,
+                                   vocabulary=monitor.Vocabulary(train_loss="loss"))
+        sched.set_search_properties("loss", "min")
+        return sched
+
+    trial, controller = Trial("__fake", stub=True), MagicMock()
+    first = scheduler()
+    for i in range(1, 4):
+        first.on_trial_result(controller, trial, {"training_iteration": i, "loss": 1.0 / i})
+    first.state.close()
+    db = sqlite3.connect(tmp_path / "heuristics" / "state.sqlite")
+    (blob,) = db.execute("SELECT record FROM records WHERE iteration = 2").fetchone()
+    record = {**pickle.loads(blob), **bad}
+    db.execute("UPDATE records SET record = ? WHERE iteration = 2", (pickle.dumps(record),))
+    db.commit()
+    db.close()
+    restored = scheduler()
+    restored.on_trial_add(controller, trial)  # the restore reads the state: never raises
+    assert restored.on_trial_result(controller, trial, {"training_iteration": 4,
+                                                        "loss": float("nan")}) \
+        == TrialScheduler.STOP
+    [line] = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert "state.sqlite" in line and f"expected {expected}" in line and "afresh" in line
 
 
 def test_5_log_lines_that_are_not_verdicts_are_skipped_and_the_store_fills_the_log(tmp_path,
