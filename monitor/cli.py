@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import re
 import sys
@@ -321,7 +322,7 @@ def _run_dirs(args: argparse.Namespace) -> list[Path]:
 
 
 def _label(args: argparse.Namespace) -> int:
-    from monitor.replay import label
+    from monitor.replay import known_failures, label
     from monitor.report import find_run
     from monitor.store import StoreError
 
@@ -334,8 +335,16 @@ def _label(args: argparse.Namespace) -> int:
                     "trial: --healthy)")
         return 2
     try:
-        trial = label(find_run(args.storage, args.experiment), args.trial,
-                      "healthy" if args.healthy else args.failure)
+        run_dir = find_run(args.storage, args.experiment)
+        if args.failure and not args.new and args.failure not in (known := known_failures(
+                run_dir)):
+            close = difflib.get_close_matches(args.failure, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            print_error(f"--failure: {args.failure!r} is a failure no rule and no trial of this "
+                        f"run names; {hint}known: {', '.join(sorted(known))} (a new failure "
+                        "name: add --new)")
+            return 2
+        trial = label(run_dir, args.trial, "healthy" if args.healthy else args.failure)
     except (StoreError, KeyError) as exc:
         print_error(str(exc))
         return 2
@@ -484,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("trial", help="trial id (or its unique suffix)")
     p.add_argument("--failure")
     p.add_argument("--healthy", action="store_true")
+    p.add_argument("--new", action="store_true",
+                   help="the failure name is one no rule and no trial names yet")
     p.add_argument("--storage", type=Path, default=runs_dir(),
                    help="where runs are (default: $MONITOR_RUNS_DIR or ./runs)")
     p.set_defaults(func=_label)

@@ -135,6 +135,29 @@ def score(trials: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+NOT_FAILURES = {"healthy", "failed", "error"}  # outcomes the quality or Tune gives
+
+
+def known_failures(run_dir: Path) -> set[str]:
+    """Failure names ``monitor label`` takes without ``--new``: those of the built-in and
+    custom rules, of the run's verdicts and of the trials already labelled."""
+    from heuristics.rules import load_rules
+
+    known: set[str] = set()
+    try:
+        known |= {r.failure for r in load_rules(["builtin", "custom"]) if r.failure}
+    except Exception:  # noqa: BLE001 - a broken custom rule file is said where it is loaded
+        known |= {r.failure for r in load_rules(["builtin"]) if r.failure}
+    try:
+        with RunStore(run_dir, create=False) as store:
+            known |= {v["failure"] for v in store.verdicts() if isinstance(v.get("failure"), str)}
+            known |= {t["outcome"] for t in store.trials() if isinstance(t.get("outcome"), str)
+                      and t.get("outcome_source") in ("label", "rule")}
+    except (StoreError, sqlite3.DatabaseError, json.JSONDecodeError):
+        pass
+    return known - NOT_FAILURES
+
+
 def label(run_dir: Path, trial: str, outcome: str) -> dict[str, Any]:
     """Set a trial's outcome by hand (``healthy`` or a failure name)."""
     with RunStore(run_dir, create=False) as store:

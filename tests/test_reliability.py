@@ -595,6 +595,21 @@ def test_15_label_accepts_only_failure_names(tmp_path, capsys, name):
         assert store.trials()[0]["outcome"] == "dead_relu_collapse"
 
 
+def test_15_label_checks_the_name_against_the_known_failures(tmp_path, capsys):
+    """A typo of a known failure (which would teach ``calibrate`` a failure nobody has) is
+    refused with the closest known name; ``--new`` takes a name no rule names yet."""
+    run_dir = _labelled_run(tmp_path)
+    assert cli(["label", str(run_dir), "t1", "--failure", "dead_relu_colapse"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "did you mean 'dead_relu_collapse'?" in line and "--new" in line
+    assert "divergence" in line  # the known names are listed
+    with RunStore(run_dir, create=False) as store:
+        assert store.trials()[0]["outcome"] != "dead_relu_colapse"
+    assert cli(["label", str(run_dir), "t1", "--failure", "tokenizer_drift", "--new"]) == 0
+    assert cli(["label", str(run_dir), "t1", "--failure", "tokenizer_drift"]) == 0  # now known
+    assert cli(["label", str(run_dir), "t1", "--failure", "divergence"]) == 0
+
+
 # -- 16: grace ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["5 or 6 or 7%", "5 or 6", "or 5%", "5 or 7% or 8%"])
 def test_16_grace_with_more_than_two_parts_is_refused(text):
