@@ -35,7 +35,7 @@ from torch.nn import functional
 
 from monitor import compiled
 from monitor.distributed import combine_across_ranks
-from monitor.functional import ActivationMode
+from monitor.functional import QUIET_TYPES, ActivationMode, unwatch, watch
 from monitor.naming import (
     ACTIVATION_TYPES,
     activation_kind,
@@ -61,7 +61,7 @@ LAYER_SIGNALS = ("dead_ratio", "evergreen_ratio", "healthy_ratio", "activation_s
                  "activation_mean", "nonfinite_count", "saturated_ratio")
 MODEL_SIGNALS = ("output_power_db", "target_power_db", "power_loss", "power_ratio_db")
 DEFAULT_EVERY = 4  # sample one training step in four
-PROBE_WINDOWS = 16  # a model with no activation call is looked at again every 16 reports
+PROBE_WINDOWS = 16  # the activation mode looks at a model's calls again every 16 reports
 log = logging.getLogger(__name__)
 
 
@@ -407,8 +407,11 @@ class HealthMonitor:
         self._stack: list[list[Any]] = []
         self._mode: ActivationMode | None = None
         self._excluded: set[str] = set()
-        self._functional_probing = True  # next sampled forward looks for activation calls
-        self._functional_found = False
+        self._functional_probing = True  # next sampled forward looks with the mode
+        self._functional_found = False  # activation calls measured in this window
+        self._functional_live = False  # ... and in the last one: watched again (wrappers)
+        self._uncovered = False  # a call the wrappers miss: eager forwards keep the mode
+        self._watching = 0  # this forward's wrappers: 1 feeding this monitor, 2 marking only
         self._windows = 0
         self._warned_empty = False
         self._forwards = 0  # forward passes of the model seen outside torch.compile
@@ -435,9 +438,10 @@ class HealthMonitor:
             self.probes[name] = probe
             self._measured.append(_Slot(module, self._module_hook(probe)))
         hooked = {id(slot.module) for slot in self._measured}
-        if functional:
+        if functional:  # a conv or norm layer of torch.nn calls no activation: no stack entry
             for name, module in modules:
-                self._stacked += self._stack_hooks(name, module, id(module) in hooked)
+                if type(module) not in QUIET_TYPES or id(module) in hooked:
+                    self._stacked += self._stack_hooks(name, module, id(module) in hooked)
         self._root_slots = [_Slot(root, self._root_pre, pre=True),
                             _Slot(root, self._root_post, always=True)]
         for slot in self._root_slots:  # always there: they notice torch.compile tracing
@@ -472,7 +476,7 @@ class HealthMonitor:
         self._measuring = self._open and self._active and not self._paused
         armed = self._measuring or (self._compiled and self._open)
         stacked = armed and (self._compiled or self._functional_probing
-                             or self._functional_found)
+                             or self._functional_found or self._functional_live)
         if self._armed == (armed, stacked):
             return  # nothing to move (a model has a slot per module: 2 x 70 for a ResNet)
         self._armed = (armed, stacked)
@@ -508,7 +512,7 @@ class HealthMonitor:
     def _stack_hooks(self, name: str, module: nn.Module, hooked: bool) -> list[_Slot]:
         """Hooks that keep the stack of modules running, for naming activation calls:
         ``(name, hooked, units last)`` and the calls counted in this invocation."""
-        static = (name, hooked, units_last(module))
+        static = (name, hooked, units_last(module), {})  # the last: names by (kind, index)
         stack = self._stack
 
         def push(module: nn.Module, inputs: Any) -> None:
@@ -526,10 +530,23 @@ class HealthMonitor:
                 self._compile_seen = True
         elif not self._step:
             self._forwards += 1  # counted until the first step(): only to name a missing one
-        if self._measuring and self.functional and self._mode is None and (
-                self._compiled or self._functional_probing or self._functional_found):
-            self._mode = ActivationMode(self)
+        if not (self._measuring and self.functional and self._mode is None):
+            return
+        if self._compiled or torch.compiler.is_compiling():  # traced: the mode, always
+            if self._compiled or self._functional_probing or self._functional_found:
+                self._mode = ActivationMode(self)
+                self._mode.__enter__()
+            return
+        if self._watching:
+            return  # a nested call of the root module: already watched
+        if self._functional_probing or self._uncovered:  # the mode sees every spelling
+            watch(None)
+            self._watching = 2
+            self._mode = ActivationMode(self, coverage=True)
             self._mode.__enter__()
+        elif self._functional_found or self._functional_live:  # wrappers only
+            watch(self)
+            self._watching = 1
 
     def _root_post(self, module: nn.Module, inputs: Any, output: Any) -> None:
         mode, self._mode = self._mode, None
@@ -537,22 +554,31 @@ class HealthMonitor:
             mode.__exit__(None, None, None)
             if not torch.compiler.is_compiling():
                 self._functional_probing = False
+        if not torch.compiler.is_compiling():
+            self._unwatch()
         if self._measuring and not self.probes and not self._warned_empty:
             self._warned_empty = True
             log.warning("attach(%s): nothing to measure in its forward: no activation "
                         "module, recurrent layer or activation function call", self.model_name)
 
+    def _unwatch(self) -> None:
+        watching, self._watching = self._watching, 0
+        if watching:
+            unwatch(self if watching == 1 else None)
+
     def _functional(self, kind: str, out: torch.Tensor) -> None:
-        """An activation function's output, from ``ActivationMode``: named after the
-        innermost module running and the call's index there."""
+        """An activation function's output, from ``ActivationMode`` or the wrappers: named
+        after the innermost module running and the call's index there."""
         if not self._stack:
             return
-        (module_name, hooked, last), counts = self._stack[-1]
+        (module_name, hooked, last, names), counts = self._stack[-1]
         if hooked:
             return  # a watched module's own computation
         k = counts.get(kind, 0)
         counts[kind] = k + 1
-        name = f"{module_name}:{kind}.{k}" if module_name else f"{kind}.{k}"
+        name = names.get((kind, k))
+        if name is None:
+            name = names[kind, k] = f"{module_name}:{kind}.{k}" if module_name else f"{kind}.{k}"
         if name in self._excluded:
             return
         if torch.compiler.is_compiling():
@@ -708,11 +734,12 @@ class HealthMonitor:
             probe.reset()
         self.power.reset()
         self.sampled_steps = 0
-        # look for activation calls again next window where some were found, and every
-        # PROBE_WINDOWS-th window elsewhere (a forward under the mode costs every torch call)
+        # activation calls found in this window are watched in the next (the wrappers); the
+        # mode looks at every PROBE_WINDOWS-th window (a forward under it costs every torch
+        # call)
         self._windows += 1
-        self._functional_probing = (self._functional_found
-                                    or self._windows % PROBE_WINDOWS == 0)
+        self._functional_live = self._functional_found
+        self._functional_probing = self._windows % PROBE_WINDOWS == 0
         self._functional_found = False
         return report
 
@@ -726,6 +753,7 @@ class HealthMonitor:
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None
+        self._unwatch()
 
     def close(self) -> None:
         """Remove every hook this monitor registered and drop the window's statistics."""
