@@ -44,6 +44,7 @@ else:
 
 FUSED_DTYPES = (torch.float32, torch.float64)
 BLOCK = 64  # rows summed in the activation's own precision before adding into float64
+SPAN = 256  # values of one row of a unit summed so (channel layout)
 
 
 def available() -> bool:
@@ -62,14 +63,16 @@ if njit is not None:
             return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
         return types.CPointer(like)(address, like), codegen
 
-    def _jit(function: Any) -> Any:
+    def _jit(function: Any = None, **options: Any) -> Any:
         """Compiled lazily, cached on disk where numba finds a writable place (beside the
         module, ``NUMBA_CACHE_DIR`` or the user's cache directory); where none is, without a
         disk cache (numba would otherwise refuse at import)."""
+        if function is None:
+            return lambda f: _jit(f, **options)
         try:
-            return njit(cache=True, nogil=True, error_model="numpy")(function)
+            return njit(cache=True, nogil=True, error_model="numpy", **options)(function)
         except RuntimeError:
-            return njit(nogil=True, error_model="numpy")(function)
+            return njit(nogil=True, error_model="numpy", **options)(function)
 
     @_jit
     def _units_last(address, rows, units, accumulators, first, like):  # pragma: no cover
@@ -107,49 +110,55 @@ if njit is not None:
             total += acc[3, u]
         return total
 
+    @_jit(fastmath={"reassoc", "nsz", "contract", "arcp"})
+    def _span(x, start, stop, shift, zero):  # pragma: no cover - compiled
+        """Minimum, maximum, sum of ``x - shift`` and of its square over ``x[start:stop]``,
+        in ``x``'s precision: scalar reductions the compiler may reorder (and vectorise);
+        no assumption about NaN or infinities, which stay in the sums."""
+        low, high = x[start], x[start]
+        a, q = zero, zero
+        for r in range(start, stop):
+            v = x[r]
+            low = v if v < low else low
+            high = v if v > high else high
+            d = v - shift
+            a += d
+            q += d * d
+        return low, high, a, q
+
     @_jit
     def _units_middle(address, batch, units, rest, accumulators, first,
                       like):  # pragma: no cover
-        """[batch, units, rest] of ``like``'s dtype, ``rest`` innermost: for each unit, the
-        same vectorisable row loop over its [batch, rest] slab (local arrays of ``rest``),
-        folded into the unit's float64 sums every ``BLOCK`` rows."""
+        """[batch, units, rest] of ``like``'s dtype, ``rest`` innermost: for each unit, its
+        rows reduced in spans of at most ``SPAN`` values in the activation's precision, each
+        span's sums added into the unit's float64 sums."""
         x = carray(_pointer(address, like), (batch, units, rest))
         acc = carray(_pointer(accumulators, 0.0), (5, units))
         if first:
             for u in range(units):
                 acc[4, u] = x[0, u, 0]
-        low, high = np.empty_like(x[0, 0]), np.empty_like(x[0, 0])
-        a, q, k = np.zeros_like(low), np.zeros_like(low), np.empty_like(low[:1])
+        k = np.zeros_like(x[0, 0, :1])
+        zero = k[0]
+        total = 0.0
         for u in range(units):
             k[0] = acc[4, u]
             shift = k[0]
-            low[:] = x[0, u]
-            high[:] = x[0, u]
-            s1, s2 = 0.0, 0.0
-            for start in range(0, batch, BLOCK):
-                for b in range(start, min(batch, start + BLOCK)):
-                    row = x[b, u]
-                    for r in range(rest):
-                        v = row[r]
-                        low[r] = min(low[r], v)
-                        high[r] = max(high[r], v)
-                        d = v - shift
-                        a[r] += d
-                        q[r] += d * d
-                for r in range(rest):
-                    s1 += a[r]
-                    s2 += q[r]
-                    a[r] = 0
-                    q[r] = 0
             lo_u, hi_u = acc[0, u], acc[1, u]
-            for r in range(rest):
-                lo_u = min(lo_u, low[r])
-                hi_u = max(hi_u, high[r])
+            s1, s2 = 0.0, 0.0
+            for b in range(batch):
+                row = x[b, u]
+                for start in range(0, rest, SPAN):
+                    low, high, a, q = _span(row, start, min(rest, start + SPAN), shift,
+                                            zero)
+                    lo_u = min(lo_u, low)
+                    hi_u = max(hi_u, high)
+                    s1 += a
+                    s2 += q
+            # a NaN compares false: min/max above may skip it, the sums never do (the
+            # caller then counts and marks the unit)
             acc[0, u], acc[1, u] = lo_u, hi_u
             acc[2, u] += s1
             acc[3, u] += s2
-        total = 0.0
-        for u in range(units):
             total += acc[3, u]
         return total
 
@@ -232,7 +241,7 @@ class FusedUnits:
         if first:
             self._start(view, dims)
         shape = view.shape
-        if len(shape) == 2:
+        if len(shape) == 2 or shape[2] == 1:  # [batch, units, 1] is [batch, units]
             kernel, sizes, per_step = self.kernels[0], (shape[0], shape[1]), shape[0]
         else:
             kernel, sizes = self.kernels[1], (shape[0], shape[1], shape[2])
