@@ -106,8 +106,9 @@ class LayerProbe:
         self.samples += 1
 
     def update_fused(self, output: torch.Tensor) -> bool:
-        """Measure ``output`` in one compiled pass (float32/64 on the CPU); False where it
-        cannot (not contiguous, too large, or the kernels could not compile): the caller
+        """Measure ``output`` in one compiled pass (float32/64 on the CPU; contiguous, or
+        with its units innermost, as a channels-last conv's); False where it cannot (other
+        layouts, too large, or the kernels could not compile): the caller
         then uses the vectorised ops. After a window's first step an output of the same
         shape goes straight to the kernel (the hook checks that first)."""
         f = self.fused
@@ -115,6 +116,10 @@ class LayerProbe:
                 or output.numel() > CHUNK or not fused.available()):
             return False
         view, dims = unit_view(output.detach(), self.unit_dim)
+        if not view.is_contiguous() and output.dim() > 2:  # channels last: units innermost
+            moved = output.detach().movedim(self.unit_dim, -1)
+            if moved.is_contiguous():
+                view, dims = moved.view(-1, moved.shape[-1]), (0,)
         if not f.fits(view):
             self.drain_fused()
         try:

@@ -81,6 +81,35 @@ def test_channel_layout_matches_reference(dtype):
     assert monitor.probes["act"].fused.rank == 3
 
 
+def test_long_rows_split_into_spans_and_nan_in_a_span_match_reference():
+    torch.manual_seed(5)
+    model, monitor = tap()
+    xs = [torch.randn(2, 3, 3 * fused.SPAN + 17) * 3 + 100 for _ in range(3)]  # 4 spans
+    report = feed(model, monitor, xs)
+    for signal, value in reference(torch.cat(xs, 0).double(), 1).items():
+        assert report[signal] == pytest.approx(value, rel=1e-5, abs=1e-6), signal
+    xs[1][1, 2, fused.SPAN + 5] = math.nan  # inside the second span of unit 2
+    report = feed(model, monitor, xs)
+    assert report["nonfinite_count"] == 1.0
+    assert report["evergreen_ratio"] == pytest.approx(2 / 3)  # the NaN unit is not
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 5, 4), (4, 9, 1, 1)])
+def test_channels_last_and_single_position_outputs_take_the_kernel(shape):
+    """A channels-last conv output (units innermost in memory) and [batch, units, 1, 1]
+    are read by the units-last kernel, not copied or sent to the vectorised ops."""
+    torch.manual_seed(6)
+    model, monitor = tap()
+    xs = [(torch.randn(*shape) + torch.linspace(-3, 3, shape[1]).view(1, -1, 1, 1))
+          .contiguous(memory_format=torch.channels_last) for _ in range(3)]
+    report = feed(model, monitor, xs)
+    expected = reference(torch.cat([x.flatten(2) for x in xs], 0).double(), 1)
+    for signal, value in expected.items():
+        assert report[signal] == pytest.approx(value, rel=1e-5, abs=1e-7), signal
+    assert monitor.probes["act"].fused.units == shape[1]  # the kernel's arrays
+    assert not monitor.batch.results  # nothing went to the batched ops
+
+
 def test_without_kernels_the_hooks_fall_back_and_say_why(monkeypatch, caplog):
     def broken(*args):
         raise RuntimeError("no compiler here")
