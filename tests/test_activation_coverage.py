@@ -162,3 +162,93 @@ def test_checkpointed_forward_is_not_counted_twice(reentrant):
     assert set(checkpointed) == set(plain)
     for layer, signals in plain.items():
         assert checkpointed[layer] == pytest.approx(signals), layer
+
+
+class Spellings(nn.Module):
+    """Activation calls in every spelling, one bound before any forward ran (``self.bound``:
+    no wrapper can see it), one that calls another watched function (``F.selu`` calls
+    ``torch.selu``)."""
+
+    def __init__(self, bound: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 3, 1)
+        self.bound = F.leaky_relu if bound else None
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = F.relu(h) + torch.relu(h) + h.relu() + F.selu(h)
+        if self.bound is not None:
+            h = self.bound(h, 0.2)
+        return h
+
+
+def _modes_seen(model: nn.Module, health, steps: int) -> list[bool]:
+    """Whether a TorchFunctionMode was active inside each sampled forward."""
+    from torch.overrides import _get_current_function_mode_stack
+
+    seen: list[bool] = []
+    hook = model.conv.register_forward_hook(
+        lambda *_: seen.append(bool(_get_current_function_mode_stack())))
+    for _ in range(steps):
+        health.step()
+        model(torch.randn(2, 3, 5)).sum().backward()
+    hook.remove()
+    return seen
+
+
+def test_after_the_first_look_the_wrappers_alone_see_every_call_and_leave_nothing_behind():
+    torch.manual_seed(0)
+    model = Spellings(bound=False)
+    originals = (F.relu, torch.relu, torch.Tensor.relu, F.selu, torch.selu)
+    health = attach(model, every=1)
+    modes = _modes_seen(model, health, 3)
+    assert modes == [True, False, False]  # the mode looks once, then the wrappers only
+    assert {p.samples for p in health.probes.values()} == {3}  # F.selu counted once
+    assert set(health.collect()["layers"]) == {"relu.0", "relu.1", "relu.2", "selu.0"}
+    assert (F.relu, torch.relu, torch.Tensor.relu, F.selu, torch.selu) == originals
+    assert "relu" not in vars(torch.Tensor)  # the inherited method is back
+    assert _modes_seen(model, health, 2) == [False, False]  # calls found: no new look
+    assert {p.samples for p in health.probes.values()} == {2}
+    health.close()
+
+
+def test_a_call_the_wrappers_cannot_see_keeps_the_mode():
+    torch.manual_seed(0)
+    model = Spellings(bound=True)
+    health = attach(model, every=1)
+    assert _modes_seen(model, health, 3) == [True, True, True]
+    assert {p.samples for p in health.probes.values()} == {3}
+    assert "leaky_relu.0" in health.collect()["layers"]
+    health.close()
+
+
+def test_another_thread_is_not_measured_while_a_forward_watches():
+    import threading
+
+    model = Spellings(bound=False)
+    health = attach(model, every=1)
+    _modes_seen(model, health, 1)  # the look with the mode; the wrappers from now on
+    other: list[tuple[bool, torch.Tensor]] = []
+    relu = F.relu
+    started, release = threading.Event(), threading.Event()
+
+    def elsewhere() -> None:
+        started.set()
+        release.wait(5)
+        other.append((F.relu is not relu, F.relu(torch.randn(4, 3))))
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    started.wait(5)
+    def meanwhile(*_: object) -> None:  # inside the sampled forward, the wrappers in place
+        release.set()
+        thread.join(5)
+
+    hook = model.conv.register_forward_hook(meanwhile)
+    health.step()
+    model(torch.randn(2, 3, 5)).sum().backward()
+    hook.remove()
+    assert other and other[0][0]  # called through the wrapper, measured by nobody
+    assert set(health.watched()) == {"relu.0", "relu.1", "relu.2", "selu.0"}
+    assert {p.samples for p in health.probes.values()} == {2}
+    health.close()
