@@ -537,8 +537,19 @@ class HealthMonitor:
             self._forwards += 1  # counted until the first step(): only to name a missing one
         if not (self._measuring and self.functional and self._mode is None):
             return
-        if self._compiled or torch.compiler.is_compiling():  # traced: the mode, always
+        if torch.compiler.is_compiling():  # traced here: the mode, always
             if self._compiled or self._functional_probing or self._functional_found:
+                self._mode = ActivationMode(self)
+                self._mode.__enter__()
+            return
+        if self._compiled:
+            # The hooks of a compiled model's root run outside its graph: a mode entered here
+            # is active while the graph runs, and dynamo traced the graph through it (the
+            # measurement of activation calls is in that graph) and guards on it. It also
+            # costs a Python call per torch call of the graph's wrapper code; where the look
+            # found no activation call, sampled steps run a graph traced without it.
+            if (self._functional_probing or self._functional_found
+                    or self._functional_live):
                 self._mode = ActivationMode(self)
                 self._mode.__enter__()
             return
@@ -611,6 +622,8 @@ class HealthMonitor:
         """Measure ``x`` as layer ``name`` (from a compiled graph's ``observe`` operator)."""
         probe = self.probes.get(name) or self._new_functional(name, unit_dim)
         if probe is not None:
+            if probe.kind == "functional":
+                self._functional_found = True  # a compiled graph's activation call
             self._measure(probe, x)
 
     def _measure(self, probe: LayerProbe, output: torch.Tensor) -> None:

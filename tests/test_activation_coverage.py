@@ -252,3 +252,57 @@ def test_another_thread_is_not_measured_while_a_forward_watches():
     assert set(health.watched()) == {"relu.0", "relu.1", "relu.2", "selu.0"}
     assert {p.samples for p in health.probes.values()} == {2}
     health.close()
+
+
+class Plain(nn.Module):
+    """Activation modules only (a container of torch.nn, whose root hooks dynamo traces,
+    would not show the root's hooks running outside the graph)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.act, self.post = nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Conv1d(4, 1, 1)
+
+    def forward(self, x):
+        return self.post(self.act(self.pre(x)))
+
+
+@pytest.mark.parametrize("calls", [False, True])
+def test_compiled_sampled_steps_run_the_mode_only_where_activation_calls_are(monkeypatch,
+                                                                              calls):
+    """The mode entered at a compiled model's root can be active while its graph runs (a
+    Python call per torch call there): after the first window's look finds no activation
+    call, sampled steps run without it; where it finds some, it stays (their measurement is
+    in the graph traced through it)."""
+    from torch._dynamo.utils import counters
+
+    from monitor import hooks
+
+    class Counting(hooks.ActivationMode):
+        entered = 0
+
+        def __enter__(self):
+            Counting.entered += 1
+            return super().__enter__()
+
+    monkeypatch.setattr(hooks, "ActivationMode", Counting)
+    torch.manual_seed(0)
+    model = Net() if calls else Plain()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="aot_eager")
+    health = attach(compiled, every=1)
+    entered, layers = [], []
+    for window in range(3):
+        for _ in range(3):
+            health.step()
+            compiled(torch.randn(2, 2, 8)).sum().backward()
+        entered.append(Counting.entered)
+        layers.append(health.collect()["layers"])
+    if calls:  # every sampled step
+        assert entered == [3, 6, 9]
+    else:  # the first window looks; the later ones run without the mode
+        assert entered[0] >= 1 and entered[0] == entered[1] == entered[2]
+    assert all(set(w) == set(layers[0]) for w in layers) and layers[0]
+    assert all(w[name]["activation_std"] > 0 for w in layers for name in w)
+    assert counters["stats"]["unique_graphs"] <= 6
+    health.close()
