@@ -292,7 +292,7 @@ def test_compiled_sampled_steps_run_the_mode_only_where_activation_calls_are(mon
     compiled = torch.compile(model, backend="aot_eager")
     health = attach(compiled, every=1)
     entered, layers = [], []
-    for window in range(3):
+    for _window in range(3):
         for _ in range(3):
             health.step()
             compiled(torch.randn(2, 2, 8)).sum().backward()
