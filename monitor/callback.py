@@ -23,16 +23,28 @@ from monitor.scheduler import kill_of
 log = logging.getLogger(__name__)
 
 
-def readable(result: dict) -> dict:
+_ITERATIONS: dict[str, int] = {}  # trial -> the last training_iteration its results had
+
+
+def readable(result: dict, trial: str | None = None) -> dict:
     """Make ``result`` readable by everything after this callback, in place: every reported
     number a float (``10**400`` is ``inf``, a tensor or ``Decimal`` its value), what is no
     signal left out (``heuristics.results.clean_result``; the scheduler has named it in a
     notice). Tune hands every callback, its own loggers after ours, the same dict: Ray's
-    TensorBoard logger, for one, raises on an integer beyond the float range."""
+    TensorBoard logger, for one, raises on an integer beyond the float range, and on a result
+    without ``training_iteration``, so a trial's own unreadable one (``2**63``) becomes the
+    one after ``trial``'s last."""
     cleaned, _ = clean_result(result)
     if cleaned is not result:
+        had = "training_iteration" in result
         result.clear()
         result.update(cleaned)
+        if had and "training_iteration" not in result:
+            result["training_iteration"] = _ITERATIONS.get(trial or "", 0) + 1
+    if trial is not None and type(result.get("training_iteration")) is int:
+        if len(_ITERATIONS) >= 100_000:
+            _ITERATIONS.clear()
+        _ITERATIONS[trial] = result["training_iteration"]
     return result
 
 
@@ -68,7 +80,8 @@ class HealthExporterCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         exporter = self.start()
         try:  # what a trial reports never stops the sweep (the scheduler notes the problems)
-            exporter.snapshot.update(self.experiment, trial.trial_id, readable(result))
+            exporter.snapshot.update(self.experiment, trial.trial_id,
+                                    readable(result, trial.trial_id))
         except Exception as exc:  # noqa: BLE001
             log.warning("the exporter could not take a result of %s (%s)", trial.trial_id,
                         describe(exc))
@@ -138,7 +151,7 @@ class RunStoreCallback(tune.Callback):
         self.writer.start(trial.trial_id, str(name), config)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        self.writer.add(trial.trial_id, readable(result))
+        self.writer.add(trial.trial_id, readable(result, trial.trial_id))
         kill = kill_of(self.writer.run, trial.trial_id)
         if kill is not None:  # Tune's own results and tables show why the trial stopped
             result["monitor_killed"] = kill["rule"]

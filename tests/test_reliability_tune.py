@@ -33,7 +33,8 @@ BAD = {  # what a trial reports at its 2nd iteration (``tune.report`` itself ref
     "array_nan": {"loss": np.array(float("nan"))},
 }
 ODD = {"loss": np.float16(0.5), "health": {"layers": "x", "model": {"power_loss": "loud"}},
-       "listy": [1, 2], "note": "text"}
+       "listy": [1, 2], "note": "text",
+       "training_iteration": 2 ** 63}  # a trial's own (Tune keeps it): Ray's loggers need one
 
 
 def trainable(config: dict) -> None:
@@ -61,8 +62,9 @@ def every_file(root: Path) -> list[Path]:
 
 def test_hostile_reports_and_no_secret_anywhere(ray_session, tmp_path, monkeypatch, capfd,
                                                 caplog):
-    """3, 7, 11 under Tune: every numeric type's NaN (and 10**400) is killed by divergence,
-    odd values are left out with a notice, the sweep ends with a summary. 1: with a password
+    """3, 4, 7, 11 under Tune: every numeric type's NaN (and 10**400) is killed by divergence,
+    odd values are left out with a notice (a trial's own training_iteration of 2**63 too: it
+    ended the sweep in Ray's TensorBoard logger), the sweep ends with a summary. 1: with a password
     in GRAFANA_URL and a token set, neither is in any file of the run (tuner.pkl included) nor
     in anything printed or logged, though every kill was posted (and failed)."""
     monkeypatch.setenv("GRAFANA_URL", f"http://admin:{SECRET}@127.0.0.1:9")
@@ -78,6 +80,7 @@ def test_hostile_reports_and_no_secret_anywhere(ray_session, tmp_path, monkeypat
                for t in killed)
     assert sum(t["iterations"] == 4 and not t.get("killed") for t in summary["trials"]) == 2
     assert any("health/layers" in n for n in summary["notices"]), summary["notices"]
+    assert any("training_iteration: expected a whole number" in n for n in summary["notices"])
     assert (mon.run_dir / "summary.json").exists() and mon.run_dir.joinpath("tuner.pkl").exists()
     assert "could not post the kill" in caplog.text and "***@127.0.0.1:9" in caplog.text
 
