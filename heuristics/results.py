@@ -141,6 +141,13 @@ def shown(x: Any) -> str:
 _shown = shown
 
 
+def visible(name: str) -> str:
+    """``name`` as a notice shows it: on one line, control characters as escapes."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in name)
+
+
 def _clean_signals(block: Any, where: str, problems: list[str]) -> dict[str, Any]:
     """``{name: float}`` of a mapping of signals; what is not one is dropped and said."""
     if not isinstance(block, Mapping):
@@ -158,7 +165,7 @@ def _clean_signals(block: Any, where: str, problems: list[str]) -> dict[str, Any
         elif (v := number(value)) is not None:
             out[key] = v
         elif value is not None:
-            problems.append(f"{where}/{key}: {_shown(value)} is not a number; ignored")
+            problems.append(f"{where}/{visible(key)}: {_shown(value)} is not a number; ignored")
     return out
 
 
@@ -183,7 +190,8 @@ def clean_health(health: Any, problems: list[str]) -> dict[str, Any] | None:
                     problems.append(f"health/layers: layer {_shown(layer)} is not a name "
                                     "(text without '/'); ignored")
                     continue
-                layers[layer] = _clean_signals(signals, f"health/layers/{layer}", problems)
+                layers[layer] = _clean_signals(signals, f"health/layers/{visible(layer)}",
+                                               problems)
             out["layers"] = layers
         elif key == "model":
             out["model"] = _clean_signals(value, "health/model", problems)
@@ -251,8 +259,8 @@ def clean_result(result: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         elif key.startswith("health/"):
             v = number(value)
             if not _health_key(key) or v is None:
-                problems.append(f"{key}: {_shown(value)} is not a signal of the health block "
-                                "(a number under health/layers/LAYER/SIGNAL or "
+                problems.append(f"{visible(key)}: {_shown(value)} is not a signal of the health "
+                                "block (a number under health/layers/LAYER/SIGNAL or "
                                 "health/model/SIGNAL); ignored")
                 drop = True
             elif kind is not float:
@@ -263,8 +271,8 @@ def clean_result(result: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         elif kind is not float and kind is not str and (v := number(value)) is not None:
             fixed = v
         elif (shape := _shape(value)) is not None:  # kept (the user's), but no signal
-            problems.append(f"{key}: an array of shape {shape} is not one number; the rules "
-                            "do not read it")
+            problems.append(f"{visible(key)}: an array of shape {shape} is not one number; "
+                            "the rules do not read it")
         if fixed is value and not drop:
             if (kind is float or kind is str) and key not in _SPECIAL \
                     and len(_CLEAN_KEYS) < 100_000:

@@ -151,7 +151,11 @@ class RunStoreCallback(tune.Callback):
         self.writer.start(trial.trial_id, str(name), config)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        self.writer.add(trial.trial_id, readable(result, trial.trial_id))
+        try:  # what a trial reports never stops the sweep (the scheduler notes the problems)
+            self.writer.add(trial.trial_id, readable(result, trial.trial_id))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("the run store could not take a result of %s (%s)", trial.trial_id,
+                        describe(exc))
         kill = kill_of(self.writer.run, trial.trial_id)
         if kill is not None:  # Tune's own results and tables show why the trial stopped
             result["monitor_killed"] = kill["rule"]

@@ -38,7 +38,7 @@ from heuristics.results import MAX_ITERATION, clean_result, text_ok, whole_numbe
 from heuristics.results import shown as _shown
 from heuristics.ruleset import RuleSet
 from heuristics.vocabulary import Vocabulary
-from monitor.console import console, one_line
+from monitor.console import CONTROL, console, one_line
 from monitor.console import plain as console_plain
 from monitor.durability import describe, note_loss
 from monitor.recording import StoreWriter
@@ -56,9 +56,9 @@ def check_report(metrics: object, trial: object, iteration: object) -> None:
     if not isinstance(metrics, Mapping):
         raise TypeError(f"LoopMonitor.report: metrics: expected a mapping of reported values "
                         f"(e.g. {{'loss': 0.31}}), got {_shown(metrics)} (trial {_shown(trial)})")
-    if not isinstance(trial, str) or not trial or not text_ok(trial):
-        raise ValueError(f"LoopMonitor.report: trial: expected a non-empty name (valid text), "
-                         f"got {_shown(trial)}")
+    if not isinstance(trial, str) or not trial or not text_ok(trial) or CONTROL.search(trial):
+        raise ValueError(f"LoopMonitor.report: trial: expected a non-empty name (valid text, "
+                         f"no control characters such as line breaks), got {_shown(trial)}")
     if iteration is not None and whole_number(iteration, MAX_ITERATION) is None:
         raise ValueError(f"LoopMonitor.report: iteration: expected a whole number from 0 to "
                          f"2**53, got {_shown(iteration)} (trial {_shown(trial)})")

@@ -209,10 +209,10 @@ class HeuristicScheduler(FIFOScheduler):
         self.controller.poll()  # rule changes asked for: swapped in between two results
         if self.stopped(trial.trial_id) is not None:
             return TrialScheduler.STOP  # stopped before a restart: never resumed, never twice
-        result, problems = clean_result(result)
-        if problems:
-            self._input_notices(trial.trial_id, problems)
         try:
+            result, problems = clean_result(result)
+            if problems:
+                self._input_notices(trial.trial_id, problems)
             with self.controller.lock:
                 return self._evaluate(tune_controller, trial, result)
         except Exception as exc:  # noqa: BLE001 - one trial's result never ends the sweep

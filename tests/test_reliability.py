@@ -143,6 +143,8 @@ def test_1_a_webhook_url_with_a_bad_port_never_breaks_a_kill(tmp_path, monkeypat
     out = capsys.readouterr()
     assert "MONITOR_ALERT_WEBHOOK" in caplog.text
     assert SECRET not in caplog.text + out.out + out.err
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files and not any(SECRET.encode() in p.read_bytes() for p in files)
 
 
 # -- 3, 7: every numeric type, every size -------------------------------------------------------
@@ -211,6 +213,7 @@ def test_7_a_finite_loss_of_any_type_is_read_as_its_value(tmp_path):
     (dict(metrics={"loss": 1.0}, iteration=torch.ones(4, 4)), "iteration: expected a whole"),
     (dict(metrics={"loss": 1.0}, trial="bad\udcff"), "trial: expected a non-empty name"),
     (dict(metrics={"loss": 1.0}, trial=7), "trial: expected a non-empty name"),
+    (dict(metrics={"loss": 1.0}, trial="two\nlines"), "trial: expected a non-empty name"),
 ])
 def test_4_11_13_a_bad_report_is_refused_and_close_still_works(tmp_path, call, expected):
     run = loop(tmp_path)

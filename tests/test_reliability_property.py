@@ -219,6 +219,10 @@ class _Driver:
         assert decision in (TrialScheduler.CONTINUE, TrialScheduler.STOP)
         for callback in self.mon.callbacks:
             callback.on_trial_result(0, self.trials, trial, result)
+        # Tune's own loggers come next, with the same dict: they index training_iteration and
+        # take numbers as floats (Ray's TensorBoard logger raised on both).
+        assert type(result.get("training_iteration")) is int
+        assert all(number(v) is None or type(v) in (float, int) for v in result.values())
         trial.run_metadata.last_result = result  # as Tune keeps it
         return decision
 
