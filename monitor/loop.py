@@ -96,13 +96,13 @@ class LoopMonitor:
                                               healthy_threshold=healthy_threshold)
         except USER_ERRORS as exc:  # uncaught: one line, no traceback
             raise one_line(exc) from None
-        self.engine = RuleEngine(spec.rules, experiment, budget, shadow, spec.vocabulary)
+        self.engine = RuleEngine(spec.rules, experiment, spec.budget, shadow, spec.vocabulary)
         self.coverage = SignalCoverage(self.engine.rules, spec.vocabulary)
         self.recorder = VerdictRecorder(spec.run_dir)
         self.ruleset = RuleSet(self.engine)  # the rules can change while it runs
         self.controller = RuleController(self.ruleset, spec.run_dir, self.recorder)
-        self.writer = StoreWriter(spec.run_dir, experiment, spec.name, spec.vocabulary, budget,
-                                  healthy_threshold)
+        self.writer = StoreWriter(spec.run_dir, experiment, spec.name, spec.vocabulary,
+                                  spec.budget, spec.healthy_threshold)
         self.exporter = None
         if exporter:
             from monitor.exporter import Exporter, ExporterError

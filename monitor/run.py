@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from heuristics.coverage import Applicability, Notice, applicability
-from heuristics.results import text_ok
+from heuristics.results import number, shown, text_ok, whole_number
 from heuristics.rules import BUILTIN_DIR, Rule, load_rules
 from heuristics.vocabulary import Vocabulary
 from monitor.console import CONTROL, one_line
@@ -107,9 +108,18 @@ class RunSpec:
                healthy_threshold: float | None = None, run_dir: str | Path | None = None,
                rules_base: Path | None = None) -> RunSpec:
         """Validate everything first (rules, vocabulary, budget), then create the directory."""
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
-                                   or budget < 1):
-            raise ValueError(f"budget: expected a positive number of iterations, got {budget!r}")
+        if budget is not None:
+            iterations = whole_number(budget)
+            if not iterations:
+                raise ValueError(f"budget: expected a positive number of iterations (a whole "
+                                 f"number below 2**53), got {shown(budget)}")
+            budget = iterations
+        if healthy_threshold is not None:
+            threshold = number(healthy_threshold)
+            if threshold is None or not math.isfinite(threshold):
+                raise ValueError(f"healthy_threshold: expected a finite number, got "
+                                 f"{shown(healthy_threshold)}")
+            healthy_threshold = threshold
         vocabulary = as_vocabulary(signals)
         loaded = as_rules(rules, rules_base)
         path = Path(run_dir).resolve() if run_dir else new_run_dir(experiment, storage)

@@ -75,10 +75,11 @@ class TuneMonitor:
         self.tune_storage = tune_storage.rstrip("/") if tune_storage else str(
             spec.run_dir.parent)
         self.scheduler = HeuristicScheduler(
-            spec.rules, spec.run_dir, experiment, budget, shadow=shadow, scheduler=scheduler,
+            spec.rules, spec.run_dir, experiment, spec.budget, shadow=shadow, scheduler=scheduler,
             run=spec.name, vocabulary=spec.vocabulary)
         self.store_callback = RunStoreCallback(spec.run_dir, experiment, spec.name,
-                                               spec.vocabulary, budget, healthy_threshold)
+                                               spec.vocabulary, spec.budget,
+                                               spec.healthy_threshold)
         self.exporter_callback = None
         if exporter:
             self.exporter_callback = HealthExporterCallback(

@@ -188,6 +188,29 @@ def test_3_a_reported_budget_beyond_any_iteration_is_ignored(tmp_path, budget):
     assert run.close()["kills"] == 1
 
 
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(budget=10 ** 400), "budget: expected a positive number of iterations"),
+    (dict(budget=2 ** 63), "budget: expected a positive number of iterations"),
+    (dict(budget=float("inf")), "budget: expected a positive number of iterations"),
+    (dict(healthy_threshold=float("nan")), "healthy_threshold: expected a finite number"),
+    (dict(healthy_threshold=10 ** 400), "healthy_threshold: expected a finite number"),
+])
+def test_3_a_budget_or_threshold_no_store_can_hold_is_refused(tmp_path, kwargs, expected):
+    """``budget=10**400`` was taken, then every write of the run store failed
+    (``OverflowError``: the run recorded nothing); now one line, before anything is made."""
+    with pytest.raises(ValueError, match=expected) as info:
+        monitor.LoopMonitor("rel", signals=VOCAB, rules=["builtin"], storage=tmp_path, **kwargs)
+    assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
+
+
+def test_3_a_budget_of_any_whole_numeric_type_is_taken(tmp_path):
+    run = monitor.LoopMonitor("rel", signals=VOCAB, rules=["builtin"], storage=tmp_path,
+                              budget=np.int64(10), healthy_threshold=np.float32(0.5))
+    healthy(run, "t", 2)
+    summary = run.close()
+    assert summary["trials"][0]["iterations"] == 2 and not summary["not_recorded"]
+
+
 def test_7_a_finite_loss_of_any_type_is_read_as_its_value(tmp_path):
     run = loop(tmp_path)
     for value in [np.float32(0.5), np.float16(0.25), np.array(0.125), torch.tensor(0.0625),
