@@ -5,9 +5,9 @@ dynamo *traces* the model and what they do becomes part of the graph. There they
 ``voice_monitor::observe(x, token, monitor, layer, unit_dim)``, an opaque custom operator that the
 graph keeps (it is declared to write ``token``, so it is never pruned as dead code) and that
 runs the same eager measurement on the activation the compiled code produced. Dynamo guards
-on the monitor's ``measuring`` flag, so a model compiles at most twice more: a graph for
-sampled steps, with the operator, and one for the others, without (nothing is measured there
-and nothing costs).
+on the monitor's ``measuring`` flag: a graph for sampled steps, with the operator, and one for
+the others, without (nothing is measured there and nothing costs); where the model makes no
+activation call, a sampled graph traced without the activation mode from the second window.
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ Two instruments, one result:
 An eager model is looked at with the mode on its first sampled forward and every
 ``PROBE_WINDOWS``-th window after, the wrappers in place as well: a watched call the mode sees
 and no wrapper does (a spelling bound before the forward) makes that monitor keep the mode.
-Otherwise its sampled forwards use the wrappers alone. A compiled model always uses the mode
-(its cost is paid once, while dynamo traces).
+Otherwise its sampled forwards use the wrappers alone. A compiled model uses the mode (dynamo
+traces through it; where the first window found no activation call, sampled steps run a graph
+traced without it: ``HealthMonitor._root_pre``).
 """
 
 from __future__ import annotations
