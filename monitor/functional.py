@@ -94,8 +94,8 @@ QUIET_TYPES: frozenset[type] = _quiet_types()
 
 class ActivationMode(TorchFunctionMode):
     """Hands the output of every watched activation function to ``monitor``; with
-    ``coverage`` (eager, the wrappers in place), a watched call that no wrapper made sets the
-    monitor's ``_uncovered``."""
+    ``coverage`` (eager, the wrappers in place), also whether a wrapper made the call (one it
+    measures that no wrapper made sets the monitor's ``_uncovered``)."""
 
     def __init__(self, monitor: HealthMonitor, coverage: bool = False) -> None:
         super().__init__()
@@ -108,9 +108,7 @@ class ActivationMode(TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         kind = WATCHED.get(func)
         if kind is not None and isinstance(out, torch.Tensor):
-            if self.coverage and not covered:
-                self.monitor._uncovered = True
-            self.monitor._functional(kind, out)
+            self.monitor._functional(kind, out, covered or not self.coverage)
         return out
 
 

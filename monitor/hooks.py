@@ -555,12 +555,15 @@ class HealthMonitor:
             return
         if self._watching:
             return  # a nested call of the root module: already watched
+        if not (self._functional_probing or self._functional_found
+                or self._functional_live):
+            return
         if self._functional_probing or self._uncovered:  # the mode sees every spelling
             watch(None)
             self._watching = 2
             self._mode = ActivationMode(self, coverage=True)
             self._mode.__enter__()
-        elif self._functional_found or self._functional_live:  # wrappers only
+        else:  # wrappers only
             watch(self)
             self._watching = 1
 
@@ -582,9 +585,10 @@ class HealthMonitor:
         if watching:
             unwatch(self if watching == 1 else None)
 
-    def _functional(self, kind: str, out: torch.Tensor) -> None:
+    def _functional(self, kind: str, out: torch.Tensor, covered: bool = True) -> None:
         """An activation function's output, from ``ActivationMode`` or the wrappers: named
-        after the innermost module running and the call's index there."""
+        after the innermost module running and the call's index there (``covered``: False
+        for a call the mode saw and no wrapper made)."""
         if not self._stack:
             return
         (module_name, hooked, last, names), counts = self._stack[-1]
@@ -606,6 +610,8 @@ class HealthMonitor:
             probe = self._new_functional(name, self._unit_dim(name, -1 if last else 1))
             if probe is None:
                 return
+        if not covered:
+            self._uncovered = True  # measured here, invisible to the wrappers: keep the mode
         self._functional_found = True
         (self._measure_untraced if self._compiled else self._measure)(probe, out)
 

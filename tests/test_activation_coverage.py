@@ -212,6 +212,36 @@ def test_after_the_first_look_the_wrappers_alone_see_every_call_and_leave_nothin
     health.close()
 
 
+class BoundGELU(nn.Module):
+    """An activation module that binds its function at construction, as transformers'
+    ``GELUActivation`` does: hooked as a module, its call is its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fn = F.gelu
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class BoundInsideHooked(Spellings):
+    def __init__(self) -> None:
+        super().__init__(bound=False)
+        self.act = BoundGELU()
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+def test_a_bound_call_inside_a_hooked_module_does_not_keep_the_mode():
+    torch.manual_seed(0)
+    model = BoundInsideHooked()
+    health = attach(model, every=1)
+    assert _modes_seen(model, health, 3) == [True, False, False]
+    assert set(health.collect()["layers"]) == {"act", "relu.0", "relu.1", "relu.2", "selu.0"}
+    health.close()
+
+
 def test_a_call_the_wrappers_cannot_see_keeps_the_mode():
     torch.manual_seed(0)
     model = Spellings(bound=True)
