@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -202,6 +203,9 @@ def clean_health(health: Any, problems: list[str]) -> dict[str, Any] | None:
     return out
 
 
+# A number formatted as text ("0.312", f"{loss:.3f}"): said in a notice, since no rule reads it.
+_NUMERIC_TEXT = re.compile(
+    r"\s*[-+]?(\d+\.?\d*(e[-+]?\d+)?|\.\d+(e[-+]?\d+)?|nan|inf(inity)?)\s*\Z", re.IGNORECASE)
 _CLEAN_KEYS: set[str] = set()  # plain keys already seen to be names (keys repeat)
 _SPECIAL = {"health", "training_iteration", "time_total_s"}
 
@@ -229,7 +233,7 @@ def clean_result(result: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     out: dict[str, Any] | None = None
     for key, value in result.items():
         kind = type(value)
-        if (kind is float or kind is str) and key in _CLEAN_KEYS:
+        if kind is float and key in _CLEAN_KEYS:
             continue
         fixed: Any = value
         drop = False
@@ -273,9 +277,12 @@ def clean_result(result: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         elif (shape := _shape(value)) is not None:  # kept (the user's), but no signal
             problems.append(f"{visible(key)}: an array of shape {shape} is not one number; "
                             "the rules do not read it")
+        elif kind is str and key not in BOOKKEEPING and _NUMERIC_TEXT.match(value):
+            problems.append(f"{visible(key)}: {_shown(value)} is text, not a number (report "
+                            "float(...)); the rules do not read it")
+            continue  # kept (the user's); notices say it once
         if fixed is value and not drop:
-            if (kind is float or kind is str) and key not in _SPECIAL \
-                    and len(_CLEAN_KEYS) < 100_000:
+            if kind is float and key not in _SPECIAL and len(_CLEAN_KEYS) < 100_000:
                 _CLEAN_KEYS.add(key)
             continue
         if out is None:

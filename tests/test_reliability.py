@@ -260,6 +260,7 @@ def test_4_11_13_a_bad_report_is_refused_and_close_still_works(tmp_path, call, e
     ({"loss": 1.0, "bad\udcffkey": 1.0}, None, "is not a name"),
     ({"loss": 1.0}, {"layers": {"bad\udcff": {"dead_ratio": 0.1}}}, "is not a name"),
     ({"loss": torch.ones(3), "val_loss": 1.0}, None, "loss: an array of shape (3,) is not one"),
+    ({"loss": "0.312", "val_loss": 1.0}, None, "loss: '0.312' is text, not a number"),
 ])
 def test_11_13_odd_parts_of_a_report_are_left_out_with_a_notice(tmp_path, metrics, health,
                                                                  notice):
