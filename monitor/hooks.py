@@ -480,8 +480,7 @@ class HealthMonitor:
         guards on ``_measuring`` instead, one graph with the measurement and one without)."""
         self._measuring = self._open and self._active and not self._paused
         armed = self._measuring or (self._compiled and self._open)
-        stacked = armed and (self._compiled or self._functional_probing
-                             or self._functional_found or self._functional_live)
+        stacked = armed and (self._compiled or self._looking)
         if self._armed == (armed, stacked):
             return  # nothing to move (a model has a slot per module: 2 x 70 for a ResNet)
         self._armed = (armed, stacked)
@@ -548,15 +547,13 @@ class HealthMonitor:
             # measurement of activation calls is in that graph) and guards on it. It also
             # costs a Python call per torch call of the graph's wrapper code; where the look
             # found no activation call, sampled steps run a graph traced without it.
-            if (self._functional_probing or self._functional_found
-                    or self._functional_live):
+            if self._looking:
                 self._mode = ActivationMode(self)
                 self._mode.__enter__()
             return
         if self._watching:
             return  # a nested call of the root module: already watched
-        if not (self._functional_probing or self._functional_found
-                or self._functional_live):
+        if not self._looking:
             return
         if self._functional_probing or self._uncovered:  # the mode sees every spelling
             watch(None)
@@ -579,6 +576,12 @@ class HealthMonitor:
             self._warned_empty = True
             log.warning("attach(%s): nothing to measure in its forward: no activation "
                         "module, recurrent layer or activation function call", self.model_name)
+
+    @property
+    def _looking(self) -> bool:
+        """Whether this window's sampled forwards watch activation calls: the mode's look,
+        or calls found in this window or the last."""
+        return self._functional_probing or self._functional_found or self._functional_live
 
     def _unwatch(self) -> None:
         watching, self._watching = self._watching, 0
