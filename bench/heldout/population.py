@@ -78,9 +78,12 @@ SPLITS = {"development": 0, "fresh": 500, "fresh2": 1000, "fresh3": 1500,
 # with revision 7 (2026-12-03); both were read afterwards, with development, to choose
 # revision 8. ``fresh3`` was declared and trained while revision 8 was being written (the
 # histories do not depend on the rules; none of it was read before the rules were committed),
-# and evaluated once after that (revision 8 at 4749e6a, 2026-12-03 19:19).
+# and evaluated once after that (revision 8 at 4749e6a, 2026-12-03 19:19); it was read
+# afterwards, with the three before it, to choose revision 9. ``fresh4`` was declared and
+# trained while revision 9 was being written (none of it read before the rules were
+# committed), to be evaluated once after that.
 ELSEWHERE_SPLITS = {"development": 7000, "fresh": 7500, "fresh2": 8000,
-                    "fresh3": 8500}  # seed offsets
+                    "fresh3": 8500, "fresh4": 9000}  # seed offsets
 ELSEWHERE = "elsewhere"  # its results directory below RESULTS
 
 
