@@ -198,3 +198,51 @@ def test_recorded_quiet_ttur_vocoders_of_fresh2_are_spared() -> None:
         stops = heuristic_stops(trials, BUILTIN)
         assert ttur not in stops, stops.get(ttur)  # stopped at 8 and 21 by revision 7
         assert not {t.name for t in trials if t.failure == "healthy"} & set(stops)
+
+
+# -- revision 9 ------------------------------------------------------------------------------------
+def stalling_sweep(kind: str) -> dict[str, list[dict[str, Any]]]:
+    """Five trials whose validation loss falls from 10 towards 2; trial t0 instead: ``stalls``
+    (its best at 14, then 0.8 worse and slowly worsening while the others improve), ``drifts``
+    (2 worse for 10 reports from 14, then back with the others), or ``converged`` (every trial
+    flat from 14: no new best anywhere, no outlier)."""
+    out = {}
+    for k in range(5):
+        rows = []
+        for it in range(1, 41):
+            v = 2 + 8 * math.exp(-it / 8) + 0.02 * math.sin(it + 2 * k)
+            if kind == "converged" and it > 14:
+                v = 2 + 8 * math.exp(-14 / 8) + 0.02 * math.sin(it + 2 * k)
+            if k == 0 and it > 14:
+                best = 2 + 8 * math.exp(-14 / 8)
+                if kind == "stalls":
+                    v = best + 0.8 + 0.02 * (it - 14)
+                elif kind == "drifts" and it <= 24:
+                    v = best + 2.0
+            rows.append({"training_iteration": it, "val": v})
+        out[f"t{k}"] = rows
+    return out
+
+
+def test_a_trial_that_stalls_while_its_siblings_improve_is_stopped_with_its_best_named() -> None:
+    engine = RuleEngine(BUILTIN, "x", 40, vocabulary=VAL)
+    # no new best from 15 on: at 26 the last 12 reports (15-26) are all below the best; held 8
+    assert feed(engine, stalling_sweep("stalls")) == {"t0": ("quality_stalled", 33)}
+    reason = engine.killed("t0")["reason"]
+    assert "no new best for more than 12 reports" in reason and "at iteration 14" in reason
+    # a drift of 10 reports that comes back, and a population converged together, are spared
+    for kind in ("drifts", "converged"):
+        assert feed(RuleEngine(BUILTIN, "x", 40, vocabulary=VAL), stalling_sweep(kind)) == {}
+
+
+def test_recorded_melgans_without_stft_loss_are_stopped_on_every_split_read() -> None:
+    # missed by revision 8 on all four splits: they lose 15-55 % of their gain, unevenly
+    for split in ("development", "fresh", "fresh2", "fresh3"):
+        directory = split_dir(split, which="elsewhere") / "histories"
+        trials = [as_trial(History.from_dict(json.loads(p.read_text())))
+                  for p in sorted(directory.glob("melgan__*.json"))]
+        stops = heuristic_stops(trials, BUILTIN)
+        rule, stop = stops["melgan/mel_off_wide_b4"]
+        assert rule == "quality_stalled" and 16 < stop <= 38, (split, rule, stop)  # onset 16
+        assert "quality_stalled" not in {rule for name, (rule, _) in stops.items()
+                                         if name != "melgan/mel_off_wide_b4"}

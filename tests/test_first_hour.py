@@ -120,7 +120,7 @@ def test_cli_checks_rules_against_roles_given_directly(tmp_path, capsys, monkeyp
     out, err = capsys.readouterr()
     assert "OK: 2 rules" in out
     line = next(x for x in out.splitlines() if x.startswith("With this vocabulary"))
-    assert line.startswith("With this vocabulary for experiment gan_x: 18 rules, 14 apply: ")
+    assert line.startswith("With this vocabulary for experiment gan_x: 19 rules, 15 apply: ")
     assert "GAN rules discriminator_overpowering, generator_outpaced" in line
     assert "yours: d_role_too_strong (see the warnings)" in line
     assert err.startswith("warning: rule d_role_too_strong refers to signal "
@@ -179,7 +179,7 @@ def test_a_loop_run_says_where_its_metrics_are_and_which_rules_run(tmp_path, cap
             lines = out.splitlines()
             assert lines[0] == f"Health metrics of {run.name}: {run.url} (Prometheus file_sd: " \
                 f"{tmp_path.resolve() / 'file_sd' / (run.name + '.json')})"
-            assert lines[1].startswith("Rules: 18 rules, 14 apply: divergence, ")
+            assert lines[1].startswith("Rules: 19 rules, 15 apply: divergence, ")
             assert "; 4 cannot fire here: GAN rules discriminator_overpowering, " \
                 "generator_outpaced (no generator_loss, discriminator_loss or adversarial_loss " \
                 "declared); discriminator_overpowering_lsgan (written for gan_loss: lsgan); " \
@@ -227,11 +227,11 @@ def test_tune_monitor_says_it_when_tune_starts_the_run(tmp_path, capsys):
         mon.store_callback.setup()  # what Tune calls when fit() starts
         out = capsys.readouterr().out
         assert out.startswith(f"Health metrics of {mon.name}: not served (exporter=False)\n"
-                              "Rules: 16 rules, 13 apply: ")
+                              "Rules: 17 rules, 14 apply: ")
         mon.store_callback.setup()  # a second start (a restore in this process) is quiet
         assert capsys.readouterr().out == ""
         mon.announce()  # still works, when asked
-        assert "Rules: 16 rules" in capsys.readouterr().out
+        assert "Rules: 17 rules" in capsys.readouterr().out
         import pickle
 
         assert pickle.loads(pickle.dumps(mon.store_callback)).banner is None
