@@ -137,8 +137,9 @@ def coverage_notices(population: dict[str, list[dict[str, Any]]],
 
 def test_a_small_sweep_is_told_once_when_its_population_rule_would_first_act() -> None:
     notices = coverage_notices({f"t{i}": gan(i) for i in range(3)})
-    assert [n.rule for n in notices] == ["generator_outpaced", "quality_regressed"]
-    assert "iteration 10" in notices[1].message  # its grace: 10 or 25 % of 40
+    assert [n.rule for n in notices] == ["generator_outpaced", "quality_regressed",
+                                         "quality_stalled"]
+    assert all("iteration 10" in n.message for n in notices[1:])  # grace: 10 or 25 % of 40
     text = notices[0].message
     assert "trial t0" in text and "iteration 8" in text  # grace: 5 or 20 % of 40
     assert "2 other trials" in text and "needs 3" in text
@@ -152,14 +153,14 @@ def test_survivors_below_the_minimum_are_told() -> None:
     population = {f"t{i}": gan(i) for i in range(3)}
     population["short"] = gan(9)[:10]  # stopped (or ended) at 10: fine until 12, then 2 left
     notices = coverage_notices(population)
-    assert len(notices) == 2 and all("iteration 13" in n.message for n in notices)
+    assert len(notices) == 3 and all("iteration 13" in n.message for n in notices)
 
 
 def test_a_rule_on_an_undeclared_role_gets_its_own_notice_not_this_one() -> None:
     mlp = Vocabulary(train_loss="loss", validation="val")
     coverage = SignalCoverage(BUILTIN, mlp, budget=40)
     # generator_outpaced reads adversarial_loss, undeclared here
-    assert set(coverage.population) == {"learning_undone", "quality_regressed"}
+    assert set(coverage.population) == {"learning_undone", "quality_regressed", "quality_stalled"}
 
 
 def test_a_loop_run_says_it_in_its_summary(tmp_path, capsys) -> None:
