@@ -81,7 +81,7 @@ SPLITS = {"development": 0, "fresh": 500, "fresh2": 1000, "fresh3": 1500,
 # and evaluated once after that (revision 8 at 4749e6a, 2026-12-03 19:19); it was read
 # afterwards, with the three before it, to choose revision 9. ``fresh4`` was declared and
 # trained while revision 9 was being written (none of it read before the rules were
-# committed), to be evaluated once after that.
+# committed), and evaluated once after that (revision 9 at 68c3e3e, 2026-12-03 22:02).
 ELSEWHERE_SPLITS = {"development": 7000, "fresh": 7500, "fresh2": 8000,
                     "fresh3": 8500, "fresh4": 9000}  # seed offsets
 ELSEWHERE = "elsewhere"  # its results directory below RESULTS
