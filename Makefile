@@ -45,11 +45,11 @@ bench-overhead: $(STAMP)
 	$(PY) -m bench.zoo.overhead --compiled
 
 prometheus: $(STAMP)
-	$(PY) -m monitor.prometheus_local
+	$(PY) -m monitor.serving.prometheus_local
 
 # routes the alerts of `ALERTMANAGER_ADDRESS=127.0.0.1:9093 make prometheus` to $ALERT_WEBHOOK_URL
 alertmanager: $(STAMP)
-	$(PY) -m monitor.alertmanager_local
+	$(PY) -m monitor.serving.alertmanager_local
 
 dashboards: $(STAMP)
 	$(PY) -m dashboards.build

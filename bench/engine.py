@@ -44,7 +44,7 @@ def result(i: int, layers: int, rng: random.Random) -> dict[str, float]:
 def measure(history: int, timed: int, layers: int) -> dict[str, float]:
     from ray.tune.experiment import Trial
 
-    from monitor.scheduler import HeuristicScheduler
+    from monitor.driver.scheduler import HeuristicScheduler
 
     rules = load_rules(["builtin"])
     vocab = Vocabulary(generator_loss="loss_g", discriminator_loss="loss_d",

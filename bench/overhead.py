@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
-from monitor.hooks import HealthMonitor
+from monitor.training.hooks import HealthMonitor
 from trainers.master import MASTER_DEFAULTS, MasterTraining
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"

@@ -11,9 +11,9 @@ iteration 1, then every one's iteration 2, ...), as a Tune run whose trials all 
 would, and each trial is one of its *group*'s (family or experiment) trials:
 
 * ``none``: no early stopping;
-* ``heuristic``: ``heuristics.engine.RuleEngine``, as ``monitor.scheduler.HeuristicScheduler``
-  uses it (one engine per experiment with its declared vocabulary; ``observe`` each flattened
-  result; a kill verdict stops the trial);
+* ``heuristic``: ``heuristics.engine.RuleEngine``, as
+  ``monitor.driver.scheduler.HeuristicScheduler`` uses it (one engine per experiment with its
+  declared vocabulary; ``observe`` each flattened result; a kill verdict stops the trial);
 * ``asha`` / ``median``: Ray Tune's ``ASHAScheduler`` and ``MedianStoppingRule`` (the settings of
   ``trainers.tune``), fed through ``on_trial_add``/``on_trial_result``/``on_trial_complete``
   with stub trials and a mock controller, on the group's metric and mode;
@@ -250,7 +250,7 @@ class RayScheduler(Policy):
 
 
 class Wrapped(Policy):
-    """The rules first, then a Ray scheduler (``monitor.scheduler.HeuristicScheduler`` with
+    """The rules first, then a Ray scheduler (``monitor.driver.scheduler.HeuristicScheduler`` with
     ``scheduler=``): a rule's kill removes the trial from the scheduler, as Tune does."""
 
     def __init__(self, rules: Heuristic, scheduler: RayScheduler) -> None:

@@ -35,9 +35,9 @@ from torch import nn
 from bench.overhead import Clock, device_description, interleave, summaries
 from bench.overhead import run as master_overhead
 from bench.store import SIGNALS, measure
-from monitor.exporter import Exporter
-from monitor.hooks import DEFAULT_EVERY, HealthMonitor
-from monitor.signals import CHUNK, release_scratch
+from monitor.serving.exporter import Exporter
+from monitor.training.hooks import DEFAULT_EVERY, HealthMonitor
+from monitor.training.signals import CHUNK, release_scratch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 GOALS = {"scrape_100_trials_s": 0.10, "scrape_1000_trials_s": 1.0, "store_results_per_s": 5000,

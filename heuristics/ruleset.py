@@ -11,7 +11,8 @@ Per rule name there is at most one armed version and one shadow candidate. A can
 its would-be kills and warnings (``shadow``) and stops nothing; ``arm`` makes it the acting
 version (the version it replaces is dropped), ``retire`` drops a version. Every accepted change
 is a new revision, and every verdict carries its rule's version (content hash) and the revision.
-The whole class does no I/O: the driver (``monitor.rulechanges``) records and persists changes.
+The whole class does no I/O: the driver (``monitor.driver.rulechanges``) records and persists
+changes.
 """
 
 from __future__ import annotations

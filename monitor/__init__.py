@@ -11,7 +11,11 @@ The public API:
 * ``check_rules(rules=..., signals=Vocabulary(...))``: before a run, the rules that cannot act.
 
 Layers (enforced by import-linter): ``trainers`` and ``bench`` use ``monitor``, which uses
-``heuristics`` (rules, engine, vocabulary) and ``dashboards``; never the other way.
+``heuristics`` (rules, engine, vocabulary) and ``dashboards``; never the other way. Inside,
+grouped by where the code runs: ``monitor.cli`` -> ``after`` (reads a finished run) ->
+``driver`` (decides, records) -> ``serving`` (Prometheus, Grafana, Alertmanager, webhook) |
+``store`` (the run store) | ``training`` (hooks, signals) -> the shared modules (``console``,
+``durability``, ``faults``, ``paths``, ``redaction``).
 """
 
 from __future__ import annotations
@@ -21,17 +25,17 @@ from typing import TYPE_CHECKING, Any
 from heuristics.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
-    from monitor.hooks import HealthMonitor, attach
-    from monitor.loop import Decision, LoopMonitor
-    from monitor.run import check_rules
-    from monitor.tuning import TuneMonitor
+    from monitor.driver.loop import Decision, LoopMonitor
+    from monitor.driver.run import check_rules
+    from monitor.driver.tuning import TuneMonitor
+    from monitor.training.hooks import HealthMonitor, attach
 
 __all__ = ["Decision", "HealthMonitor", "LoopMonitor", "TuneMonitor", "Vocabulary", "attach",
            "check_rules"]
 
-_LAZY = {"HealthMonitor": "monitor.hooks", "attach": "monitor.hooks",
-         "LoopMonitor": "monitor.loop", "Decision": "monitor.loop",
-         "TuneMonitor": "monitor.tuning", "check_rules": "monitor.run"}
+_LAZY = {"HealthMonitor": "monitor.training.hooks", "attach": "monitor.training.hooks",
+         "LoopMonitor": "monitor.driver.loop", "Decision": "monitor.driver.loop",
+         "TuneMonitor": "monitor.driver.tuning", "check_rules": "monitor.driver.run"}
 
 
 def __getattr__(name: str) -> Any:

@@ -12,8 +12,8 @@ from pathlib import Path
 from rich.table import Table
 
 from monitor.console import console, print_error, print_warning, print_wide, safe
+from monitor.driver.summary import plain
 from monitor.paths import runs_dir
-from monitor.summary import plain
 
 FAILURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")  # as a rule's labels.failure
 
@@ -171,11 +171,11 @@ def _rules_list(args: argparse.Namespace) -> int:
 
 def _rules_request(args: argparse.Namespace, op: str, **payload) -> int:
     """Send a rule change to the driver of a run and print its one-line answer (changing the
-    rules of a running sweep: ``monitor.rulechanges``)."""
-    from monitor.report import find_run
-    from monitor.rulechanges import Requests, user_name
+    rules of a running sweep: ``monitor.driver.rulechanges``)."""
+    from monitor.after.report import find_run
+    from monitor.driver.rulechanges import Requests, user_name
+    from monitor.driver.verdicts import RunLock
     from monitor.store import StoreError
-    from monitor.verdicts import RunLock
 
     try:
         run_dir = find_run(args.storage, args.run)
@@ -220,9 +220,9 @@ def _rules_apply(args: argparse.Namespace) -> int:
     from heuristics.rules import RuleErrors, load_rules_text
     from heuristics.vocabulary import Vocabulary
     from heuristics.yamlfile import ConfigError, read_text
-    from monitor.report import find_run, reading
-    from monitor.rulechanges import RuleChangeError, check_against_run, one_line
-    from monitor.store import StoreError
+    from monitor.after.report import find_run
+    from monitor.driver.rulechanges import RuleChangeError, check_against_run, one_line
+    from monitor.store import StoreError, reading
 
     try:  # checked here first, so that a bad file is refused even with no driver up
         text = read_text(args.file, "a rule file")
@@ -250,8 +250,8 @@ def _rules_retire(args: argparse.Namespace) -> int:
 
 
 def _rules_status(args: argparse.Namespace) -> int:
-    from monitor.report import find_run
-    from monitor.rulestatus import build, print_table
+    from monitor.after.report import find_run
+    from monitor.driver.rulestatus import build, print_table
     from monitor.store import StoreError
 
     try:
@@ -267,9 +267,9 @@ def _rules_status(args: argparse.Namespace) -> int:
 
 
 def _rules_export(args: argparse.Namespace) -> int:
+    from monitor.after.report import find_run
+    from monitor.driver.rulestatus import export
     from monitor.durability import write_atomic
-    from monitor.report import find_run
-    from monitor.rulestatus import export
     from monitor.store import StoreError
 
     try:
@@ -291,7 +291,7 @@ def _rules_export(args: argparse.Namespace) -> int:
 
 
 def _kill_report(args: argparse.Namespace) -> int:
-    from monitor import report, report_page
+    from monitor.after import report, report_page
     from monitor.store import StoreError
 
     try:
@@ -316,14 +316,14 @@ def _kill_report(args: argparse.Namespace) -> int:
 
 
 def _run_dirs(args: argparse.Namespace) -> list[Path]:
-    from monitor.report import find_run
+    from monitor.after.report import find_run
 
     return [find_run(args.storage, e) for e in (args.experiments or [None])]
 
 
 def _label(args: argparse.Namespace) -> int:
-    from monitor.replay import known_failures, label
-    from monitor.report import find_run
+    from monitor.after.replay import known_failures, label
+    from monitor.after.report import find_run
     from monitor.store import StoreError
 
     if args.healthy == bool(args.failure):
@@ -355,8 +355,8 @@ def _label(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from heuristics.rules import RuleErrors, load_rules
-    from monitor.replay import print_table as replay_table
-    from monitor.replay import replay
+    from monitor.after.replay import print_table as replay_table
+    from monitor.after.replay import replay
     from monitor.store import StoreError
 
     try:
@@ -376,7 +376,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from monitor import calibrate
+    from monitor.after import calibrate
     from monitor.store import StoreError
 
     try:
@@ -408,7 +408,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _dashboards_push(args: argparse.Namespace) -> int:
     import os
 
-    from monitor.grafana import GrafanaError, push
+    from monitor.serving.grafana import GrafanaError, push
 
     url = args.url or os.environ.get("GRAFANA_URL", "")
     try:

@@ -23,13 +23,18 @@ crash of the driver loses at most the samples of the last unflushed batch, never
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
+import os
 import sqlite3
+import stat
 import struct
 import sys
 from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -545,3 +550,79 @@ class RunStore:
             for pos, layer in layouts[layout]:
                 out.setdefault(layer, []).append((iteration, values[pos]))
         return out
+
+
+# -- reading a run: read-only, for the reports, ``monitor rules status`` and the rule
+# controller (a store on read-only media is read, a damaged one is a ``StoreError``) ------
+
+def store_path(run_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    return path / STORE_FILE if path.is_dir() or path.suffix != ".sqlite" else path
+
+
+def open_store(run_dir: str | Path) -> RunStore:
+    """The run store of ``run_dir`` opened read-only; ``StoreError`` (one line, naming the
+    file) when it is missing, not a regular file, or not a readable store."""
+    path = store_path(run_dir)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no run store here (was the experiment run with this "
+                         "version?)") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the run store ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise StoreError(f"{path}: not a regular file; expected a run store (SQLite database)")
+    if "readonly" in inspect.signature(RunStore).parameters:
+        return RunStore(path, create=False, readonly=True)
+    return _readonly_store(path)
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection: ``mode=ro``; where SQLite cannot create the WAL index next to
+    the file (a read-only directory or medium), ``immutable=1``, which needs no other file."""
+    uri = path.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError as exc:
+        if "unable to open" not in str(exc):
+            raise
+    db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+    db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return db
+
+
+def _readonly_store(path: Path) -> RunStore:
+    """A ``RunStore`` for reading over a read-only connection (until ``RunStore`` offers one
+    itself)."""
+    try:
+        db = _connect_readonly(path)
+        db.create_function("f64", 2, _f64, deterministic=True)
+        kinds = dict(db.execute("SELECT name, type FROM sqlite_master WHERE name IN "
+                                "('samples', 'results')").fetchall())
+        if kinds.get("samples") == "table":
+            raise StoreError(f"{path}: a run store of an older format (one row per sample); "
+                             "record the run again with this version")
+        db.execute("SELECT count(*) FROM trials").fetchone()
+        db.execute("SELECT count(*) FROM results").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: damaged or not a run store ({exc})") from None
+    store = object.__new__(RunStore)
+    store.__dict__.update(path=path, batch_size=1, _pending=[], _pending_samples=0, _names={},
+                          _series={}, _trial_keys={}, _layouts={}, db=db)
+    return store
+
+
+@contextmanager
+def reading(run_dir: str | Path) -> Iterator[RunStore]:
+    """``with reading(run_dir) as store:`` read-only; a damaged store (SQLite or JSON errors
+    while reading) raises ``StoreError`` naming the file. Keep only reads in the block."""
+    store = open_store(run_dir)
+    try:
+        yield store
+    except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{store.path}: damaged or not a run store ({exc})") from None
+    finally:
+        store.db.close()

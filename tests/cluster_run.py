@@ -16,7 +16,7 @@ import ray
 from ray import tune
 from ray.cluster_utils import Cluster
 
-from monitor import exporter as exporter_module
+from monitor.serving import exporter as exporter_module
 from trainers import experiment
 from trainers import tune as runner
 

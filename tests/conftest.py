@@ -103,7 +103,7 @@ def master_runs():
 def hook_path(request, monkeypatch):
     """Run a hook test on both CPU paths: the one-pass compiled kernel and the vectorised
     PyTorch ops (accelerators, and where numba cannot load)."""
-    from monitor.signals import fused
+    from monitor.training.signals import fused
 
     if request.param == "vectorised":
         monkeypatch.setattr(fused, "available", lambda: False)

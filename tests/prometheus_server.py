@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from monitor import alertmanager_local
-from monitor.prometheus_local import config_text
+from monitor.serving import alertmanager_local
+from monitor.serving.prometheus_local import config_text
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from bench.zoo.coverage import call_sites, reported
 from bench.zoo.models import ZOO, build
-from monitor.hooks import attach
+from monitor.training.hooks import attach
 
 BY_NAME = {e.name: e for e in ZOO}
 
@@ -122,7 +122,7 @@ def test_attach_before_compiling_sees_the_layers_with_bounded_recompiles():
 
 def test_a_module_without_activations_is_named_at_attach_and_after_its_forward(caplog):
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
-    with caplog.at_level(logging.WARNING, logger="monitor.hooks"):
+    with caplog.at_level(logging.WARNING, logger="monitor.training.hooks"):
         health = attach(model, every=1)
         assert "attach(Sequential): no activation module or recurrent layer" in caplog.text
         health.step()
@@ -305,7 +305,7 @@ def test_compiled_sampled_steps_run_the_mode_only_where_activation_calls_are(mon
     in the graph traced through it)."""
     from torch._dynamo.utils import counters
 
-    from monitor import hooks
+    from monitor.training import hooks
 
     class Counting(hooks.ActivationMode):
         entered = 0

@@ -15,10 +15,10 @@ import yaml
 
 import monitor
 from dashboards import alert_rules_file
-from monitor import alertmanager_local
-from monitor.exporter import SignalSnapshot
-from monitor.prometheus_local import config_text
-from monitor.verdicts import VerdictRecorder
+from monitor.driver.verdicts import VerdictRecorder
+from monitor.serving import alertmanager_local
+from monitor.serving.exporter import SignalSnapshot
+from monitor.serving.prometheus_local import config_text
 from tests.prometheus_server import AlertmanagerServer, PrometheusServer, Webhook
 from tests.test_api import VOCAB, train_mlp
 

@@ -14,7 +14,7 @@ from heuristics.coverage import SignalCoverage, undeclared
 from heuristics.expr import LAYER_SIGNALS
 from heuristics.results import observe
 from heuristics.rules import load_rules
-from monitor.run import RunSpec, new_run_dir
+from monitor.driver.run import RunSpec, new_run_dir
 from monitor.store import RunStore
 
 VOCAB = monitor.Vocabulary(train_loss="loss", validation="val_loss", mode="min")
@@ -199,7 +199,7 @@ def test_a_store_that_cannot_be_written_degrades_and_kills_go_on(tmp_path, monke
     verdict, the summary says what was not recorded."""
     import sqlite3
 
-    from monitor import recording, verdicts
+    from monitor.driver import recording, verdicts
 
     run = monitor.LoopMonitor("mlp", signals=VOCAB, rules=["builtin"], budget=6,
                               storage=tmp_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dashboards import build
-from monitor.grafana import GrafanaError, KillAnnotator, load_dashboards, push
+from monitor.serving.grafana import GrafanaError, KillAnnotator, load_dashboards, push
 from tests.prometheus_server import PrometheusServer, free_port
 from trainers import experiment
 from trainers import tune as runner

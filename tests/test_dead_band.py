@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monitor.hooks import attach
-from monitor.signals.units import dead_band
+from monitor.training.hooks import attach
+from monitor.training.signals.units import dead_band
 
 
 class Biased(nn.Module):

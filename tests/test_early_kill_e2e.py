@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from monitor.rulestate import RuleStateStore
+from monitor.driver.rulestate import RuleStateStore
+from monitor.driver.verdicts import VerdictLog
 from monitor.store import RunStore
-from monitor.verdicts import VerdictLog
 from trainers import experiment
 from trainers import tune as runner
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from heuristics.vocabulary import Vocabulary
-from monitor.exporter import Exporter, ExporterError, HealthCollector, SignalSnapshot
+from monitor.serving.exporter import Exporter, ExporterError, HealthCollector, SignalSnapshot
 
 VOCAB = Vocabulary(generator_loss="loss_g", discriminator_loss="loss_d", validation="val_logmel",
                    grad_norm="grad_norm", step_time_s="step_time_s", role="master")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from monitor.exporter import Exporter
+from monitor.serving.exporter import Exporter
 from tests.prometheus_server import PrometheusServer
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,

@@ -16,7 +16,13 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitor.exporter import Exporter, ExporterError, HealthCollector, SignalSnapshot, parse_port
+from monitor.serving.exporter import (
+    Exporter,
+    ExporterError,
+    HealthCollector,
+    SignalSnapshot,
+    parse_port,
+)
 
 SIGNALS = ("dead_ratio", "evergreen_ratio", "healthy_ratio", "activation_std",
            "activation_mean", "nonfinite_count")
@@ -128,7 +134,7 @@ def test_port_in_use_is_one_clear_error():
 
 def test_wildcard_bind_warns_and_announces_a_reachable_target(tmp_path, caplog):
     exporter = Exporter("e", "e_any", host="0.0.0.0", sd_dir=tmp_path)
-    with caplog.at_level(logging.WARNING, logger="monitor.exporter"):
+    with caplog.at_level(logging.WARNING, logger="monitor.serving.exporter"):
         port = exporter.start()
     try:
         assert "every interface" in caplog.text

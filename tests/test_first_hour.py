@@ -16,7 +16,7 @@ import monitor
 from heuristics.engine import RuleEngine
 from heuristics.rules import RuleErrors, load_rules, rule_version
 from monitor.cli import main
-from monitor.rulechanges import RuleChangeError, check_against_run
+from monitor.driver.rulechanges import RuleChangeError, check_against_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = monitor.Vocabulary(train_loss="loss", validation="val_loss")

@@ -1,6 +1,6 @@
-"""The one-pass CPU kernels (monitor/signals/fused.py) against a slow reference: windows that
-reuse their arrays, outputs that change shape or dtype within a window, NaN after the first
-step, float64 and channel layouts, and the fallback where the kernels cannot compile."""
+"""The one-pass CPU kernels (monitor/training/signals/fused.py) against a slow reference:
+windows that reuse their arrays, outputs that change shape or dtype within a window, NaN after
+the first step, float64 and channel layouts, and the fallback where the kernels cannot compile."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from monitor.hooks import HealthMonitor
-from monitor.signals import fused
+from monitor.training.hooks import HealthMonitor
+from monitor.training.signals import fused
 from tests.test_scale_hooks import reference
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason=fused.unavailable_reason())

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from monitor.hooks import HealthMonitor, attach
-from monitor.signals.power import power_db, power_loss, power_spectrum
+from monitor.training.hooks import HealthMonitor, attach
+from monitor.training.signals.power import power_db, power_loss, power_spectrum
 
 pytestmark = pytest.mark.usefixtures("hook_path")
 

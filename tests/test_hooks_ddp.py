@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from monitor.hooks import attach
+from monitor.training.hooks import attach
 
 
 def _free_port() -> int:

@@ -7,13 +7,13 @@ import logging
 import torch
 from torch import nn
 
-from monitor.hooks import attach
+from monitor.training.hooks import attach
 
 
 def test_a_missing_step_is_named_once(caplog):
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
     health = attach(model)
-    with caplog.at_level(logging.WARNING, logger="monitor.hooks"):
+    with caplog.at_level(logging.WARNING, logger="monitor.training.hooks"):
         for _ in range(3):
             model(torch.randn(2, 4))
         assert health.collect()["layers"] == {}
@@ -28,7 +28,7 @@ def test_a_missing_step_is_named_once(caplog):
 def test_no_warning_when_step_is_called(caplog):
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
     health = attach(model, every=1)
-    with caplog.at_level(logging.WARNING, logger="monitor.hooks"):
+    with caplog.at_level(logging.WARNING, logger="monitor.training.hooks"):
         health.step()
         model(torch.randn(2, 4))
         assert "1" in health.collect()["layers"]

@@ -21,11 +21,11 @@ from heuristics.engine import RuleEngine
 from heuristics.expr import MAX_DEPTH, MAX_NODES, parse
 from heuristics.rules import RuleErrors, load_rules
 from monitor import console as console_module
-from monitor import report, report_page
+from monitor.after import report, report_page
+from monitor.after.replay import print_table as print_replay
+from monitor.after.replay import replay
 from monitor.cli import main
 from monitor.console import plain, safe
-from monitor.replay import print_table as print_replay
-from monitor.replay import replay
 from monitor.store import RunStore, StoreError
 
 RULE = """\

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
+from monitor.driver.verdicts import VerdictLog
 from monitor.faults import POINTS
 from monitor.store import RunStore
-from monitor.verdicts import VerdictLog
 
 EXP = """\
 trainer: master

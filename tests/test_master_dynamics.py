@@ -59,7 +59,7 @@ def clip_db(report: dict) -> float:
     import base64
     import io
 
-    from monitor.audio_samples import AUDIO_KEY, read_wav
+    from monitor.training.audio_samples import AUDIO_KEY, read_wav
 
     samples, _ = read_wav(io.BytesIO(base64.b64decode(report[AUDIO_KEY])))
     return 10 * math.log10(max(float((samples ** 2).mean()), 1e-12))

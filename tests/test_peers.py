@@ -250,7 +250,7 @@ def test_recorded_cnn_batchnorm_shift_is_caught_a_report_after_its_onset() -> No
 def test_the_rule_state_store_keeps_every_population_input_across_a_restart(tmp_path) -> None:
     """The store prunes records no window reads; a trial's population inputs stay whole, so
     trials run one after another still compare with the whole of the earlier ones."""
-    from monitor.rulestate import RuleStateStore
+    from monitor.driver.rulestate import RuleStateStore
 
     population = gan_population(jump_at=16)
     engine = RuleEngine(BUILTIN, "gan", 40, vocabulary=HINGE)

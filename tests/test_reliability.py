@@ -24,15 +24,16 @@ import torch
 
 import monitor
 from heuristics.rules import parse_grace
-from monitor import durability, report
+from monitor import durability
+from monitor.after import report
 from monitor.cli import main as cli
+from monitor.driver.rulestate import RuleStateStore
+from monitor.driver.run import StorageError, new_run_dir
+from monitor.driver.verdicts import VerdictLog, VerdictRecorder
 from monitor.durability import DISK_FULL_ENV, write_atomic
-from monitor.exporter import Exporter, ExporterError
-from monitor.grafana import KillAnnotator, redact
-from monitor.rulestate import RuleStateStore
-from monitor.run import StorageError, new_run_dir
+from monitor.serving.exporter import Exporter, ExporterError
+from monitor.serving.grafana import KillAnnotator, redact
 from monitor.store import RunStore
-from monitor.verdicts import VerdictLog, VerdictRecorder
 
 VOCAB = monitor.Vocabulary(train_loss="loss", validation="val_loss", mode="min")
 SECRET = "s3cretPASS"
@@ -120,7 +121,7 @@ REDACTED = {  # every form a URL may take, and what may be shown of it
 
 @pytest.mark.parametrize("url", sorted(REDACTED))
 def test_1_2_12_one_redaction_parses_every_form(url):
-    from monitor import webhook
+    from monitor.serving import webhook
 
     assert redact(url) == REDACTED[url]
     shown = webhook.shown(url)  # webhook URLs: not even the path
@@ -324,7 +325,7 @@ def test_5_a_record_of_another_shape_in_the_rule_state(tmp_path, caplog, bad, ex
     from ray.tune.schedulers import TrialScheduler
 
     from heuristics.rules import load_rules
-    from monitor.scheduler import HeuristicScheduler
+    from monitor.driver.scheduler import HeuristicScheduler
 
     def scheduler() -> HeuristicScheduler:
         sched = HeuristicScheduler(load_rules(["builtin"]), tmp_path, "exp", budget=20,

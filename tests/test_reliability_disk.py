@@ -26,10 +26,11 @@ from ray.tune.schedulers import TrialScheduler
 
 import monitor
 from heuristics.rules import load_rules
-from monitor import durability, rulestate, store, verdicts
-from monitor.scheduler import HeuristicScheduler
+from monitor import durability, store
+from monitor.driver import rulestate, verdicts
+from monitor.driver.scheduler import HeuristicScheduler
+from monitor.driver.verdicts import VerdictLog
 from monitor.store import RunStore
-from monitor.verdicts import VerdictLog
 
 VOCAB = monitor.Vocabulary(train_loss="loss", validation="val_loss", mode="min")
 SIZE = "8m"

@@ -15,10 +15,10 @@ import pytest
 from ray import tune
 
 import monitor
+from monitor.driver.summary import summarise
+from monitor.driver.verdicts import VerdictLog
 from monitor.durability import DISK_FULL_ENV
 from monitor.store import RunStore
-from monitor.summary import summarise
-from monitor.verdicts import VerdictLog
 
 pytestmark = pytest.mark.slow
 SECRET = "s3cretPASS"

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 import monitor
-from monitor import audio_samples
-from monitor.audio_samples import AUDIO_KEY, REFERENCE_KEY
 from monitor.cli import main
+from monitor.training import audio_samples
+from monitor.training.audio_samples import AUDIO_KEY, REFERENCE_KEY
 from tests.browser import Browser, find_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_piped_kill_report_keeps_whole_rows(early_kill_run):
 
 
 def test_names_from_the_run_are_drawn_verbatim():
-    from monitor import report_plots
+    from monitor.after import report_plots
 
     hostile = ["_hidden", "cost $5 a $b$", "esc\x1b[2J"]
     uri = report_plots.metric_over_time("val", {n: {"points": [(1, 1.0), (2, 0.5)]}
@@ -157,7 +157,7 @@ def test_names_from_the_run_are_drawn_verbatim():
 
 
 def test_stopped_trials_are_compared_first_then_the_best():
-    from monitor.report_page import _compared_first
+    from monitor.after.report_page import _compared_first
 
     rows = [{"trial": t, "status": s, "final_metric": m} for t, s, m in (
         ("a", "TERMINATED", 2.0), ("b", "KILLED", None), ("c", "TERMINATED", 1.0),

@@ -21,11 +21,11 @@ from heuristics.rules import (
     rule_version,
 )
 from heuristics.ruleset import RuleSet
-from monitor import report
+from monitor.after import report
 from monitor.cli import main as cli
-from monitor.rulechanges import POLL_S, Requests, RuleChangeError, RuleController
+from monitor.driver.rulechanges import POLL_S, Requests, RuleChangeError, RuleController
+from monitor.driver.verdicts import VerdictRecorder
 from monitor.store import RunStore
-from monitor.verdicts import VerdictRecorder
 
 RULE = """\
 groups:

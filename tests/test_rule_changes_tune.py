@@ -21,8 +21,8 @@ from ray import tune
 
 import monitor
 from heuristics.rules import BUILTIN_DIR
-from monitor.rulechanges import RuleChangeError
-from monitor.scheduler import live
+from monitor.driver.rulechanges import RuleChangeError
+from monitor.driver.scheduler import live
 from monitor.store import RunStore
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from monitor.hooks import DEFAULT_EVERY, HealthMonitor, attach
-from monitor.signals import FOLD_AT, release_scratch
-from monitor.signals.units import module_dead_band
+from monitor.training.hooks import DEFAULT_EVERY, HealthMonitor, attach
+from monitor.training.signals import FOLD_AT, release_scratch
+from monitor.training.signals.units import module_dead_band
 from tests.test_hooks import Net, check, record
 
 pytestmark = pytest.mark.usefixtures("hook_path")
@@ -242,7 +242,7 @@ class MixedSmallLayers(nn.Module):
 
 
 def test_batches_split_at_the_limit_and_mixed_signs_match_reference(monkeypatch):
-    from monitor import hooks
+    from monitor.training import hooks
 
     monkeypatch.setattr(hooks, "CHUNK", 256)  # three 5 x 16 layers per batch
     monkeypatch.setattr(hooks.SmallLayerBatch, "LIMIT", 256)

@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from monitor import calibrate
+from monitor.after import calibrate
 from monitor.store import RunStore, StoreError, result_rows
 
 TUNE_KEYS = {"timestamp": 1.7e9, "time_this_iter_s": 0.5, "pid": 4242, "time_since_restore": 3.0,

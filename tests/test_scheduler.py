@@ -11,10 +11,10 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from heuristics.rules import load_rules
-from monitor.exporter import Exporter
-from monitor.rulestate import RuleStateStore
-from monitor.scheduler import HeuristicScheduler
-from monitor.verdicts import VerdictLog
+from monitor.driver.rulestate import RuleStateStore
+from monitor.driver.scheduler import HeuristicScheduler
+from monitor.driver.verdicts import VerdictLog
+from monitor.serving.exporter import Exporter
 
 RULES = """\
 groups:

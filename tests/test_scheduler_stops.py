@@ -13,14 +13,14 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
 
 from heuristics.vocabulary import Vocabulary
-from monitor import report, report_page
+from monitor.after import report, report_page
 from monitor.cli import main
-from monitor.exporter import Exporter
-from monitor.recording import StoreWriter
-from monitor.scheduler import HeuristicScheduler, kill_of
+from monitor.driver.recording import StoreWriter
+from monitor.driver.scheduler import HeuristicScheduler, kill_of
+from monitor.driver.summary import print_summary, summarise
+from monitor.driver.verdicts import VerdictLog
+from monitor.serving.exporter import Exporter
 from monitor.store import RunStore
-from monitor.summary import print_summary, summarise
-from monitor.verdicts import VerdictLog
 
 VOCAB = Vocabulary(train_loss="loss", validation="val_loss", mode="min")
 

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from heuristics.rules import load_rules
-from monitor import calibrate, report
+from monitor.after import calibrate, report
+from monitor.after.replay import replay
 from monitor.cli import main
-from monitor.replay import replay
 from monitor.store import RunStore, StoreError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monitor.audio_samples import AUDIO_KEY, REFERENCE_KEY
+from monitor.training.audio_samples import AUDIO_KEY, REFERENCE_KEY
 from trainers.master import MasterTraining
 from trainers.student import StudentTraining
 

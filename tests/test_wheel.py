@@ -213,7 +213,7 @@ def test_dashboards_and_provisioning_come_with_the_package(wheel_env):
     out, _ = wheel_env.run_python("""
         import json
         import dashboards
-        from monitor.grafana import load_dashboards
+        from monitor.serving.grafana import load_dashboards
         prov = dashboards.provisioning_dir()
         print(json.dumps({"json": [str(p) for p in dashboards.dashboard_files()],
                           "uids": [m["uid"] for m in load_dashboards()],
@@ -255,7 +255,7 @@ def test_runs_dir_is_the_environment_or_runs_of_the_current_directory(tmp_path, 
 
 
 def test_pushing_from_a_directory_without_dashboards_is_an_error(tmp_path):
-    from monitor.grafana import GrafanaError, load_dashboards
+    from monitor.serving.grafana import GrafanaError, load_dashboards
 
     with pytest.raises(GrafanaError, match="no dashboard JSON files"):
         load_dashboards(tmp_path)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from heuristics.vocabulary import Vocabulary
 from heuristics.yamlfile import ConfigError, line_of, load_yaml
-from monitor.run import check_name
+from monitor.driver.run import check_name
 from trainers.config import ConfigKeyError, merge_config
 from trainers.master import MASTER_DEFAULTS
 from trainers.student import STUDENT_DEFAULTS

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from monitor.hooks import HealthMonitor
-from monitor.signals.power import power_loss, power_spectrum
+from monitor.training.hooks import HealthMonitor
+from monitor.training.signals.power import power_loss, power_spectrum
 from trainers import voices
 from trainers.audio import log_mel_distance, spectral_reconstruction
 from trainers.config import merge_config

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from monitor.hooks import HealthMonitor
+from monitor.training.hooks import HealthMonitor
 from trainers import voices
 from trainers.audio import log_mel_distance, spectral_reconstruction
 from trainers.config import merge_config

@@ -21,10 +21,10 @@ from rich.table import Table
 from heuristics.rules import RuleErrors
 from heuristics.yamlfile import ConfigError
 from monitor.console import console, print_error, safe
+from monitor.driver.run import StorageError, check_name
 from monitor.durability import describe
-from monitor.exporter import ExporterError
 from monitor.paths import runs_dir
-from monitor.run import StorageError, check_name
+from monitor.serving.exporter import ExporterError
 from trainers import experiment as experiments
 
 EXTRA_COLUMNS = ("val_logmel", "val_power_ratio_db", "n_parameters", "rtf")
@@ -152,7 +152,7 @@ def run(exp: experiments.Experiment, storage: Path | None = None,
     from ray import tune
 
     from monitor import TuneMonitor
-    from monitor.summary import summarise
+    from monitor.driver.summary import summarise
     from trainers.trainables import TRAINABLES
 
     storage = (storage or runs_dir()).resolve()
@@ -204,7 +204,7 @@ def run(exp: experiments.Experiment, storage: Path | None = None,
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from monitor.summary import print_summary as show
+    from monitor.driver.summary import print_summary as show
 
     show(summary, console, EXTRA_COLUMNS)
     master_rtf = [t["last"]["master_rtf"] for t in summary["trials"]
@@ -216,7 +216,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def list_experiments() -> None:
-    from monitor.summary import plain
+    from monitor.driver.summary import plain
 
     table = Table(title="Experiments (trainers/experiments)")
     for col in ("name", "trainer", "trials", "iterations", "description"):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monitor.hooks import ACTIVATION_TYPES
+from monitor.training.hooks import ACTIVATION_TYPES
 
 FAILURES = {  # applied once, at the onset; what follows is the training's own dynamics
     "lr_spike": "the (generator's) learning rate multiplied by `spike` from the onset on",

@@ -20,7 +20,7 @@ import torch
 
 from bench.heldout import elsewhere
 from bench.heldout.families import FAILURES, FAMILIES
-from monitor.hooks import attach
+from monitor.training.hooks import attach
 
 # Every family by name: this project's five and those built from code written elsewhere.
 ALL_FAMILIES = {**FAMILIES, **elsewhere.FAMILIES}

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from monitor.naming import ACTIVATION_TYPES, named_modules
+from monitor.training.naming import ACTIVATION_TYPES, named_modules
 
 FUNCTIONS = {"relu", "relu_", "leaky_relu", "leaky_relu_", "gelu", "silu", "elu", "elu_",
              "selu", "selu_", "celu", "celu_", "mish", "hardswish", "relu6", "prelu", "rrelu",
@@ -115,7 +115,7 @@ def reported(model: nn.Module, forward: Callable[[nn.Module], torch.Tensor],
              steps: int = 8, **attach: Any) -> tuple[set[str], dict[str, Any]]:
     """The layers ``health.collect()`` reports after ``steps`` training steps with the default
     sampling (``monitor.attach(model)``; a compiled ``model`` as it is), and the report."""
-    from monitor.hooks import attach as attach_monitor
+    from monitor.training.hooks import attach as attach_monitor
 
     health = attach_monitor(model, **attach)
     try:

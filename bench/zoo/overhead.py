@@ -29,7 +29,7 @@ from rich.table import Table
 
 from bench.overhead import Clock, device_description, interleave, summaries
 from bench.zoo.models import ZOO, Entry, build
-from monitor.hooks import DEFAULT_EVERY, HealthMonitor, attach
+from monitor.training.hooks import DEFAULT_EVERY, HealthMonitor, attach
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "overhead_zoo.json"
 GOALS = {"every_step": 1.03, "default": 1.01}

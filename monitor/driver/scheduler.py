@@ -2,15 +2,15 @@
 
 ``HeuristicScheduler`` subclasses ``FIFOScheduler``. On each result it asks the rule engine
 for verdicts and records them durably (run store, then the fsynced verdict log:
-``monitor.verdicts``) *before* it saves the rule state and returns STOP for a kill; it counts
+``monitor.driver.verdicts``) *before* it saves the rule state and returns STOP for a kill; it counts
 them in the exporter. With no kill it delegates to a wrapped scheduler (e.g. ASHA) if one is
 given, and records that scheduler's stops as its verdicts, just as durably
-(``monitor.scheduler_stops``). In shadow mode it records every would-be kill and stops nothing
-(the wrapped scheduler still stops what it stops).
+(``monitor.driver.scheduler_stops``). In shadow mode it records every would-be kill and stops
+nothing (the wrapped scheduler still stops what it stops).
 
 Ray Tune pickles a scheduler once, when the experiment starts, and does not save its state.
 This one keeps its rule state in ``<run dir>/heuristics/state.sqlite`` (the newest record
-appended after every result, after the verdicts: ``monitor.rulestate``) and its verdicts in
+appended after every result, after the verdicts: ``monitor.driver.rulestate``) and its verdicts in
 the store and log; after ``Tuner.restore`` it reconciles both on its first call, so no kill
 is forgotten, lost or repeated and ``for`` streaks continue.
 
@@ -35,15 +35,15 @@ from heuristics.rules import Rule
 from heuristics.ruleset import RuleSet
 from heuristics.vocabulary import Vocabulary
 from monitor.console import plain
+from monitor.driver.rulechanges import RuleController
+from monitor.driver.rulestate import RuleStateStore
+from monitor.driver.run import record_rules
+from monitor.driver.scheduler_stops import before, is_scheduler_verdict, stop_verdict
+from monitor.driver.verdicts import RunLock, VerdictRecorder
 from monitor.durability import describe
-from monitor.exporter import Exporter
 from monitor.faults import crash_point
-from monitor.grafana import KillAnnotator
-from monitor.rulechanges import RuleController
-from monitor.rulestate import RuleStateStore
-from monitor.run import record_rules
-from monitor.scheduler_stops import before, is_scheduler_verdict, stop_verdict
-from monitor.verdicts import RunLock, VerdictRecorder
+from monitor.serving.exporter import Exporter
+from monitor.serving.grafana import KillAnnotator
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class HeuristicScheduler(FIFOScheduler):
         return self._state
 
     def declaration_notices(self) -> list[str]:
-        """Record which rules apply (one line: ``monitor.run.record_rules``) and each rule of
+        """Record which rules apply (one line: ``monitor.driver.run.record_rules``) and each rule of
         the user's naming a role the vocabulary leaves undeclared; return the latter."""
         self.applicability = record_rules(self.recorder, self.all_rules, self.vocabulary,
                                           self.engine.experiment)

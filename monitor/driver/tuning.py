@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from heuristics.vocabulary import Vocabulary
-from monitor.callback import HealthExporterCallback, RunStoreCallback
 from monitor.console import console, one_line
+from monitor.driver.callback import HealthExporterCallback, RunStoreCallback
+from monitor.driver.rulechanges import Requests, RuleChangeError, user_name
+from monitor.driver.run import USER_ERRORS, RuleSources, RunSpec, start_lines
+from monitor.driver.scheduler import HeuristicScheduler, live
+from monitor.driver.summary import plain, print_summary, summarise
 from monitor.durability import note_loss
-from monitor.exporter import ExporterError
-from monitor.rulechanges import Requests, RuleChangeError, user_name
-from monitor.run import USER_ERRORS, RuleSources, RunSpec, start_lines
-from monitor.scheduler import HeuristicScheduler, live
-from monitor.summary import plain, print_summary, summarise
+from monitor.serving.exporter import ExporterError
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class TuneMonitor:
             console.print(plain(line), soft_wrap=True, highlight=False)
         self.store_callback.banner = None
 
-    # -- changing the rules while the sweep runs (monitor.rulechanges) -------------------------
+    # -- changing the rules while the sweep runs (monitor.driver.rulechanges) -----------------
     def apply_rules(self, path: str | Path, *, timeout: float = 60.0) -> dict[str, Any]:
         """Apply the rules of a YAML file to this run, in shadow: checked as ``monitor rules
         check`` does and against the run, replayed over every trial's recorded history, then
@@ -181,7 +181,7 @@ class TuneMonitor:
 
     def rules_status(self) -> dict[str, Any]:
         """Each rule version applied, its would-be kills beside the trials' outcomes so far."""
-        from monitor.rulestatus import build
+        from monitor.driver.rulestatus import build
 
         return build(self.run_dir)
 

@@ -47,8 +47,8 @@ from heuristics.rules import Rule, RuleErrors, load_rules_text, rule_from_mappin
 from heuristics.ruleset import ARMED, SHADOW, Lane, RuleSet
 from heuristics.vocabulary import ROLES
 from heuristics.yamlfile import ConfigError, read_text
+from monitor.driver.verdicts import STORE_FAULTS, VerdictLog, VerdictRecorder
 from monitor.durability import describe, note_loss, write_atomic
-from monitor.verdicts import STORE_FAULTS, VerdictLog, VerdictRecorder
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +216,7 @@ def key(entry: dict[str, Any]) -> tuple:
 
 def read_changes(run_dir: str | Path) -> list[dict[str, Any]]:
     """A run's rule changes for reports: the store's (read-only) and the log's, merged."""
-    from monitor.report import reading
-    from monitor.store import StoreError
+    from monitor.store import StoreError, reading
 
     entries = {key(e): e for e in VerdictLog(Path(run_dir) / CHANGES_FILE, CHANGE_SHAPE).read()}
     try:
@@ -314,9 +313,8 @@ class RuleController:
     def _history(self) -> list[tuple[str, dict[str, Any]]] | None:
         """Every recorded result, round-robin by iteration in the trials' start order; None
         without a readable store."""
-        from monitor.recording import flush_live
-        from monitor.report import reading
-        from monitor.store import StoreError
+        from monitor.driver.recording import flush_live
+        from monitor.store import StoreError, reading
 
         flush_live(self.run_dir)
         try:
@@ -334,9 +332,8 @@ class RuleController:
         return [(t, r) for _, _, t, r in rows]
 
     def _reported(self) -> set[str] | None:
-        from monitor.recording import flush_live
-        from monitor.report import reading
-        from monitor.store import StoreError
+        from monitor.driver.recording import flush_live
+        from monitor.store import StoreError, reading
 
         flush_live(self.run_dir)
         try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from monitor.hooks import HealthMonitor
+    from monitor.training.hooks import HealthMonitor
 
 _MONITORS: weakref.WeakValueDictionary[int, HealthMonitor] = weakref.WeakValueDictionary()
 _IDS = itertools.count(1)

@@ -26,11 +26,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from monitor.driver.scheduler_stops import is_scheduler_verdict
 from monitor.durability import describe, disk_full, note_loss
 from monitor.faults import crash_point
-from monitor.scheduler_stops import is_scheduler_verdict
+from monitor.serving.webhook import post_kill
 from monitor.store import StoreError
-from monitor.webhook import post_kill
 
 log = logging.getLogger(__name__)
 STORE_FAULTS = (OSError, sqlite3.Error, StoreError)  # full disk, read-only, damaged
@@ -283,7 +283,7 @@ class VerdictRecorder:
 def export_notice(run: str, rule: str, signal: str, message: str) -> None:
     """Show a notice in the metrics of the run's exporter, if one serves it in this process
     (``tune_health_notice_info``: what an alert tells a person)."""
-    from monitor.exporter import Exporter
+    from monitor.serving.exporter import Exporter
 
     exporter = Exporter.for_run(run)
     if exporter is not None:

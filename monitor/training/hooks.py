@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from monitor import compiled
-from monitor.distributed import combine_across_ranks
-from monitor.functional import QUIET_TYPES, ActivationMode, unwatch, watch
-from monitor.naming import (
+from monitor.training import compiled
+from monitor.training.distributed import combine_across_ranks
+from monitor.training.functional import QUIET_TYPES, ActivationMode, unwatch, watch
+from monitor.training.naming import (
     ACTIVATION_TYPES,
     activation_kind,
     is_compiled,
@@ -44,11 +44,11 @@ from monitor.naming import (
     units_last,
     unwrapped,
 )
-from monitor.signals import CHUNK, FOLD_AT, fused, release_scratch, scratch
-from monitor.signals.nonfinite import NonFinite
-from monitor.signals.power import OutputPower, power_spectrum
-from monitor.signals.spread import ActivationMoments
-from monitor.signals.units import (
+from monitor.training.signals import CHUNK, FOLD_AT, fused, release_scratch, scratch
+from monitor.training.signals.nonfinite import NonFinite
+from monitor.training.signals.power import OutputPower, power_spectrum
+from monitor.training.signals.spread import ActivationMoments
+from monitor.training.signals.units import (
     NEVER_POSITIVE,
     Band,
     UnitClasses,
@@ -362,8 +362,8 @@ class HealthMonitor:
     """Hooks on a model's activations, sampled every ``every`` steps.
 
     Watched: activation modules (by type, or a leaf whose class name says it is one: see
-    ``monitor.naming``), recurrent layers (their output sequence), activation functions
-    called anywhere in the model's forward (``monitor.functional``), and modules named as
+    ``monitor.training.naming``), recurrent layers (their output sequence), activation functions
+    called anywhere in the model's forward (``monitor.training.functional``), and modules named as
     taps. Names do not depend on DDP/FSDP/``torch.compile`` wrappers.
 
     Args:
@@ -712,9 +712,9 @@ class HealthMonitor:
                    ) -> dict[str, str]:
         """One short output clip (1-D waveform) for this report, to add to the reported
         metrics; the run directory keeps a bounded number per trial, and ``monitor kill-report
-        --html`` plays them beside the baseline's (``monitor.audio_samples``). ``reference``
+        --html`` plays them beside the baseline's (``audio_samples``). ``reference``
         (the target) is sent once."""
-        from monitor.audio_samples import AudioKeeper
+        from monitor.training.audio_samples import AudioKeeper
 
         keeper = self.__dict__.setdefault("_audio", AudioKeeper())
         return keeper.clip(output, sample_rate, reference)

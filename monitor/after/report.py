@@ -1,7 +1,7 @@
 """``monitor kill-report``: what was killed, why, and how much compute that saved.
 
 Two policies stop trials: the rules (kills) and the scheduler they wrap, e.g. ASHA (its stops,
-recorded as its verdicts: ``monitor.scheduler_stops``); compute saved is counted per policy.
+recorded as its verdicts: ``monitor.driver.scheduler_stops``); compute saved is counted per policy.
 
 Reports only read: the run store is opened read-only (``open_store``), so a store on
 read-only media or without write permission is read, not reported as damaged, and a damaged
@@ -11,101 +11,20 @@ variants, rules, layers) are printed verbatim (``monitor.console.safe``).
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
-import os
-import sqlite3
-import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from monitor.console import plain, print_wide, safe
+from monitor.driver.scheduler_stops import is_scheduler_verdict
+from monitor.driver.verdicts import rules_and_notices
 from monitor.durability import write_atomic
-from monitor.scheduler_stops import is_scheduler_verdict
-from monitor.store import STORE_FILE, RunStore, StoreError
-from monitor.verdicts import rules_and_notices
+from monitor.store import STORE_FILE, StoreError, reading
 
 
 class ReportError(StoreError):
     """A report that cannot be written (missing directory, permissions)."""
-
-
-def store_path(run_dir: str | Path) -> Path:
-    path = Path(run_dir)
-    return path / STORE_FILE if path.is_dir() or path.suffix != ".sqlite" else path
-
-
-def open_store(run_dir: str | Path) -> RunStore:
-    """The run store of ``run_dir`` opened read-only; ``StoreError`` (one line, naming the
-    file) when it is missing, not a regular file, or not a readable store."""
-    path = store_path(run_dir)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise StoreError(f"{path}: no run store here (was the experiment run with this "
-                         "version?)") from None
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot read the run store ({exc.strerror})") from None
-    if not stat.S_ISREG(mode):
-        raise StoreError(f"{path}: not a regular file; expected a run store (SQLite database)")
-    if "readonly" in inspect.signature(RunStore).parameters:
-        return RunStore(path, create=False, readonly=True)
-    return _readonly_store(path)
-
-
-def _connect_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection: ``mode=ro``; where SQLite cannot create the WAL index next to
-    the file (a read-only directory or medium), ``immutable=1``, which needs no other file."""
-    uri = path.resolve().as_uri()
-    try:
-        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, check_same_thread=False)
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return db
-    except sqlite3.OperationalError as exc:
-        if "unable to open" not in str(exc):
-            raise
-    db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
-    db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    return db
-
-
-def _readonly_store(path: Path) -> RunStore:
-    """A ``RunStore`` for reading over a read-only connection (until the store module offers
-    one itself)."""
-    from monitor import store as store_module
-
-    try:
-        db = _connect_readonly(path)
-        db.create_function("f64", 2, store_module._f64, deterministic=True)
-        kinds = dict(db.execute("SELECT name, type FROM sqlite_master WHERE name IN "
-                                "('samples', 'results')").fetchall())
-        if kinds.get("samples") == "table":
-            raise StoreError(f"{path}: a run store of an older format (one row per sample); "
-                             "record the run again with this version")
-        db.execute("SELECT count(*) FROM trials").fetchone()
-        db.execute("SELECT count(*) FROM results").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path}: damaged or not a run store ({exc})") from None
-    store = object.__new__(RunStore)
-    store.__dict__.update(path=path, batch_size=1, _pending=[], _pending_samples=0, _names={},
-                          _series={}, _trial_keys={}, _layouts={}, db=db)
-    return store
-
-
-@contextmanager
-def reading(run_dir: str | Path) -> Iterator[RunStore]:
-    """``with reading(run_dir) as store:`` read-only; a damaged store (SQLite or JSON errors
-    while reading) raises ``StoreError`` naming the file. Keep only reads in the block."""
-    store = open_store(run_dir)
-    try:
-        yield store
-    except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{store.path}: damaged or not a run store ({exc})") from None
-    finally:
-        store.db.close()
 
 
 def write_html(path: str | Path, page: str) -> None:
@@ -184,7 +103,7 @@ def build(run_dir: Path, baseline: str | None = None) -> dict[str, Any]:
         r["kills"] += 1
         r["saved_iterations"] += k["saved_iterations"]
         r["saved_hours"] += k["saved_hours"]
-    from monitor.rulechanges import read_changes
+    from monitor.driver.rulechanges import read_changes
 
     changes = read_changes(run_dir)
     total_budget = sum((t.get("budget") or budget_default or 0) for t in trials)

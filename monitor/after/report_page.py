@@ -6,7 +6,7 @@ it read (the scheduler: the metric it ranked), against the band of
 its healthy siblings at the same iterations, with the kill marked and the layers named, and
 its output clip beside the baseline's at the same iteration (``<audio>`` and a spectrogram);
 and every trial against the baseline (the best finished trial, or ``--baseline``), every
-signal and metric side by side. Pictures are matplotlib's (``monitor.report_plots``) and the
+signal and metric side by side. Pictures are matplotlib's (``monitor.after.report_plots``) and the
 audio is embedded: the file needs no network, no server and no other file.
 """
 
@@ -18,9 +18,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from monitor import audio_samples, report_plots
+from monitor.after import report_plots
+from monitor.after.report import _fmt, changes_lines, rule_of, totals_line
 from monitor.console import plain
-from monitor.report import _fmt, changes_lines, reading, rule_of, totals_line
+from monitor.store import reading
+from monitor.training import audio_samples
 
 MAX_COMPARED = 30  # trials drawn against the baseline: a page stays about a minute and 30 MB
 

@@ -22,8 +22,7 @@ from typing import Any
 from heuristics.engine import RuleEngine
 from heuristics.rules import Rule, rule_version
 from monitor.console import print_wide, safe
-from monitor.report import reading
-from monitor.store import RunStore, StoreError
+from monitor.store import RunStore, StoreError, reading
 
 
 def is_failure(outcome: str | None) -> bool | None:

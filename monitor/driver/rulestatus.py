@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from monitor.console import safe
-from monitor.report import reading
-from monitor.rulechanges import read_changes
+from monitor.driver.rulechanges import read_changes
+from monitor.store import reading
 
 MODE_OF = {"initial": "armed", "apply": "shadow", "arm": "armed", "retire": "retired"}
 

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from monitor.signals import CHUNK, Partials, chunks, scratch
+from monitor.training.signals import CHUNK, Partials, chunks, scratch
 
 
 def nonfinite_count(view: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:

@@ -167,7 +167,7 @@ def record_rules(recorder: Any, rules: list[Rule], vocabulary: Vocabulary,
                  experiment: str) -> Applicability:
     """Record (``VerdictRecorder.note``, once per run) the one-line summary of which rules
     apply and which cannot fire, and a notice for each rule of the user's that cannot."""
-    from monitor.verdicts import RULES_NOTICE
+    from monitor.driver.verdicts import RULES_NOTICE
 
     app = applicability(rules, vocabulary, experiment)
     recorder.note(*RULES_NOTICE, app.line())

@@ -25,11 +25,11 @@ import yaml
 from scipy import stats
 
 from heuristics.expr import LAYER_SIGNALS, SIGNALS
+from monitor.after.replay import is_failure
+from monitor.after.report import ReportError
 from monitor.console import plain, print_wide, safe
 from monitor.durability import write_atomic
-from monitor.replay import is_failure
-from monitor.report import ReportError, reading
-from monitor.store import RunStore
+from monitor.store import RunStore, reading
 
 EXCLUDED = {"val_logmel", "val_power_ratio_db", "val_teacher_logmel", "step_time_s",
             "target_power_db"}  # outcomes are defined from validation quality: no leakage

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from monitor.hooks import LayerProbe
+    from monitor.training.hooks import LayerProbe
 
 
 def combine_across_ranks(probes: dict[str, LayerProbe]) -> None:

@@ -22,9 +22,9 @@ from rich.text import Text
 
 from heuristics.vocabulary import Vocabulary
 from monitor.console import plain as console_plain
+from monitor.driver.scheduler_stops import is_scheduler_verdict
+from monitor.driver.verdicts import VerdictRecorder, rules_and_notices, verdict_key
 from monitor.durability import describe, losses, note_loss, write_atomic
-from monitor.scheduler_stops import is_scheduler_verdict
-from monitor.verdicts import VerdictRecorder, rules_and_notices, verdict_key
 
 
 def plain(value: Any) -> Text:
@@ -119,7 +119,7 @@ def summarise(run_dir: str | Path, experiment: str, vocabulary: Vocabulary,
         not_recorded.append(f"run store ({run_dir / 'monitor.sqlite'}): not fully written "
                             f"({store_failed})")
     not_recorded += [x for x in (unreadable, *lost) if x and x not in not_recorded]
-    from monitor.rulechanges import read_changes
+    from monitor.driver.rulechanges import read_changes
 
     changes = read_changes(run_dir)
     rules_line, notices = rules_and_notices(run_dir)

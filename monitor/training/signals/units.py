@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monitor.signals import Partials, stack
+from monitor.training.signals import Partials, stack
 
 SATURATED_AT = 0.95  # of the bound (1) of a tanh-bounded output
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from heuristics.results import number
 from heuristics.vocabulary import Vocabulary
-from monitor import audio_samples
-from monitor.audio_samples import AUDIO_KEY, REFERENCE_KEY
+from monitor.driver.scheduler_stops import is_scheduler_verdict
 from monitor.durability import describe, note_loss
-from monitor.scheduler_stops import is_scheduler_verdict
 from monitor.store import StoreError
+from monitor.training import audio_samples
+from monitor.training.audio_samples import AUDIO_KEY, REFERENCE_KEY
 
 log = logging.getLogger(__name__)
 STORE_FAULTS = (OSError, sqlite3.Error, StoreError)  # full disk, read-only, damaged
@@ -138,7 +138,8 @@ class StoreWriter:
         self._write(write)
 
     def _keep_audio(self, trial: str, iteration: int, result: dict[str, Any]) -> None:
-        """Move the report's audio clips to the run directory (``monitor.audio_samples``)."""
+        """Move the report's audio clips to the run directory
+        (``monitor.training.audio_samples``)."""
         try:
             problems = audio_samples.keep(self.run_dir, trial, iteration, result)
         except OSError as exc:

@@ -5,7 +5,7 @@ Ray Tune does not save a scheduler's state, so the engine's per-trial state goes
 after each result, one INSERT in one transaction) and one small row per trial (written when it
 changes). The cost of a result does not grow with the trial's history: old records beyond
 what the rules still read are deleted in batches.
-Kills are not taken from here but from the recorded verdicts (``monitor.verdicts``).
+Kills are not taken from here but from the recorded verdicts (``monitor.driver.verdicts``).
 
 The rule state is a convenience for a restore, never the truth: a state file that cannot be
 written (full disk, read-only) is reported once and the run goes on without it; one that is

@@ -15,10 +15,10 @@ from ray import tune
 
 from heuristics.results import clean_result
 from heuristics.vocabulary import Vocabulary
+from monitor.driver.recording import StoreWriter
+from monitor.driver.scheduler import kill_of
 from monitor.durability import describe
-from monitor.exporter import Exporter
-from monitor.recording import StoreWriter
-from monitor.scheduler import kill_of
+from monitor.serving.exporter import Exporter
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class HealthExporterCallback(tune.Callback):
 
 
 class RunStoreCallback(tune.Callback):
-    """Writes trials and their signal samples to the run store (``monitor.recording``).
+    """Writes trials and their signal samples to the run store (``monitor.driver.recording``).
 
     A trial's name is its config's ``variant.name`` when there is one, else Tune's experiment
     tag (``3_lr=0.1``).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from monitor.signals import CHUNK, Partials, chunks, scratch, stack
+from monitor.training.signals import CHUNK, Partials, chunks, scratch, stack
 
 
 def _combine(items: list[tuple]) -> tuple:

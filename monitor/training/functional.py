@@ -12,7 +12,7 @@ Two instruments, one result:
 * ``ActivationMode`` (a ``TorchFunctionMode``) sees every spelling of a call (``F.relu``,
   ``torch.relu``, ``Tensor.relu``, in-place forms, a function bound to a name before the
   forward ran) and ``torch.compile`` traces through it (the compiled graph then calls the
-  measurement as an operator of its own, ``monitor.compiled``). Its price: one Python call per
+  measurement as an operator of its own, ``compiled``). Its price: one Python call per
   torch function of the forward, watched or not (4-10 % of a small vocoder's training step on
   one CPU thread, where the kernels are small).
 * ``watch`` (eager forwards): the watched spellings of ``torch.nn.functional``, ``torch``
@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 if TYPE_CHECKING:
-    from monitor.hooks import HealthMonitor
+    from monitor.training.hooks import HealthMonitor
 
 
 def _watched() -> dict[Any, str]:

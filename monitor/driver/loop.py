@@ -40,12 +40,12 @@ from heuristics.ruleset import RuleSet
 from heuristics.vocabulary import Vocabulary
 from monitor.console import CONTROL, console, one_line
 from monitor.console import plain as console_plain
+from monitor.driver.recording import StoreWriter
+from monitor.driver.rulechanges import RuleChangeError, RuleController, user_name
+from monitor.driver.run import USER_ERRORS, RuleSources, RunSpec, record_rules, start_lines
+from monitor.driver.summary import plain, print_summary, summarise
+from monitor.driver.verdicts import RunLock, VerdictRecorder, recover
 from monitor.durability import describe, note_loss
-from monitor.recording import StoreWriter
-from monitor.rulechanges import RuleChangeError, RuleController, user_name
-from monitor.run import USER_ERRORS, RuleSources, RunSpec, record_rules, start_lines
-from monitor.summary import plain, print_summary, summarise
-from monitor.verdicts import RunLock, VerdictRecorder, recover
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class LoopMonitor:
                                   spec.budget, spec.healthy_threshold)
         self.exporter = None
         if exporter:
-            from monitor.exporter import Exporter, ExporterError
+            from monitor.serving.exporter import Exporter, ExporterError
 
             self.exporter = Exporter(experiment, spec.name, sd_dir=spec.run_dir.parent / "file_sd",
                                      vocabulary=spec.vocabulary)
@@ -145,7 +145,7 @@ class LoopMonitor:
             console.print(console_plain(line), soft_wrap=True, highlight=False, markup=False)
         self._banner = None
 
-    # -- changing the rules while it runs (monitor.rulechanges) ------------------------------
+    # -- changing the rules while it runs (monitor.driver.rulechanges) -----------------------
     def apply_rules(self, path: str | Path) -> dict[str, Any]:
         """Apply the rules of a YAML file, in shadow (as ``TuneMonitor.apply_rules``): checked,
         replayed over every trial's recorded history, evaluated from the next report on;
@@ -162,7 +162,7 @@ class LoopMonitor:
 
     def rules_status(self) -> dict[str, Any]:
         """Each rule version applied, its would-be kills beside the trials' outcomes so far."""
-        from monitor.rulestatus import build
+        from monitor.driver.rulestatus import build
 
         self.writer._write(lambda s: s.flush())
         return build(self.run_dir)
