@@ -138,7 +138,7 @@ def _wrap(original: Any, kind: str) -> Any:
             local.inside = False
         if local.watchers and isinstance(out, torch.Tensor):
             for monitor in local.watchers:
-                monitor._functional(kind, out)
+                monitor._call(kind, out)
         return out
     return watched
 

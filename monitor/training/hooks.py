@@ -26,6 +26,7 @@ import contextlib
 import fnmatch
 import logging
 import math
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -422,6 +423,16 @@ class HealthMonitor:
         self._forwards = 0  # forward passes of the model seen outside torch.compile
         self._armed: tuple[bool, bool] | None = None  # (measured, stacked) hooks in place
         self._warned_no_step = False
+        # Eager sampled forwards hand activations over at the root's post-hook, not in each
+        # hook (``_take``): ``_pending`` holds (probe, None, output, version) and (stack entry,
+        # function, output, version) in call order. ``_defer``: 0 until a forward measured in
+        # its hooks showed no watched output changed in place afterwards (then 1), -1 where
+        # one was (measured in the hooks from then on).
+        self._pending: list[tuple[Any, Any, torch.Tensor, int]] = []
+        self._pending_n = 0
+        self._defer = 0
+        self._checked: list[tuple[weakref.ref, int]] = []  # outputs of a checking forward
+        self._depth = 0  # eager root forwards running (nested calls of the root count)
         modules = list(named_modules(root))
         by_name = dict(modules)
         missing = [t for t in taps if t not in by_name]
@@ -510,7 +521,7 @@ class HealthMonitor:
             elif self._compiled:  # an eager part of a compiled model: not to be traced
                 self._measure_untraced(probe, out)
             else:
-                self._measure(probe, out)
+                self._take(probe, None, out)
         return hook
 
     def _stack_hooks(self, name: str, module: nn.Module, hooked: bool) -> list[_Slot]:
@@ -532,8 +543,10 @@ class HealthMonitor:
         if torch.compiler.is_compiling():
             if not self._compiled:  # dynamo guards on this: the graph is traced again
                 self._compile_seen = True
-        elif not self._step:
-            self._forwards += 1  # counted until the first step(): only to name a missing one
+        else:
+            self._depth += 1
+            if not self._step:
+                self._forwards += 1  # counted until the first step(): only to name a missing one
         if not (self._measuring and self.functional and self._mode is None):
             return
         if torch.compiler.is_compiling():  # traced here: the mode, always
@@ -565,6 +578,10 @@ class HealthMonitor:
             self._watching = 1
 
     def _root_post(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if not torch.compiler.is_compiling():
+            self._depth = max(0, self._depth - 1)
+            if not self._depth and (self._pending or self._checked):
+                self._flush_pending()
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(None, None, None)
@@ -588,7 +605,74 @@ class HealthMonitor:
         if watching:
             unwatch(self if watching == 1 else None)
 
-    def _functional(self, kind: str, out: torch.Tensor, covered: bool = True) -> None:
+    def _call(self, kind: str, out: torch.Tensor) -> None:
+        """An activation function's output from the wrappers (eager): named and measured now,
+        or after the forward (``_take``) where that is known to give the same result."""
+        stack = self._stack
+        if stack:
+            if self._defer > 0 and out.numel() <= CHUNK:
+                self._pending.append((stack[-1], kind, out, out._version))
+                self._pending_n += out.numel()
+                if self._pending_n > CHUNK:
+                    self._flush_pending()
+            else:
+                self._functional(kind, out)
+
+    def _take(self, probe: LayerProbe, kind: str | None, out: torch.Tensor) -> None:
+        """A module's activation in an eager sampled step: measured after the forward, all
+        together, where outputs are not changed in place afterwards (a forward measured in
+        the hooks checks that first): between a model's kernels, the hooks' Python and
+        numba code run with cold caches, a cost per call several times that of the same
+        work done in a row; at most ``CHUNK`` elements wait (2 MiB of float32)."""
+        n = out.numel()
+        if (self._defer >= 0 and n <= CHUNK and not self._compiled
+                and (self._depth or torch._C._current_graph_task_id() == -1)):
+            if self._defer:
+                self._pending.append((probe, None, out, out._version))
+                self._pending_n += n
+                if self._pending_n > CHUNK:
+                    self._flush_pending()
+                return
+            self._checked.append((weakref.ref(out), out._version))
+        self._measure(probe, out)
+
+    def _flush_pending(self) -> None:
+        """Measure the activations waiting since the forward ran, in call order (names of
+        activation calls count calls per module invocation); one changed in place since is
+        not measured (its layers' sample is lost, with a warning) and later forwards measure
+        in the hooks. Also concludes a checking forward: every output it measured in the
+        hooks unchanged allows waiting from the next one."""
+        if self._checked:
+            checked, self._checked = self._checked, []
+            if self._defer == 0:
+                same = all(t is None or t._version == version
+                           for t, version in ((ref(), v) for ref, v in checked))
+                self._defer = 1 if same else -1
+                if not same:
+                    log.debug("attach(%s): an activation is changed in place after its hook; "
+                              "measured in the hooks", self.model_name)
+        pending, self._pending, self._pending_n = self._pending, [], 0
+        measure, functional = self._measure, self._functional
+        for owner, kind, out, version in pending:
+            changed = out._version != version
+            if changed and self._defer > 0:
+                self._defer = -1
+                log.warning("attach(%s): an activation was modified in place after its hook "
+                            "(one sample lost); measured in the hooks from now on",
+                            self.model_name)
+            if kind is None:
+                if not changed:
+                    measure(owner, out)
+            else:
+                stack = self._stack
+                stack.append(owner)  # named as in the call: its module, its index there
+                try:
+                    functional(kind, out, measured=not changed)
+                finally:
+                    stack.pop()
+
+    def _functional(self, kind: str, out: torch.Tensor, covered: bool = True,
+                    measured: bool = True) -> None:
         """An activation function's output, from ``ActivationMode`` or the wrappers: named
         after the innermost module running and the call's index there (``covered``: False
         for a call the mode saw and no wrapper made)."""
@@ -616,7 +700,12 @@ class HealthMonitor:
         if not covered:
             self._uncovered = True  # measured here, invisible to the wrappers: keep the mode
         self._functional_found = True
-        (self._measure_untraced if self._compiled else self._measure)(probe, out)
+        if self._compiled:
+            self._measure_untraced(probe, out)
+        elif measured:
+            if not self._defer:
+                self._checked.append((weakref.ref(out), out._version))
+            self._measure(probe, out)
 
     def _new_functional(self, name: str, unit_dim: int) -> LayerProbe | None:
         if not self._included(name):
@@ -659,6 +748,9 @@ class HealthMonitor:
     # -- schedule ---------------------------------------------------------------------------
     def step(self) -> bool:
         """Advance to the next training step; return whether it is sampled."""
+        self._depth = 0  # between forwards
+        if self._pending or self._checked:
+            self._flush_pending()
         if self.batch.pending:
             self.batch.flush()
         if self._compile_seen and not self._compiled:
@@ -726,6 +818,7 @@ class HealthMonitor:
         Returns ``{"layers": {layer: {signal: value}}, "model": {signal: value},
         "sampled_steps": n}``; layers not run in the window are left out.
         """
+        self._flush_pending()
         self.batch.flush()
         self.batch.absorb()
         if self.combine_ranks:
@@ -772,6 +865,7 @@ class HealthMonitor:
 
     def remove_hooks(self) -> None:
         """Remove every hook; state, schedule and buffers stay (``reopen()`` re-registers)."""
+        self._flush_pending()
         self.batch.flush()
         self._open = False
         self._arm()
