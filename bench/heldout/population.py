@@ -84,7 +84,8 @@ SPLITS = {"development": 0, "fresh": 500, "fresh2": 1000, "fresh3": 1500,
 # committed), and evaluated once after that (revision 9 at 68c3e3e, 2026-12-03 22:02);
 # it was read afterwards. ``fresh5`` was declared and trained after revision 9 was frozen
 # (its only fresh4 miss, a MelGAN with a 30x discriminator rate, fails by a margin of 0.008 of
-# mel loss: no rule was changed for it), to be evaluated once with the same rules.
+# mel loss: no rule was changed for it), and evaluated once with the same rules (2026-12-03
+# 22:26: 11/11, no healthy trial killed).
 ELSEWHERE_SPLITS = {"development": 7000, "fresh": 7500, "fresh2": 8000,
                     "fresh3": 8500, "fresh4": 9000, "fresh5": 9500}  # seed offsets
 ELSEWHERE = "elsewhere"  # its results directory below RESULTS
